@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := prometheus
+
+.PHONY: install demo test bench clean deb
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, from the local CPU wheel: a plain or newer torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	$(MAKE) deb
+	touch $(STAMP)
+
+# Debian packages the tests need (a real Prometheus for the monitoring test). Idempotent.
+deb:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: install
+	$(VENV)/bin/xtalpilot demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/xtalpilot bench plant
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
