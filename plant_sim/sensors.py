@@ -218,18 +218,18 @@ class SensorSettings:
 class SensorFaultKind(str, Enum):
     """How a faulty instrument misreads, within the fault window [start_s, end_s).
 
-    - STUCK: holds the value it measured at the first step of the window.
-    - DRIFT: adds magnitude * (t - start_s) / 60 (magnitude in signal units per minute).
-    - DROPOUT: reads NaN, on each step with the given probability.
-    - SPIKE: adds magnitude, on each step with the given probability.
-    - NAN: reads NaN on every step.
+    - stuck: holds the value it measured at the first step of the window.
+    - drift: adds magnitude * (t - start_s) / 60 (magnitude in signal units per minute).
+    - dropout: reads NaN, on each step with the given probability.
+    - spike: adds magnitude, on each step with the given probability.
+    - nan: reads NaN on every step.
     """
 
-    STUCK = "stuck"
-    DRIFT = "drift"
-    DROPOUT = "dropout"
-    SPIKE = "spike"
-    NAN = "nan"
+    stuck = "stuck"
+    drift = "drift"
+    dropout = "dropout"
+    spike = "spike"
+    nan = "nan"
 
 
 @dataclass(frozen=True)
@@ -499,17 +499,17 @@ class SensorSuite:
                 continue
             row = out[self._fault_rows[i]]
             kind = fault.kind
-            if kind is SensorFaultKind.STUCK:
+            if kind is SensorFaultKind.stuck:
                 if self._stuck_values[i] is None:
                     self._stuck_values[i] = float(row[np.argmax(window)])
                 row[window] = self._stuck_values[i]
-            elif kind is SensorFaultKind.DRIFT:
+            elif kind is SensorFaultKind.drift:
                 row[window] += fault.magnitude * (times[window] - fault.start_s) / 60.0
-            elif kind is SensorFaultKind.NAN:
+            elif kind is SensorFaultKind.nan:
                 row[window] = np.nan
             else:
                 hit = window & (z[:, i] < self._fault_thresholds[i])
-                if kind is SensorFaultKind.DROPOUT:
+                if kind is SensorFaultKind.dropout:
                     row[hit] = np.nan
                 else:
                     row[hit] += fault.magnitude

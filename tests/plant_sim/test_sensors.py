@@ -98,7 +98,7 @@ def measure_in_chunks(suite: SensorSuite, truth: Truth, size: int) -> dict[str, 
 
 
 ALL_FAULTS = (
-    SensorFault("reactor_temperature_c", SensorFaultKind.STUCK, 20.0, 35.0),
+    SensorFault("reactor_temperature_c", SensorFaultKind.stuck, 20.0, 35.0),
     SensorFault("jacket_temperature_c", "drift", 10.0, 60.0, magnitude=0.5),
     SensorFault("concentration_g_per_kg", "dropout", 30.0, 70.0, probability=0.4),
     SensorFault("fbrm_counts_bin3_per_s", "spike", 0.0, 90.0, magnitude=500.0, probability=0.3),
@@ -282,7 +282,7 @@ def test_stuck_fault_holds_value_at_start():
 
 
 def test_drift_fault_adds_magnitude_per_minute():
-    clean, bad = faulty(SensorFaultKind.DRIFT, magnitude=0.6)
+    clean, bad = faulty(SensorFaultKind.drift, magnitude=0.6)
     np.testing.assert_allclose(bad[WINDOW] - clean[WINDOW], 0.6 * (T_FAULT[WINDOW] - 20.0) / 60.0, atol=1e-12)
 
 

@@ -1,0 +1,250 @@
+"""Hydra structured configs: one frozen dataclass tree, composed from YAML per config group.
+
+The settings classes of the code (:class:`plant_sim.scenarios.Scenario`,
+:class:`plant_sim.reactor.ReactorSettings`, ...) are frozen dataclasses and are the single
+source of truth. Hydra merges YAML into its schema nodes in place, which a frozen dataclass
+forbids, so :func:`hydra_schema` derives a mutable twin of each class for the ConfigStore
+(same fields, types and defaults). After composition OmegaConf has checked every type, enum
+value and key; :func:`build` turns the result back into the frozen classes.
+
+Groups (``conf/<group>/<name>.yaml``):
+
+- ``plant``: the tag map (validated by :class:`plant_sim.tagmap.TagMap`).
+- ``scenario``: what the simulated plant runs.
+- ``kinetics`` (placed at ``scenario.kinetics``): physics chain or a power-law preset.
+
+Compose with :func:`load_config`; a malformed config raises :class:`ConfigError` whose message
+names the field and, for enums, the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from plant_sim.plant import PlantSettings, ShedAction
+from plant_sim.scenarios import Scenario
+from plant_sim.serve import SecurityMode, ServerSettings
+
+
+class OutputFormat(str, enum.Enum):
+    parquet = "parquet"
+    csv = "csv"
+
+
+@dataclass(frozen=True)
+class SimulateSettings:
+    """``xtalpilot plant simulate``.
+
+    Attributes:
+        output_dir: where the time series, final size distribution and plot go.
+        format: parquet or csv.
+        output_interval_s: plant seconds between recorded rows (also the physics step).
+        plot: write the PNG summary.
+        progress: show a progress bar.
+    """
+
+    output_dir: str = "runs/simulate"
+    format: OutputFormat = OutputFormat.parquet
+    output_interval_s: float = 10.0
+    plot: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class XtalpilotConfig:
+    """The root config every ``xtalpilot`` command composes.
+
+    Attributes:
+        plant: tag map of the reactor (group ``plant``).
+        scenario: scenario of the simulated plant (group ``scenario``).
+        speed: plant seconds per wall second of the served plant.
+        host: address the servers bind.
+        opcua_port: OPC UA port.
+        modbus_port: Modbus TCP port.
+        publish_interval_s: wall seconds between value updates on the servers.
+        security: insecure (loopback demo) or sign_encrypt (Basic256Sha256, users).
+        cert_dir: certificates made by ``xtalpilot certs``.
+        users_file: users and password hashes for sign_encrypt (``xtalpilot certs username=...``).
+        shed_timeout_s: plant seconds without heartbeat change before the plant sheds.
+        shed_action: hold or recipe after shedding.
+        autostart: start the batch when the served plant starts.
+        simulate: offline simulation.
+    """
+
+    plant: dict = field(default_factory=dict)
+    scenario: Scenario = field(default_factory=Scenario)
+    speed: float = 600.0
+    host: str = "127.0.0.1"
+    opcua_port: int = 4840
+    modbus_port: int = 5020
+    publish_interval_s: float = 0.05
+    security: SecurityMode = SecurityMode.insecure
+    cert_dir: str = "certs"
+    users_file: Optional[str] = None
+    shed_timeout_s: float = 120.0
+    shed_action: ShedAction = ShedAction.hold
+    autostart: bool = False
+    simulate: SimulateSettings = field(default_factory=SimulateSettings)
+
+    def plant_settings(self, step_s: float = 1.0, autostart: bool | None = None) -> PlantSettings:
+        return PlantSettings(
+            step_s=step_s,
+            shed_timeout_s=self.shed_timeout_s,
+            shed_action=self.shed_action,
+            autostart=self.autostart if autostart is None else autostart,
+        )
+
+    def server_settings(self) -> ServerSettings:
+        return ServerSettings(
+            host=self.host,
+            opcua_port=self.opcua_port,
+            modbus_port=self.modbus_port,
+            speed=self.speed,
+            publish_interval_s=self.publish_interval_s,
+            security=self.security,
+            cert_dir=self.cert_dir,
+            users_file=self.users_file,
+        )
+
+
+class ConfigError(ValueError):
+    """A config that does not compose or validate; the message says which field and why."""
+
+
+# ----------------------------------------------------------------------------- schema twins
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _schema_type(tp: Any) -> Any:
+    inner, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        args = typing.get_args(inner)
+        out: Any = list[_schema_type(args[0])] if args else list
+    elif origin is dict or inner is dict:
+        out = dict
+    elif dataclasses.is_dataclass(inner):
+        out = hydra_schema(inner)
+    else:
+        out = inner
+    return Optional[out] if optional else out
+
+
+def _schema_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _to_schema_instance(value)
+    if isinstance(value, tuple):
+        return [_schema_default(v) for v in value]
+    return value
+
+
+def _to_schema_instance(obj: Any) -> Any:
+    schema = hydra_schema(type(obj))
+    return schema(**{f.name: _schema_default(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+
+
+@functools.cache
+def hydra_schema(cls: type) -> type:
+    """The mutable twin of a frozen settings dataclass (tuples become lists)."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        tp = _schema_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+            if isinstance(default, (tuple, list)) or dataclasses.is_dataclass(default):
+                value = default
+                specs.append((f.name, tp, field(default_factory=lambda v=value: _schema_default(v))))
+            else:
+                specs.append((f.name, tp, field(default=default)))
+        elif f.default_factory is not dataclasses.MISSING:
+            factory = f.default_factory
+            specs.append((f.name, tp, field(default_factory=lambda fac=factory: _schema_default(fac()))))
+        else:
+            specs.append((f.name, tp))
+    schema = dataclasses.make_dataclass(cls.__name__, specs)
+    schema.__module__ = __name__
+    return schema
+
+
+def build(cls: type, data: Any) -> Any:
+    """Plain containers (from OmegaConf) -> frozen dataclass ``cls``, recursively."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _build_value(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _build_value(tp: Any, value: Any) -> Any:
+    inner, _ = _unwrap_optional(tp)
+    if value is None:
+        return None
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        (arg, *_rest) = typing.get_args(inner) or (Any,)
+        return tuple(_build_value(arg, v) for v in value)
+    if dataclasses.is_dataclass(inner):
+        return build(inner, value)
+    if isinstance(inner, type) and issubclass(inner, enum.Enum):
+        return inner(value.value if isinstance(value, enum.Enum) else value)
+    return value
+
+
+# ----------------------------------------------------------------------------- store + compose
+def register() -> None:
+    """Register the root schema (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="xtalpilot_schema", node=hydra_schema(XtalpilotConfig))
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot") -> XtalpilotConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides and validate it.
+
+    Raises:
+        ConfigError: naming the offending field (and allowed values for enums).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("conf", version_base=None):
+            cfg = compose(config_name, overrides=list(overrides))
+        data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=False)
+        return build(XtalpilotConfig, data)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_explain(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _explain(exc: Exception) -> str:
+    """One readable paragraph from Hydra/OmegaConf's nested messages."""
+    cause = exc
+    while cause.__cause__ is not None and isinstance(cause.__cause__, Exception):
+        cause = cause.__cause__
+    text = str(cause).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("reference_type", "object_type"))]
+    return " | ".join(keep) if keep else type(exc).__name__
+
+
+__all__ = ["ConfigError", "OutputFormat", "SimulateSettings", "XtalpilotConfig", "build", "load_config"]

@@ -1,0 +1,271 @@
+"""Scenarios as data: what is charged, how it is operated, and what goes wrong.
+
+A :class:`Scenario` reads like a lab instruction sheet (PyBaMM's "experiment"): charge the
+reactor, heat to dissolve, seed at 50 C, cool to 20 C at 0.3 K/min, hold 30 min. It also names
+the disturbances the run meets: seed-mass variation, impurity pulses, fouling and sensor faults.
+Scenarios live in ``conf/scenario/*.yaml`` and are deterministic for a given ``seed``.
+
+Everything here is pure data plus two pure functions of plant time (:func:`recipe_setpoint`,
+:func:`impurity_ppm_at`), so the served plant and the offline simulator read one recipe.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from plant_sim.reactor import ReactorSettings
+from plant_sim.sensors import SensorFault, SensorSettings
+
+
+class Operation(str, enum.Enum):
+    """Batch (cooling, antisolvent) or continuous MSMPR (feed and withdraw at residence time)."""
+
+    batch = "batch"
+    continuous = "continuous"
+
+
+class KineticsModel(str, enum.Enum):
+    """Physics chain (facet growth, habit, CNT) or an empirical power-law preset."""
+
+    physics = "physics"
+    power_law = "power_law"
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    """One recipe line: ramp to ``temperature_c`` at ``rate_k_per_min``, then hold ``hold_min``.
+
+    Attributes:
+        temperature_c: target of the step.
+        rate_k_per_min: ramp rate towards the target (absolute value; direction follows).
+        hold_min: hold at the target once reached.
+        antisolvent_rate_kg_per_min: antisolvent feed during this step (ramp and hold).
+    """
+
+    temperature_c: float
+    rate_k_per_min: float = 0.5
+    hold_min: float = 0.0
+    antisolvent_rate_kg_per_min: float = 0.0
+
+
+@dataclass(frozen=True)
+class Seeding:
+    """Seed charge.
+
+    Attributes:
+        mass_g: nominal seed mass (0: unseeded).
+        mean_size_um: mean volume-equivalent seed size.
+        std_size_um: standard deviation of the (Gaussian) seed size distribution.
+        at_min: recipe time at which the seeds are charged.
+        mass_rel_std: relative standard deviation of the charged seed mass between batches
+            (seed-mass variation); the draw is deterministic for the scenario seed.
+    """
+
+    mass_g: float = 0.0
+    mean_size_um: float = 100.0
+    std_size_um: float = 20.0
+    at_min: float = 0.0
+    mass_rel_std: float = 0.0
+
+
+@dataclass(frozen=True)
+class ImpurityPulse:
+    """An impurity in the liquid (ppm) between two recipe times, e.g. a contaminated feed."""
+
+    start_min: float
+    end_min: float
+    concentration_ppm: float
+
+
+@dataclass(frozen=True)
+class Fouling:
+    """Fouling resistance on the jacket wall growing linearly from ``start_min``.
+
+    U_eff = 1 / (1/U_clean + R_f), R_f = rate * (t - start) (linear fouling, Kern & Seaton 1959).
+    """
+
+    start_min: float = 0.0
+    resistance_m2k_per_w_per_h: float = 0.0
+
+
+@dataclass(frozen=True)
+class Continuous:
+    """MSMPR operation: clear feed at ``feed_concentration_g_per_kg``, withdrawal at tau."""
+
+    residence_time_min: float = 30.0
+    feed_concentration_g_per_kg: float = 0.0
+    feed_temperature_c: float = 50.0
+
+
+@dataclass(frozen=True)
+class PowerLawPreset:
+    """Empirical kinetics and the solution data they were fitted with (``conf/kinetics``).
+
+    Rates are in the units plants report them; see :class:`plant_sim.kinetics.PowerLawKinetics`.
+
+    Attributes:
+        name: preset name.
+        growth_rate_um_per_min: k_g.
+        growth_exponent: g.
+        dissolution_rate_um_per_min: k_d.
+        dissolution_exponent: d.
+        growth_activation_kj_per_mol: E_g.
+        nucleation_rate_per_kg_s: k_b (basis per ``nucleation_basis``).
+        nucleation_exponent: b.
+        suspension_exponent: j.
+        nucleation_activation_kj_per_mol: E_b.
+        nucleation_basis: suspension_density (M_T in kg/kg) or third_moment (mu_3 in m^3/kg).
+        volume_shape_factor: k_v.
+        crystal_density_kg_per_m3: crystal density.
+        solubility_coefficients_g_per_kg: C* = sum_k c_k T^k (T in C).
+        reference: literature source and caveats.
+    """
+
+    name: str = ""
+    growth_rate_um_per_min: float = 1.0
+    growth_exponent: float = 1.0
+    dissolution_rate_um_per_min: float = 1.0
+    dissolution_exponent: float = 1.0
+    growth_activation_kj_per_mol: float = 0.0
+    nucleation_rate_per_kg_s: float = 0.0
+    nucleation_exponent: float = 2.0
+    suspension_exponent: float = 1.0
+    nucleation_activation_kj_per_mol: float = 0.0
+    nucleation_basis: str = "suspension_density"
+    volume_shape_factor: float = math.pi / 6.0
+    crystal_density_kg_per_m3: float = 2000.0
+    solubility_coefficients_g_per_kg: tuple[float, ...] = (0.0,)
+    reference: str = ""
+
+
+@dataclass(frozen=True)
+class KineticsConfig:
+    """Which kinetics drive the plant.
+
+    Attributes:
+        model: physics (from the material's structure) or power_law (``power_law`` preset).
+        bcf_rate_m_per_s: physics: BCF constant of the fastest face (absolute scale).
+        critical_supersaturation: physics: BCF sigma_c.
+        birth_spread_rate_m_per_s: physics: birth-and-spread prefactor of the fastest face.
+        dislocation_activity: physics: multiplies the spiral-growth constant.
+        heterogeneous_factor: physics: gamma_eff/gamma of primary nucleation.
+        primary_prefactor_per_kg_s: physics: CNT prefactor.
+        secondary_rate_per_kg_s: physics: k_b2.
+        power_law: the preset when model is power_law.
+    """
+
+    model: KineticsModel = KineticsModel.physics
+    bcf_rate_m_per_s: float = 2.5e-6
+    critical_supersaturation: float = 0.02
+    birth_spread_rate_m_per_s: float = 5e-6
+    dislocation_activity: float = 1.0
+    heterogeneous_factor: float = 0.2
+    primary_prefactor_per_kg_s: float = 1e20
+    secondary_rate_per_kg_s: float = 2e7
+    power_law: PowerLawPreset = field(default_factory=PowerLawPreset)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: material, reactor, recipe, seeding and disturbances.
+
+    Attributes:
+        name: scenario name.
+        description: one line for humans.
+        seed: seed of every random draw (sensor noise, seed-mass variation).
+        material: key of :data:`plant_sim.materials.MATERIALS` (physics kinetics).
+        operation: batch or continuous.
+        initial_temperature_c: reactor temperature at charge.
+        initial_saturation_temperature_c: the charge is saturated at this temperature
+            (sets the initial concentration from the solubility curve).
+        recipe: the local temperature program, run from batch start.
+        seeding: seed charge.
+        target_mean_size_um: product specification (volume-weighted mean size).
+        duration_min: offline simulation length; the served plant runs until stopped.
+        continuous: MSMPR settings (operation continuous).
+        impurity: impurity pulses.
+        fouling: jacket fouling.
+        faults: sensor faults.
+        reactor: vessel, jacket, local PID and size grid.
+        sensors: instrument noise, lags and probes.
+        kinetics: kinetics model.
+    """
+
+    name: str = "seeded_cooling"
+    description: str = ""
+    seed: int = 0
+    material: str = "KCl"
+    operation: Operation = Operation.batch
+    initial_temperature_c: float = 55.0
+    initial_saturation_temperature_c: float = 50.0
+    recipe: tuple[RecipeStep, ...] = ()
+    seeding: Seeding = field(default_factory=Seeding)
+    target_mean_size_um: float = 0.0
+    duration_min: float = 240.0
+    continuous: Continuous = field(default_factory=Continuous)
+    impurity: tuple[ImpurityPulse, ...] = ()
+    fouling: Fouling = field(default_factory=Fouling)
+    faults: tuple[SensorFault, ...] = ()
+    reactor: ReactorSettings = field(default_factory=ReactorSettings)
+    sensors: SensorSettings = field(default_factory=SensorSettings)
+    kinetics: KineticsConfig = field(default_factory=KineticsConfig)
+
+    def drawn_seed_mass_g(self, batch_index: int = 0) -> float:
+        """The seed mass charged in batch ``batch_index``: nominal x (1 + rel_std z), z ~ N(0, 1).
+
+        The draw depends only on (``seed``, batch_index), so a scenario replays exactly.
+        """
+        if self.seeding.mass_rel_std <= 0.0:
+            return self.seeding.mass_g
+        z = np.random.default_rng([self.seed, 7, batch_index]).standard_normal()
+        return max(self.seeding.mass_g * (1.0 + self.seeding.mass_rel_std * z), 0.0)
+
+
+def recipe_duration_min(recipe: tuple[RecipeStep, ...], start_temperature_c: float) -> float:
+    """Total recipe time: ramps at their rates plus holds."""
+    total, temp = 0.0, start_temperature_c
+    for step in recipe:
+        total += abs(step.temperature_c - temp) / max(step.rate_k_per_min, 1e-9) + step.hold_min
+        temp = step.temperature_c
+    return total
+
+
+def recipe_setpoint(
+    recipe: tuple[RecipeStep, ...], start_temperature_c: float, recipe_time_min: float
+) -> tuple[float, float, bool]:
+    """Local program at a recipe time.
+
+    Args:
+        recipe: the steps.
+        start_temperature_c: temperature at batch start (where the first ramp begins).
+        recipe_time_min: time since batch start (held time excluded).
+
+    Returns:
+        (temperature setpoint in C, antisolvent rate in kg/min, finished).
+    """
+    t, temp = recipe_time_min, start_temperature_c
+    for step in recipe:
+        ramp_min = abs(step.temperature_c - temp) / max(step.rate_k_per_min, 1e-9)
+        if t < ramp_min:
+            direction = math.copysign(1.0, step.temperature_c - temp)
+            return temp + direction * step.rate_k_per_min * t, step.antisolvent_rate_kg_per_min, False
+        t -= ramp_min
+        if t < step.hold_min:
+            return step.temperature_c, step.antisolvent_rate_kg_per_min, False
+        t -= step.hold_min
+        temp = step.temperature_c
+    return temp, 0.0, True
+
+
+def impurity_ppm_at(pulses: tuple[ImpurityPulse, ...], batch_time_min: float) -> float:
+    """Impurity concentration in the liquid at a batch time (sum of active pulses)."""
+    return float(sum(p.concentration_ppm for p in pulses if p.start_min <= batch_time_min < p.end_min))
+
+
+def fouling_resistance_m2k_per_w(fouling: Fouling, batch_time_min: float) -> float:
+    """Fouling resistance at a batch time (plant time since batch start, holds included)."""
+    return max(batch_time_min - fouling.start_min, 0.0) / 60.0 * fouling.resistance_m2k_per_w_per_h

@@ -1,0 +1,74 @@
+"""Every config composes and validates; malformed configs fail naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conf.schema import ConfigError, XtalpilotConfig, load_config
+from plant_sim.plant import Plant
+from plant_sim.scenarios import KineticsModel, Operation
+from plant_sim.serve import SecurityMode
+from plant_sim.tagmap import TagMap
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SCENARIOS = sorted(p.stem for p in (CONF / "scenario").glob("*.yaml"))
+KINETICS = sorted(p.stem for p in (CONF / "kinetics").glob("*.yaml"))
+TAGMAPS = sorted(p.stem for p in (CONF / "plant").glob("*.yaml"))
+
+
+def test_the_issue_scenarios_exist():
+    required = {"seeded_cooling", "unseeded_cooling", "msmpr", "impurity_pulse", "fouling", "sensor_faults",
+                "seed_mass_variation"}
+    assert required <= set(SCENARIOS)
+    assert {"physics", "kno3_miller_rawlings_1994"} <= set(KINETICS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("kinetics", KINETICS)
+def test_every_scenario_and_kinetics_composes_and_builds_a_plant(scenario, kinetics):
+    cfg = load_config([f"scenario={scenario}", f"kinetics={kinetics}"])
+    assert isinstance(cfg, XtalpilotConfig)
+    assert cfg.scenario.name == scenario
+    assert cfg.scenario.kinetics.model is (KineticsModel.power_law if kinetics != "physics" else KineticsModel.physics)
+    plant = Plant.from_config(cfg.plant, cfg.scenario, cfg.plant_settings(step_s=10.0, autostart=True))
+    plant.advance(600.0)  # ten minutes run without error
+    assert plant.plant_time_s == 600.0
+
+
+@pytest.mark.parametrize("tagmap", TAGMAPS)
+def test_every_tag_map_validates(tagmap):
+    cfg = load_config([f"plant={tagmap}"])
+    assert len(TagMap.from_dict(cfg.plant)) > 0
+
+
+def test_overrides_reach_typed_fields():
+    cfg = load_config(["speed=1000", "security=sign_encrypt", "scenario=msmpr", "scenario.seed=5", "opcua_port=4841"])
+    assert cfg.speed == 1000.0 and cfg.opcua_port == 4841
+    assert cfg.security is SecurityMode.sign_encrypt
+    assert cfg.scenario.operation is Operation.continuous and cfg.scenario.seed == 5
+    assert isinstance(cfg.scenario.recipe, tuple)
+
+
+@pytest.mark.parametrize(
+    "override, must_mention",
+    [
+        (["security=plaintext"], ["security", "insecure", "sign_encrypt"]),
+        (["scenario.operation=semi_batch"], ["operation", "batch", "continuous"]),
+        (["shed_action=panic"], ["shed_action", "hold", "recipe"]),
+        (["speed=fast"], ["speed"]),
+        (["opcua_port=abc"], ["opcua_port"]),
+        (["speeed=3"], ["speeed"]),
+        (["scenario=no_such_scenario"], ["no_such_scenario"]),
+        (["scenario.kinetics.model=magic"], ["model", "physics", "power_law"]),
+        (["scenario.seeding.mass_g=lots"], ["mass_g"]),
+    ],
+)
+def test_malformed_config_names_the_field_and_allowed_values(override, must_mention):
+    with pytest.raises(ConfigError) as info:
+        load_config(override)
+    message = str(info.value)
+    for word in must_mention:
+        assert word in message, message
+    assert "Traceback" not in message
