@@ -1,0 +1,146 @@
+"""The ``xtalpilot`` command. Every subcommand takes Hydra overrides (``key=value``).
+
+    xtalpilot plant [overrides]             serve the simulated plant (OPC UA + Modbus TCP)
+    xtalpilot plant simulate [overrides]    run a scenario offline, write data and a plot
+    xtalpilot bench plant [overrides]       physics and server benchmark, JSON on stdout
+    xtalpilot demo [overrides]              simulated batch, JSON summary on stdout
+    xtalpilot certs [overrides]             OPC UA certificates (and a user: username=NAME)
+
+Examples::
+
+    xtalpilot plant speed=1000 scenario=impurity_pulse
+    xtalpilot plant simulate scenario=unseeded_cooling simulate.format=csv
+    xtalpilot plant kinetics=kno3_miller_rawlings_1994
+    xtalpilot plant security=sign_encrypt users_file=certs/users.yaml
+
+The entry point only parses, composes the config and calls a plain function; errors a user can
+fix (bad config, busy port, missing certificate) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+_log = logging.getLogger("xtalpilot")
+
+USAGE = __doc__.split("Examples::")[0].strip()
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _load(overrides: Sequence[str]):
+    from conf.schema import load_config
+
+    return load_config(overrides)
+
+
+def cmd_plant(overrides: Sequence[str]) -> int:
+    """Serve the simulated plant until SIGINT/SIGTERM."""
+    from plant_sim.plant import Plant
+    from plant_sim.serve import run_plant_server
+
+    cfg = _load(overrides)
+    plant = Plant.from_config(cfg.plant, cfg.scenario, cfg.plant_settings(step_s=1.0))
+    return run_plant_server(plant, cfg.server_settings())
+
+
+def cmd_simulate(overrides: Sequence[str]) -> int:
+    """Run a scenario offline and write its time series, final CSD and plot."""
+    from plant_sim.simulate import simulate_to_files
+
+    cfg = _load(overrides)
+    summary = simulate_to_files(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_bench(args: Sequence[str]) -> int:
+    """``xtalpilot bench plant``: JSON on stdout."""
+    if not args or args[0] != "plant":
+        print("usage: xtalpilot bench plant [overrides]", file=sys.stderr)
+        return 2
+    from plant_sim.bench import run_plant_benchmark
+
+    cfg = _load(args[1:])
+    print(json.dumps(run_plant_benchmark(cfg), indent=2))
+    return 0
+
+
+def cmd_demo(overrides: Sequence[str]) -> int:
+    """Until the agent exists: one simulated batch, its summary as JSON, a report with a plot."""
+    from plant_sim.simulate import simulate_to_files
+
+    cfg = _load(["simulate.output_dir=runs/demo", *overrides])
+    summary = simulate_to_files(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_certs(overrides: Sequence[str]) -> int:
+    """Make OPC UA certificates in cert_dir; with username=NAME also add a user to users_file."""
+    from plant_sim.security import certs_command
+
+    username = None
+    rest = []
+    for item in overrides:
+        if item.startswith("username="):
+            username = item.split("=", 1)[1] or None
+        else:
+            rest.append(item)
+    cfg = _load(rest)
+    users_file = cfg.users_file
+    if username is not None and users_file is None:
+        users_file = f"{cfg.cert_dir}/users.yaml"
+    return certs_command(cfg.cert_dir, username, users_file)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plant": cmd_plant,
+    "bench": cmd_bench,
+    "demo": cmd_demo,
+    "certs": cmd_certs,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point. Returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "plant" and rest and rest[0] == "simulate":
+        handler, rest = cmd_simulate, rest[1:]
+    elif command in COMMANDS:
+        handler = COMMANDS[command]
+    else:
+        print(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in rest):
+        print(USAGE)
+        return 0
+    _setup_logging()
+    from conf.schema import ConfigError
+    from plant_sim.tagmap import TagMapError
+
+    try:
+        return handler(rest)
+    except ConfigError as exc:
+        _log.error("invalid configuration: %s", exc)
+        return 2
+    except TagMapError as exc:
+        _log.error("invalid tag map: %s", exc)
+        return 2
+    except (KeyError, ValueError) as exc:
+        # Scenario/material problems found while building the plant (e.g. an unknown material).
+        _log.error("cannot build the plant: %s", exc.args[0] if exc.args else exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
