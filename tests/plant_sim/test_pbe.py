@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import timeit
 
 import numpy as np
 import pytest
@@ -140,17 +139,6 @@ def test_dissolution_drives_seeds_down_without_negatives(grid, seeds):
     assert np.all(np.diff(number) <= 1e-12 * number[0])
     assert number[-1] < 0.5 * number[0]
     assert history.min() >= -1e-9 * seeds.max()
-
-
-def test_growth_rhs_is_fast(grid, seeds):
-    per_call_s = min(
-        timeit.repeat(lambda: growth_rhs(seeds, G_M_PER_S, grid, 1e6), number=2000, repeat=3)
-    ) / 2000
-    # About 9 us on the development machine; a generous bound keeps the test stable.
-    assert per_call_s < 60e-6
-
-
-# --- moments, seeds, MSMPR ------------------------------------------------------------
 
 
 def test_moments_of_a_batch_of_distributions(grid, seeds):
