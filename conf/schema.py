@@ -110,6 +110,7 @@ class XtalpilotConfig:
             security=self.security,
             cert_dir=self.cert_dir,
             users_file=self.users_file,
+            physics_process=True,
         )
 
 

@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import enum
 import gc
+import itertools
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -61,6 +63,8 @@ class ServerSettings:
         users_file: YAML users file (required for ``sign_encrypt``).
         enable_opcua: serve OPC UA.
         enable_modbus: serve Modbus TCP.
+        physics_process: step the plant in a child process (:class:`PlantProcess`), so the
+            physics never holds the servers' event loop; ``xtalpilot plant`` turns it on.
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +77,7 @@ class ServerSettings:
     users_file: str | None = None
     enable_opcua: bool = True
     enable_modbus: bool = True
+    physics_process: bool = False
 
 
 @dataclass
@@ -153,6 +158,151 @@ def ready_line(plant: Any, settings: ServerSettings) -> str:
     return f"plant {plant.tagmap.reactor} serving {' and '.join(parts)} at {settings.speed:g}x"
 
 
+# Wall seconds between progress snapshots from the physics process during a long advance.
+SNAPSHOT_INTERVAL_S = 0.02
+
+
+class PlantProcess:
+    """The plant stepped in a forked child process, seen through the plant interface.
+
+    Why: the physics costs ~0.2 ms per plant second, so at 1000x it holds an event loop ~20 % of
+    the time and client requests queue behind it (measured on loopback: Modbus read p99
+    2.5 ms in-process vs 1.1 ms with no physics). In a child process the servers' loop only
+    serves and publishes.
+
+    Protocol (two duplex pipes): ``advance`` requests go to the child, which answers each with a
+    snapshot (plant time, values, plant seconds advanced); ``write`` is a blocking round trip
+    answered between physics chunks of at most :data:`CHUNK_PLANT_S`, so a write waits at most
+    one chunk (~1 ms). The child exits when the parent closes the pipes or dies.
+    """
+
+    CHUNK_PLANT_S = 5.0
+    REPLY_TIMEOUT_S = 5.0
+
+    def __init__(self, plant: Any) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.tagmap = plant.tagmap
+        self._values = dict(plant.values())
+        self._time = float(plant.plant_time_s)
+        self._outstanding_s = 0.0
+        self._seq = -1
+        self._adv, adv_child = ctx.Pipe()
+        self._rpc, rpc_child = ctx.Pipe()
+        self._proc = ctx.Process(target=_plant_worker, args=(plant, adv_child, rpc_child), daemon=True,
+                                 name="xtalpilot-plant-physics")
+        self._proc.start()
+        adv_child.close()
+        rpc_child.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def _drain(self) -> None:
+        try:
+            while self._adv.poll():
+                _, seq, plant_time_s, values, advanced_s = self._adv.recv()
+                self._take(seq, plant_time_s, values)
+                self._outstanding_s -= advanced_s
+        except (EOFError, OSError):
+            pass  # the child died; the serve loop notices through ``alive``
+
+    def _take(self, seq: int, plant_time_s: float, values: dict[str, float]) -> None:
+        # Snapshots and write replies travel on different pipes; keep only the newest state, or a
+        # snapshot sent just before a write would hide the write's effect.
+        if seq > self._seq:
+            self._seq, self._time, self._values = seq, plant_time_s, values
+
+    @property
+    def plant_time_s(self) -> float:
+        self._drain()
+        return self._time
+
+    def values(self) -> dict[str, float]:
+        self._drain()
+        return dict(self._values)
+
+    def request_advance(self, plant_s: float, max_outstanding_s: float) -> float:
+        """Ask the child to advance; returns the plant seconds requested (0 if it is behind)."""
+        self._drain()
+        if self._outstanding_s > max_outstanding_s:
+            return 0.0
+        self._adv.send(("advance", plant_s))
+        self._outstanding_s += plant_s
+        return plant_s
+
+    def advance(self, plant_s: float) -> None:
+        self.request_advance(plant_s, math.inf)
+
+    def write(self, name: str, value: Any) -> Any:
+        from plant_sim.plant import WriteResult, WriteStatus
+
+        try:
+            self._rpc.send(("write", name, value))
+        except (TypeError, AttributeError, ValueError) as exc:  # unpicklable client payload
+            return WriteResult(WriteStatus.rejected_type, None, f"{name}: unsupported value ({exc})")
+        if not self._rpc.poll(self.REPLY_TIMEOUT_S):
+            raise RuntimeError("the plant process did not answer a write")
+        _, seq, status, applied, message, plant_time_s, values = self._rpc.recv()
+        self._take(seq, plant_time_s, values)
+        return WriteResult(WriteStatus(status), applied, message)
+
+    def close(self) -> None:
+        for conn in (self._adv, self._rpc):
+            with contextlib.suppress(OSError):
+                conn.close()
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
+def _plant_worker(plant: Any, adv: Any, rpc: Any) -> None:
+    """Child process: advance on request, answer writes between chunks, send snapshots."""
+    from multiprocessing.connection import wait
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # Lower priority than the serving process: when the physics wakes for a burst it must not
+    # preempt the event loop answering clients (a small machine has fewer cores than processes).
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+    seq = itertools.count()
+
+    def serve_writes() -> None:
+        while rpc.poll():
+            _, name, value = rpc.recv()
+            result = plant.write(name, value)
+            rpc.send(("result", next(seq), result.status.value, result.applied, result.message,
+                      plant.plant_time_s, plant.values()))
+
+    try:
+        while True:
+            wait([adv, rpc])
+            serve_writes()
+            while adv.poll():
+                _, plant_s = adv.recv()
+                done, unreported, last_sent = 0.0, 0.0, time.monotonic()
+                while done < plant_s:
+                    chunk = min(PlantProcess.CHUNK_PLANT_S, plant_s - done)
+                    plant.advance(chunk)
+                    done += chunk
+                    unreported += chunk
+                    serve_writes()
+                    if time.monotonic() - last_sent > SNAPSHOT_INTERVAL_S:
+                        # A long request still shows progress to the clients.
+                        adv.send(("values", next(seq), plant.plant_time_s, plant.values(), unreported))
+                        unreported, last_sent = 0.0, time.monotonic()
+                adv.send(("values", next(seq), plant.plant_time_s, plant.values(), unreported))
+    except (EOFError, OSError, BrokenPipeError):
+        return  # parent closed the pipes: shut down
+    except Exception:
+        _log.exception("plant physics failed")
+        raise
+
+
 async def serve_plant(
     plant: Any,
     settings: ServerSettings,
@@ -181,6 +331,9 @@ async def serve_plant(
     stats = stats if stats is not None else ServeStats()
     loop = asyncio.get_running_loop()
     epoch = datetime.now(timezone.utc)
+    if settings.physics_process:
+        # Fork before any server socket exists, so the child holds none of them.
+        plant = PlantProcess(plant)
     servers: list[Any] = []
     if settings.enable_opcua:
         servers.append(PlantOpcUaServer(plant, host=settings.host, port=settings.opcua_port,
@@ -207,6 +360,8 @@ async def serve_plant(
                     loop.add_signal_handler(sig, stop.set)
                     installed.append(sig)
         stack.callback(lambda: [loop.remove_signal_handler(s) for s in installed])
+        if isinstance(plant, PlantProcess):
+            stack.callback(plant.close)
         for srv in servers:
             stack.push_async_callback(srv.stop)
         async with asyncio.TaskGroup() as tg:
@@ -272,7 +427,12 @@ async def _run_loop(plant: Any, settings: ServerSettings, servers: list[Any], st
     while not stop.is_set():
         target = base_plant_s + speed * (time.monotonic() - wall0)
         step = min(target - advanced_s, max_step_s)
-        if step > 0:
+        if isinstance(plant, PlantProcess):
+            if not plant.alive:
+                raise RuntimeError("the plant physics process died; see the log above")
+            if step > 0:
+                advanced_s += plant.request_advance(step, max_outstanding_s=lag_limit_s)
+        elif step > 0:
             advanced_s += await _advance_in_slices(plant, step, deadline=time.monotonic() + 0.8 * interval)
         values = plant.values()
         plant_time_s = plant.plant_time_s
