@@ -53,3 +53,12 @@ def test_simulate_writes_files_and_prints_a_json_summary(tmp_path):
     assert summary["scenario"] == "unseeded_cooling" and summary["plant_time_s"] == 5400.0
     for path in summary["files"].values():
         assert Path(path).exists()
+
+
+def test_bad_tag_map_is_one_clear_line(tmp_path):
+    # Move a measurement onto another's registers: the plant must refuse to start, saying why.
+    out = xtalpilot("plant", "simulate", "plant.signals.reactor_temperature_c.modbus.address=0",
+                    f"simulate.output_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "invalid tag map" in out.stderr and "overlaps" in out.stderr
+    assert "Traceback" not in out.stderr
