@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _setup_logging()
     from conf.schema import ConfigError
+    from plant_sim.plant import PlantConfigError
     from plant_sim.tagmap import TagMapError
 
     try:
@@ -136,9 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TagMapError as exc:
         _log.error("invalid tag map: %s", exc)
         return 2
-    except (KeyError, ValueError) as exc:
-        # Scenario/material problems found while building the plant (e.g. an unknown material).
-        _log.error("cannot build the plant: %s", exc.args[0] if exc.args else exc)
+    except PlantConfigError as exc:
+        _log.error("cannot build the plant: %s", exc)
         return 2
 
 

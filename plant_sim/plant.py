@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plant_sim.kinetics import PowerLawKinetics, facet_kinetics_for_material, GrowthCalibration
+from plant_sim.kinetics import FacetKinetics, GrowthCalibration, PowerLawKinetics, facet_kinetics_for_material
 from plant_sim.materials import Material, SolubilityPolynomial, get_material
 from plant_sim.reactor import Controls, Reactor, Step, facet_rates_fn, power_law_rates_fn
 from plant_sim.scenarios import (
@@ -147,6 +147,10 @@ WRITABLE_SIGNALS = (
 KNOWN_SIGNALS = frozenset(MEASURED_SIGNALS) | frozenset(STATUS_SIGNALS) | frozenset(WRITABLE_SIGNALS)
 
 
+class PlantConfigError(ValueError):
+    """A scenario the simulated plant cannot run (unknown material, not a solution system...)."""
+
+
 def hkl_code(hkl: tuple[int, int, int]) -> int:
     """{hkl} as the integer the facet_k_hkl tags carry: 100 h + 10 k + l (indices 0..9)."""
     return 100 * hkl[0] + 10 * hkl[1] + hkl[2]
@@ -156,33 +160,55 @@ def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, in
     """The scenario's reactor with its kinetics. Returns (reactor, facet families shown)."""
     k = scenario.kinetics
     if k.model is KineticsModel.power_law:
-        p = k.power_law
-        law = PowerLawKinetics(
-            name=p.name,
-            growth_rate_m_per_s=p.growth_rate_um_per_min * 1e-6 / 60.0,
-            growth_exponent=p.growth_exponent,
-            dissolution_rate_m_per_s=p.dissolution_rate_um_per_min * 1e-6 / 60.0,
-            dissolution_exponent=p.dissolution_exponent,
-            nucleation_rate_per_kg_s=p.nucleation_rate_per_kg_s,
-            nucleation_exponent=p.nucleation_exponent,
-            suspension_exponent=p.suspension_exponent,
-            growth_activation_j_per_mol=p.growth_activation_kj_per_mol * 1e3,
-            nucleation_activation_j_per_mol=p.nucleation_activation_kj_per_mol * 1e3,
-            nucleation_basis=p.nucleation_basis,
-            volume_shape_factor=p.volume_shape_factor,
-            reference=p.reference,
-        )
-        solubility = SolubilityPolynomial(tuple(p.solubility_coefficients_g_per_kg), source=p.reference)
-        reactor = Reactor(
-            scenario.reactor,
-            power_law_rates_fn(law),
-            solubility.g_per_kg,
-            crystal_density_kg_per_m3=p.crystal_density_kg_per_m3,
-            volume_shape_factor=p.volume_shape_factor,
-        )
-        return reactor, ()
-    material: Material = get_material(scenario.material)
-    facets = facet_kinetics_for_material(
+        try:
+            return _power_law_reactor(scenario)
+        except ValueError as exc:
+            raise PlantConfigError(f"scenario.kinetics.power_law: {exc}") from None
+    try:
+        material: Material = get_material(scenario.material)
+    except KeyError as exc:
+        raise PlantConfigError(f"scenario.material: {exc.args[0]}") from None
+    try:
+        facets = _facet_kinetics(material, k)
+    except ValueError as exc:
+        raise PlantConfigError(f"scenario.material={material.name}: {exc}") from None
+    reactor = Reactor(
+        scenario.reactor, facet_rates_fn(facets), material.solubility.g_per_kg, material.density_kg_per_m3
+    )
+    return reactor, facets.hkls[:N_FACET_SLOTS]
+
+
+def _power_law_reactor(scenario: Scenario) -> tuple[Reactor, tuple]:
+    k = scenario.kinetics
+    p = k.power_law
+    law = PowerLawKinetics(
+        name=p.name,
+        growth_rate_m_per_s=p.growth_rate_um_per_min * 1e-6 / 60.0,
+        growth_exponent=p.growth_exponent,
+        dissolution_rate_m_per_s=p.dissolution_rate_um_per_min * 1e-6 / 60.0,
+        dissolution_exponent=p.dissolution_exponent,
+        nucleation_rate_per_kg_s=p.nucleation_rate_per_kg_s,
+        nucleation_exponent=p.nucleation_exponent,
+        suspension_exponent=p.suspension_exponent,
+        growth_activation_j_per_mol=p.growth_activation_kj_per_mol * 1e3,
+        nucleation_activation_j_per_mol=p.nucleation_activation_kj_per_mol * 1e3,
+        nucleation_basis=p.nucleation_basis,
+        volume_shape_factor=p.volume_shape_factor,
+        reference=p.reference,
+    )
+    solubility = SolubilityPolynomial(tuple(p.solubility_coefficients_g_per_kg), source=p.reference)
+    reactor = Reactor(
+        scenario.reactor,
+        power_law_rates_fn(law),
+        solubility.g_per_kg,
+        crystal_density_kg_per_m3=p.crystal_density_kg_per_m3,
+        volume_shape_factor=p.volume_shape_factor,
+    )
+    return reactor, ()
+
+
+def _facet_kinetics(material: Material, k) -> FacetKinetics:
+    return facet_kinetics_for_material(
         material,
         GrowthCalibration(
             bcf_rate_m_per_s=k.bcf_rate_m_per_s,
@@ -194,10 +220,6 @@ def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, in
         primary_prefactor_per_kg_s=k.primary_prefactor_per_kg_s,
         secondary_rate_per_kg_s=k.secondary_rate_per_kg_s,
     )
-    reactor = Reactor(
-        scenario.reactor, facet_rates_fn(facets), material.solubility.g_per_kg, material.density_kg_per_m3
-    )
-    return reactor, facets.hkls[:N_FACET_SLOTS]
 
 
 class Plant:

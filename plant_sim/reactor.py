@@ -396,22 +396,20 @@ _NO_FACETS = np.zeros(0)
 class _SolubilityTable:
     """C*(T) tabulated every 0.01 K and interpolated linearly: the curve is evaluated several
     times per integration step and a spline call costs ~50 us; the table's interpolation error
-    is below 1e-6 relative for handbook curves. Outside the tabulated range the curve itself is
-    called, so its own range errors still surface.
+    is below 1e-6 relative for handbook curves.
     """
 
     STEP_K = 0.01
 
     def __init__(self, curve: Callable[[float], float], low_c: float = -30.0, high_c: float = 130.0) -> None:
         self.curve = curve
-        temps = np.arange(low_c, high_c + self.STEP_K / 2, self.STEP_K)
-        try:
-            values = np.asarray(curve(temps), dtype=float)
-        except ValueError:
-            # Curves that refuse to extrapolate: tabulate only where they answer.
-            ok = np.array([_answers(curve, t) for t in temps])
-            values = np.full(temps.shape, np.nan)
-            values[ok] = np.asarray(curve(temps[ok]), dtype=float)
+        # Find where the curve answers on a 1 K scan (handbook curves refuse to extrapolate far),
+        # then tabulate that span finely in one vectorised call.
+        coarse = [t for t in np.arange(low_c, high_c + 0.5, 1.0) if _answers(curve, float(t))]
+        if not coarse:
+            raise ValueError(f"solubility curve gives no value between {low_c} and {high_c} C")
+        temps = np.arange(coarse[0], coarse[-1] + self.STEP_K / 2, self.STEP_K)
+        values = np.asarray(curve(temps), dtype=float)
         valid = np.flatnonzero(np.isfinite(values))
         self.low_c = float(temps[valid[0]])
         self.high_c = float(temps[valid[-1]])
@@ -419,11 +417,12 @@ class _SolubilityTable:
 
     def __call__(self, temperature_c: float) -> float:
         pos = (temperature_c - self.low_c) / self.STEP_K
-        i = int(pos)
-        if pos < 0.0 or i >= len(self.values) - 1:
-            return float(self.curve(temperature_c))
+        last = len(self.values) - 1
+        # Outside the table: extend the end segment linearly (floored at zero). The reactor must
+        # keep integrating through an excursion rather than stop on a handbook range error.
+        i = min(max(int(math.floor(pos)), 0), last - 1)
         frac = pos - i
-        return self.values[i] * (1.0 - frac) + self.values[i + 1] * frac
+        return max(self.values[i] * (1.0 - frac) + self.values[i + 1] * frac, 0.0)
 
 
 def _answers(curve: Callable[[float], float], temperature_c: float) -> bool:

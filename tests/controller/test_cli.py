@@ -62,3 +62,11 @@ def test_bad_tag_map_is_one_clear_line(tmp_path):
     assert out.returncode == 2
     assert "invalid tag map" in out.stderr and "overlaps" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_power_law_preset_with_a_bad_basis_is_one_clear_line(tmp_path):
+    out = xtalpilot("plant", "simulate", "kinetics=kno3_miller_rawlings_1994",
+                    "scenario.kinetics.power_law.nucleation_basis=volume", f"simulate.output_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "nucleation_basis" in out.stderr and "third_moment" in out.stderr
+    assert "Traceback" not in out.stderr
