@@ -206,7 +206,6 @@ class Reactor:
         self.n = settings.n_classes
         # rho k_v L_i^3 dL_i: crystal mass per unit N_i, so mass closes exactly (discrete mu_3).
         self._mass_weights = crystal_density_kg_per_m3 * volume_shape_factor * pbe.third_moment_weights(self.grid)
-        self._volume_weights = volume_shape_factor * pbe.third_moment_weights(self.grid)
         self._min_dl = float(np.min(self.grid.widths_m))
         self._end_of_last_advance: tuple | None = None
 
@@ -280,7 +279,7 @@ class Reactor:
         crystals = x[:n]
         suspension = float(self._mass_weights @ crystals) / solvent
         # Crystal volume per solvent volume (solvent taken at 1000 kg/m3): basis of mu_3 laws.
-        volume_fraction = float(self._volume_weights @ crystals) / (solvent / 1000.0)
+        volume_fraction = suspension * 1000.0 / self.density_kg_per_m3
         rates = self.kinetics(float(x[n + I_TR]), c, c_star, impurity_ppm, suspension, volume_fraction)
         return rates, c, c_star
 
