@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import platform
 import re
@@ -195,7 +194,7 @@ def run_plant_benchmark(cfg, served: bool = True) -> dict:
     result["details"] = {
         **offline,
         "msmpr_classes": 200,
-        "scenario": dataclasses.asdict(cfg.scenario)["name"],
+        "scenario": cfg.scenario.name,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "bench_wall_s": time.perf_counter() - t0,
     }
