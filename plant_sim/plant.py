@@ -75,6 +75,9 @@ class ShedAction(str, enum.Enum):
     recipe = "recipe"
 
 
+# Integer signals whose values are codes; anything else is rejected as out of range.
+_ENUM_SIGNALS: dict[str, type[enum.IntEnum]] = {"batch_command": BatchCommand, "agent_mode": AgentMode}
+
 # (state, command) -> next state. Anything else is an invalid transition.
 _TRANSITIONS: dict[tuple[BatchState, BatchCommand], BatchState] = {
     (BatchState.IDLE, BatchCommand.START): BatchState.EXECUTE,
@@ -96,6 +99,7 @@ class WriteStatus(str, enum.Enum):
     rejected_out_of_range = "rejected_out_of_range"
     rejected_type = "rejected_type"
     rejected_invalid_state = "rejected_invalid_state"
+    failed = "failed"  # the plant could not process the write (an internal error); nothing applied
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,6 @@ class Plant:
         self._agent_mode = AgentMode.MANUAL
         self._operator_mode = 0.0
         self._last_command = 0.0
-        self._remote_setpoint_c = self._working_setpoint_c
-        self._remote_antisolvent = 0.0
         self._shed = False
         self._remote = False
         self._measured: dict[str, float] = {}
@@ -277,6 +279,10 @@ class Plant:
         self._recipe_start_c = sc.initial_temperature_c
         self._working_setpoint_c = sc.initial_temperature_c
         self._working_antisolvent = 0.0
+        # Remote setpoints start at (and, while the local loop drives, track) the working ones, so
+        # entering automatic is bumpless until the agent writes something new.
+        self._remote_setpoint_c = self._working_setpoint_c
+        self._remote_antisolvent = 0.0
         self._seeded = sc.seeding.mass_g <= 0.0
         self.seed_mass_charged_g = 0.0
         self._last_step: Step | None = None
@@ -322,6 +328,11 @@ class Plant:
                 None,
                 f"{name}: {value} outside the engineering range [{signal.low}, {signal.high}] {signal.unit}",
             )
+        enum_type = _ENUM_SIGNALS.get(name)
+        if enum_type is not None and int(value) not in enum_type._value2member_map_:
+            # A tag map may declare a wider range than the codes the plant knows.
+            codes = {m.name.lower(): int(m) for m in enum_type}
+            return WriteResult(WriteStatus.rejected_out_of_range, None, f"{name}: {value:g} is not one of {codes}")
         if name == "batch_command":
             return self._command(BatchCommand(int(value)))
         applied = signal.clamp(value)
@@ -336,7 +347,7 @@ class Plant:
                 self._heartbeat_changed_s = self._plant_time_s
             self._heartbeat = applied
         elif name == "agent_mode":
-            self._agent_mode = AgentMode(int(applied))
+            self._agent_mode = AgentMode(int(value))
             if self._agent_mode is AgentMode.AUTOMATIC and self._heartbeat_fresh():
                 self._shed = False  # explicit re-entry into remote cascade
         elif name == "operator_mode_request":
@@ -371,6 +382,15 @@ class Plant:
         """Target temperature setpoint and antisolvent rate for the next step."""
         sc = self.scenario
         executing = self.state is BatchState.EXECUTE
+        recipe_c, recipe_anti = self._working_setpoint_c, 0.0
+        if executing:
+            # The setpoint for the step ending at recipe time t + dt.
+            recipe_min = (self._recipe_time_s + self.settings.step_s) / 60.0
+            recipe_c, recipe_anti, finished = recipe_setpoint(sc.recipe, self._recipe_start_c, recipe_min)
+            if finished and sc.operation is Operation.batch:
+                # The batch ends on its recipe time whoever drives the setpoint (a DCS phase
+                # timer); this step is its last.
+                self.state = BatchState.COMPLETED
         wants_remote = self._agent_mode is AgentMode.AUTOMATIC
         if wants_remote and executing and not self._heartbeat_fresh():
             self._shed = True
@@ -378,12 +398,7 @@ class Plant:
         if self._remote:
             return self._remote_setpoint_c, self._remote_antisolvent
         if executing and (not self._shed or self.settings.shed_action is ShedAction.recipe):
-            # The setpoint for the step ending at recipe time t + dt.
-            recipe_min = (self._recipe_time_s + self.settings.step_s) / 60.0
-            temp, anti, finished = recipe_setpoint(sc.recipe, self._recipe_start_c, recipe_min)
-            if finished and sc.operation is Operation.batch:
-                self.state = BatchState.COMPLETED
-            return temp, anti
+            return recipe_c, recipe_anti
         return self._working_setpoint_c, 0.0
 
     def _ramp(self, current: float, target: float, name: str, dt_s: float) -> float:
@@ -400,6 +415,10 @@ class Plant:
         self._working_antisolvent = self._ramp(
             self._working_antisolvent, target_anti, "antisolvent_rate_setpoint_kg_per_min", dt
         )
+        if not self._remote:
+            # Setpoint tracking: the remote setpoints follow the local loop (bumpless transfer).
+            self._remote_setpoint_c = self._working_setpoint_c
+            self._remote_antisolvent = self._working_antisolvent
         executing = self.state is BatchState.EXECUTE
         if executing and not self._seeded and self._recipe_time_s >= sc.seeding.at_min * 60.0:
             self.seed_mass_charged_g = sc.drawn_seed_mass_g(self._batch_index)

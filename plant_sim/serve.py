@@ -108,6 +108,9 @@ def check_settings(settings: ServerSettings) -> None:
         raise SettingsError(f"publish_interval_s must be > 0, got {settings.publish_interval_s}")
     if not (settings.enable_opcua or settings.enable_modbus):
         raise SettingsError("nothing to serve: enable_opcua and enable_modbus are both false")
+    for key, port in (("opcua_port", settings.opcua_port), ("modbus_port", settings.modbus_port)):
+        if not (isinstance(port, int) and 1 <= port <= 65535):
+            raise SettingsError(f"{key} must be a TCP port 1..65535, got {port!r} ({key}=...)")
     if settings.enable_opcua and settings.enable_modbus and settings.opcua_port == settings.modbus_port:
         raise SettingsError(f"opcua_port and modbus_port are both {settings.opcua_port}; change one")
 
@@ -126,7 +129,7 @@ def check_ports(settings: ServerSettings) -> None:
     for proto, key, port in wanted:
         try:
             infos = socket.getaddrinfo(settings.host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+        except (socket.gaierror, UnicodeError, ValueError, OverflowError) as exc:
             raise PortInUseError(f"cannot resolve host {settings.host!r} ({exc}); set host=...") from None
         family, socktype, proto_num, _, addr = infos[0]
         with socket.socket(family, socktype, proto_num) as sock:
@@ -188,9 +191,10 @@ class PlantProcess:
         self._time = float(plant.plant_time_s)
         self._outstanding_s = 0.0
         self._seq = -1
+        self._request_id = 0
         self._adv, adv_child = ctx.Pipe()
         self._rpc, rpc_child = ctx.Pipe()
-        self._proc = ctx.Process(target=_plant_worker, args=(plant, adv_child, rpc_child), daemon=True,
+        self._proc = ctx.Process(target=_plant_worker, args=(plant, adv_child, rpc_child, (self._adv, self._rpc)), daemon=True,
                                  name="xtalpilot-plant-physics")
         self._proc.start()
         adv_child.close()
@@ -239,15 +243,22 @@ class PlantProcess:
     def write(self, name: str, value: Any) -> Any:
         from plant_sim.plant import WriteResult, WriteStatus
 
+        self._request_id += 1
+        request_id = self._request_id
         try:
-            self._rpc.send(("write", name, value))
+            self._rpc.send(("write", request_id, name, value))
         except (TypeError, AttributeError, ValueError) as exc:  # unpicklable client payload
             return WriteResult(WriteStatus.rejected_type, None, f"{name}: unsupported value ({exc})")
-        if not self._rpc.poll(self.REPLY_TIMEOUT_S):
-            raise RuntimeError("the plant process did not answer a write")
-        _, seq, status, applied, message, plant_time_s, values = self._rpc.recv()
-        self._take(seq, plant_time_s, values)
-        return WriteResult(WriteStatus(status), applied, message)
+        deadline = time.monotonic() + self.REPLY_TIMEOUT_S
+        while True:
+            if not self._rpc.poll(max(0.0, deadline - time.monotonic())):
+                # The reply may still come; the request id keeps it from answering a later write.
+                raise RuntimeError(f"the plant process did not answer the write to {name} "
+                                   f"within {self.REPLY_TIMEOUT_S} s")
+            _, reply_id, seq, status, applied, message, plant_time_s, values = self._rpc.recv()
+            self._take(seq, plant_time_s, values)
+            if reply_id == request_id:
+                return WriteResult(WriteStatus(status), applied, message)
 
     def close(self) -> None:
         for conn in (self._adv, self._rpc):
@@ -259,11 +270,17 @@ class PlantProcess:
             self._proc.join(timeout=5)
 
 
-def _plant_worker(plant: Any, adv: Any, rpc: Any) -> None:
+def _plant_worker(plant: Any, adv: Any, rpc: Any, parent_ends: tuple[Any, ...] = ()) -> None:
     """Child process: advance on request, answer writes between chunks, send snapshots."""
     from multiprocessing.connection import wait
 
+    from plant_sim.plant import WriteStatus
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # The fork copied the parent's ends of the pipes; closed here, the parent closing its own
+    # copies reaches this process as EOF and it exits at once.
+    for conn in parent_ends:
+        conn.close()
     # Lower priority than the serving process: when the physics wakes for a burst it must not
     # preempt the event loop answering clients (a small machine has fewer cores than processes).
     with contextlib.suppress(OSError):
@@ -273,10 +290,14 @@ def _plant_worker(plant: Any, adv: Any, rpc: Any) -> None:
 
     def serve_writes() -> None:
         while rpc.poll():
-            _, name, value = rpc.recv()
-            result = plant.write(name, value)
-            rpc.send(("result", next(seq), result.status.value, result.applied, result.message,
-                      plant.plant_time_s, plant.values()))
+            _, request_id, name, value = rpc.recv()
+            try:
+                result = plant.write(name, value)
+                reply = (result.status.value, result.applied, result.message)
+            except Exception as exc:  # a bad write must not stop the physics
+                _log.exception("Plant.write(%s, %r) raised", name, value)
+                reply = (WriteStatus.failed.value, None, f"{name}: plant error ({exc})")
+            rpc.send(("result", request_id, next(seq), *reply, plant.plant_time_s, plant.values()))
 
     try:
         while True:
@@ -331,37 +352,37 @@ async def serve_plant(
     stats = stats if stats is not None else ServeStats()
     loop = asyncio.get_running_loop()
     epoch = datetime.now(timezone.utc)
-    if settings.physics_process:
-        # Fork before any server socket exists, so the child holds none of them.
-        plant = PlantProcess(plant)
-    servers: list[Any] = []
-    if settings.enable_opcua:
-        servers.append(PlantOpcUaServer(plant, host=settings.host, port=settings.opcua_port,
-                                        security=security, plant_epoch=epoch))
-    if settings.enable_modbus:
-        servers.append(PlantModbusServer(plant, host=settings.host, port=settings.modbus_port))
-
-    async def republish() -> None:
-        values, plant_time_s = plant.values(), plant.plant_time_s
-        for srv in servers:
-            if isinstance(srv, PlantOpcUaServer):
-                await srv.publish(values, plant_time_s)
-            else:
-                await srv.publish(values)
-
-    for srv in servers:
-        srv.after_write = republish
-
     installed: list[int] = []
     async with contextlib.AsyncExitStack() as stack:
+        if settings.physics_process:
+            # Fork before any server socket exists, so the child holds none of them. Closed by the
+            # stack even if a server constructor below raises.
+            plant = PlantProcess(plant)
+            stack.callback(plant.close)
+        servers: list[Any] = []
+        if settings.enable_opcua:
+            servers.append(PlantOpcUaServer(plant, host=settings.host, port=settings.opcua_port,
+                                            security=security, plant_epoch=epoch))
+        if settings.enable_modbus:
+            servers.append(PlantModbusServer(plant, host=settings.host, port=settings.modbus_port))
+
+        async def republish() -> None:
+            values, plant_time_s = plant.values(), plant.plant_time_s
+            for srv in servers:
+                if isinstance(srv, PlantOpcUaServer):
+                    await srv.publish(values, plant_time_s)
+                else:
+                    await srv.publish(values)
+
+        for srv in servers:
+            srv.after_write = republish
+
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, stop.set)
                     installed.append(sig)
         stack.callback(lambda: [loop.remove_signal_handler(s) for s in installed])
-        if isinstance(plant, PlantProcess):
-            stack.callback(plant.close)
         for srv in servers:
             stack.push_async_callback(srv.stop)
         async with asyncio.TaskGroup() as tg:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -11,6 +12,7 @@ import pytest
 from conf.schema import load_config
 from plant_sim.plant import BatchCommand, BatchState, Plant, PlantSettings, ShedAction, WriteStatus
 from plant_sim.reactor import ReactorSettings
+from plant_sim.scenarios import recipe_duration_min
 from plant_sim.tagmap import TagMapError
 
 
@@ -75,17 +77,69 @@ def test_remote_setpoint_is_rate_limited_and_only_followed_in_automatic(cfg):
     start = plant.values()["reactor_temperature_setpoint_active_c"]
     plant.write("reactor_temperature_setpoint_c", 20.0)
     plant.advance(60.0)
-    # Advisory: the recipe (0.5 K/min ramp at first) drives, not the written setpoint.
+    # Advisory: the recipe (0.5 K/min ramp at first) drives, not the written setpoint, and the
+    # remote setpoint tracks the working one.
     assert plant.values()["control_source"] == 0.0
     assert plant.values()["reactor_temperature_setpoint_active_c"] == pytest.approx(start - 0.5, abs=1e-6)
+    assert plant.values()["reactor_temperature_setpoint_c"] == pytest.approx(start - 0.5, abs=1e-6)
     plant.write("agent_heartbeat", 1)
     plant.write("agent_mode", 2)
+    plant.write("reactor_temperature_setpoint_c", 20.0)
     before = plant.values()["reactor_temperature_setpoint_active_c"]
     plant.advance(60.0)
     after = plant.values()["reactor_temperature_setpoint_active_c"]
     rate = plant.tagmap["reactor_temperature_setpoint_c"].max_rate_per_min
     assert plant.values()["control_source"] == 1.0
     assert before - after == pytest.approx(rate, rel=1e-9)  # 1 min at the plant's rate limit
+
+
+def test_entering_automatic_is_bumpless(cfg):
+    plant = make_plant(cfg, shed_timeout_s=1e9)
+    command(plant, BatchCommand.START)
+    plant.advance(600.0)  # 10 min down the recipe ramp, local control
+    working = plant.values()["reactor_temperature_setpoint_active_c"]
+    assert working < plant.scenario.initial_temperature_c - 1.0
+    plant.write("agent_heartbeat", 1)
+    plant.write("agent_mode", 2)  # no setpoint written: the plant holds where the recipe was
+    plant.advance(60.0)
+    assert plant.values()["control_source"] == 1.0
+    assert plant.values()["reactor_temperature_setpoint_active_c"] == pytest.approx(working, abs=1e-9)
+
+
+def test_a_batch_under_remote_control_completes_on_its_recipe_time(cfg):
+    plant = make_plant(cfg, shed_timeout_s=1e9)
+    command(plant, BatchCommand.START)
+    plant.write("agent_heartbeat", 1)
+    plant.write("agent_mode", 2)
+    duration_s = recipe_duration_min(plant.scenario.recipe, plant.scenario.initial_temperature_c) * 60.0
+    plant.advance(duration_s - 120.0)
+    assert plant.values()["batch_state"] == float(BatchState.EXECUTE)
+    assert plant.values()["control_source"] == 1.0
+    plant.advance(240.0)
+    assert plant.values()["batch_state"] == float(BatchState.COMPLETED)
+    assert plant.values()["control_source"] == 0.0
+
+
+def test_reset_returns_the_remote_setpoint_to_the_charge_temperature(cfg):
+    plant = make_plant(cfg, shed_timeout_s=1e9)
+    command(plant, BatchCommand.START)
+    plant.write("agent_heartbeat", 1)
+    plant.write("agent_mode", 2)
+    plant.write("reactor_temperature_setpoint_c", 30.0)
+    command(plant, BatchCommand.ABORT)
+    command(plant, BatchCommand.RESET)
+    assert plant.values()["reactor_temperature_setpoint_c"] == plant.scenario.initial_temperature_c
+
+
+@pytest.mark.parametrize("name", ["batch_command", "agent_mode"])
+def test_codes_outside_the_enumeration_are_rejected_even_if_the_tag_map_allows_them(cfg, name):
+    tagmap = copy.deepcopy(dict(cfg.plant))
+    tagmap["signals"][name]["high"] = 99
+    plant = Plant.from_config(tagmap, cfg.scenario, PlantSettings(step_s=1.0))
+    result = plant.write(name, 42)
+    assert result.status is WriteStatus.rejected_out_of_range and "42" in result.message
+    plant.advance(1.0)  # and the plant carries on
+    assert plant.values()["batch_state"] == float(BatchState.IDLE)
 
 
 def test_heartbeat_loss_sheds_and_latches_until_reentry(cfg):
