@@ -27,6 +27,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from plant_sim import validate
 from plant_sim.plant import PlantSettings, ShedAction
 from plant_sim.scenarios import Scenario
 from plant_sim.serve import SecurityMode, ServerSettings
@@ -54,6 +55,9 @@ class SimulateSettings:
     output_interval_s: float = 10.0
     plot: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "output_interval_s")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,16 @@ class XtalpilotConfig:
     shed_action: ShedAction = ShedAction.hold
     autostart: bool = False
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "speed", "publish_interval_s", "shed_timeout_s")
+        validate.within(self, "opcua_port", 1, 65535)
+        validate.within(self, "modbus_port", 1, 65535)
+        if self.scenario.duration_min * 60.0 < self.simulate.output_interval_s:
+            raise ValueError(
+                f"scenario.duration_min ({self.scenario.duration_min} min) is shorter than one "
+                f"simulate.output_interval_s ({self.simulate.output_interval_s} s); lengthen the one or shorten the other"
+            )
 
     def plant_settings(self, step_s: float = 1.0, autostart: bool | None = None) -> PlantSettings:
         return PlantSettings(
@@ -185,7 +199,10 @@ def build(cls: type, data: Any) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _build_value(hints[f.name], data[f.name])
+            try:
+                kwargs[f.name] = _build_value(hints[f.name], data[f.name])
+            except ValueError as exc:  # a nested settings class refused a value: say where
+                raise ValueError(f"{f.name}{'' if str(exc).startswith('[') else '.'}{exc}") from None
     return cls(**kwargs)
 
 
@@ -196,7 +213,13 @@ def _build_value(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(inner)
     if origin is tuple:
         (arg, *_rest) = typing.get_args(inner) or (Any,)
-        return tuple(_build_value(arg, v) for v in value)
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_build_value(arg, v))
+            except ValueError as exc:
+                raise ValueError(f"[{i}].{exc}") from None
+        return tuple(items)
     if dataclasses.is_dataclass(inner):
         return build(inner, value)
     if isinstance(inner, type) and issubclass(inner, enum.Enum):

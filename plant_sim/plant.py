@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from plant_sim import validate
 from plant_sim.kinetics import FacetKinetics, GrowthCalibration, PowerLawKinetics, facet_kinetics_for_material
 from plant_sim.materials import Material, SolubilityPolynomial, get_material
 from plant_sim.reactor import Controls, Reactor, Step, facet_rates_fn, power_law_rates_fn
@@ -130,6 +131,9 @@ class PlantSettings:
     shed_timeout_s: float = 120.0
     shed_action: ShedAction = ShedAction.hold
     autostart: bool = False
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "step_s", "shed_timeout_s")
 
 
 # Signals the simulated plant produces besides the instruments, and the commands it accepts.

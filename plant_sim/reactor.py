@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from plant_sim import pbe
+from plant_sim import pbe, validate
 from plant_sim.kinetics import (
     K_BOLTZMANN_J_PER_K,
     MIN_POISONED_FRACTION,
@@ -107,6 +107,26 @@ class ReactorSettings:
     max_size_um: float = 1500.0
     max_substep_s: float = 20.0
     cfl: float = 0.4
+
+    def __post_init__(self) -> None:
+        validate.positive(
+            self, "water_mass_kg", "slurry_heat_capacity_j_per_kg_k", "jacket_mass_kg", "jacket_flow_kg_per_s",
+            "coolant_heat_capacity_j_per_kg_k", "heat_transfer_w_per_k", "heat_transfer_area_m2",
+            "pid_integral_time_s", "max_size_um", "max_substep_s",
+        )
+        validate.non_negative(
+            self, "ambient_loss_w_per_k", "pid_gain", "heat_of_crystallization_j_per_kg",
+            "antisolvent_solubility_coefficient",
+        )
+        if not self.jacket_inlet_min_c < self.jacket_inlet_max_c:
+            raise ValueError(
+                f"jacket_inlet_min_c ({self.jacket_inlet_min_c}) must be below jacket_inlet_max_c "
+                f"({self.jacket_inlet_max_c})"
+            )
+        if not self.n_classes >= 20:
+            raise ValueError(f"n_classes must be >= 20 size classes, got {self.n_classes!r}")
+        if not 0.0 < self.cfl <= 1.0:
+            raise ValueError(f"cfl must be in (0, 1] for a stable explicit scheme, got {self.cfl!r}")
     max_sigma_change: float = 0.25
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from plant_sim import validate
 from plant_sim.reactor import ReactorSettings
 from plant_sim.sensors import SensorFault, SensorSettings
 
@@ -51,6 +52,10 @@ class RecipeStep:
     hold_min: float = 0.0
     antisolvent_rate_kg_per_min: float = 0.0
 
+    def __post_init__(self) -> None:
+        validate.positive(self, "rate_k_per_min")
+        validate.non_negative(self, "hold_min", "antisolvent_rate_kg_per_min")
+
 
 @dataclass(frozen=True)
 class Seeding:
@@ -71,6 +76,10 @@ class Seeding:
     at_min: float = 0.0
     mass_rel_std: float = 0.0
 
+    def __post_init__(self) -> None:
+        validate.non_negative(self, "mass_g", "at_min", "mass_rel_std")
+        validate.positive(self, "mean_size_um", "std_size_um")
+
 
 @dataclass(frozen=True)
 class ImpurityPulse:
@@ -79,6 +88,11 @@ class ImpurityPulse:
     start_min: float
     end_min: float
     concentration_ppm: float
+
+    def __post_init__(self) -> None:
+        validate.non_negative(self, "start_min", "concentration_ppm")
+        if not self.end_min > self.start_min:
+            raise ValueError(f"end_min must be > start_min ({self.start_min}), got {self.end_min!r}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,9 @@ class Fouling:
     start_min: float = 0.0
     resistance_m2k_per_w_per_h: float = 0.0
 
+    def __post_init__(self) -> None:
+        validate.non_negative(self, "start_min", "resistance_m2k_per_w_per_h")
+
 
 @dataclass(frozen=True)
 class Continuous:
@@ -99,6 +116,10 @@ class Continuous:
     residence_time_min: float = 30.0
     feed_concentration_g_per_kg: float = 0.0
     feed_temperature_c: float = 50.0
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "residence_time_min")
+        validate.non_negative(self, "feed_concentration_g_per_kg")
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,12 @@ class PowerLawPreset:
     solubility_coefficients_g_per_kg: tuple[float, ...] = (0.0,)
     reference: str = ""
 
+    def __post_init__(self) -> None:
+        validate.non_negative(self, "growth_rate_um_per_min", "dissolution_rate_um_per_min", "nucleation_rate_per_kg_s")
+        validate.positive(self, "volume_shape_factor", "crystal_density_kg_per_m3")
+        if len(self.solubility_coefficients_g_per_kg) == 0:
+            raise ValueError("solubility_coefficients_g_per_kg needs at least one coefficient")
+
 
 @dataclass(frozen=True)
 class KineticsConfig:
@@ -167,6 +194,13 @@ class KineticsConfig:
     primary_prefactor_per_kg_s: float = 1e20
     secondary_rate_per_kg_s: float = 2e7
     power_law: PowerLawPreset = field(default_factory=PowerLawPreset)
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "bcf_rate_m_per_s", "critical_supersaturation", "heterogeneous_factor")
+        validate.non_negative(
+            self, "birth_spread_rate_m_per_s", "dislocation_activity", "primary_prefactor_per_kg_s",
+            "secondary_rate_per_kg_s",
+        )
 
 
 @dataclass(frozen=True)
@@ -213,6 +247,12 @@ class Scenario:
     reactor: ReactorSettings = field(default_factory=ReactorSettings)
     sensors: SensorSettings = field(default_factory=SensorSettings)
     kinetics: KineticsConfig = field(default_factory=KineticsConfig)
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "duration_min")
+        validate.non_negative(self, "target_mean_size_um")
+        validate.within(self, "initial_temperature_c", -50.0, 200.0)
+        validate.within(self, "initial_saturation_temperature_c", -50.0, 200.0)
 
     def drawn_seed_mass_g(self, batch_index: int = 0) -> float:
         """The seed mass charged in batch ``batch_index``: nominal x (1 + rel_std z), z ~ N(0, 1).

@@ -72,3 +72,31 @@ def test_malformed_config_names_the_field_and_allowed_values(override, must_ment
     for word in must_mention:
         assert word in message, message
     assert "Traceback" not in message
+
+
+@pytest.mark.parametrize(
+    "override, path",
+    [
+        ("scenario.seeding.std_size_um=-1", "scenario.seeding.std_size_um"),
+        ("scenario.seeding.mean_size_um=0", "scenario.seeding.mean_size_um"),
+        ("scenario.recipe.1.rate_k_per_min=0", "scenario.recipe[1].rate_k_per_min"),
+        ("scenario.duration_min=-5", "scenario.duration_min"),
+        ("scenario.continuous.residence_time_min=0", "scenario.continuous.residence_time_min"),
+        ("scenario.reactor.n_classes=3", "scenario.reactor.n_classes"),
+        ("scenario.reactor.cfl=2", "scenario.reactor.cfl"),
+        ("scenario.reactor.water_mass_kg=nan", "scenario.reactor.water_mass_kg"),
+        ("scenario.kinetics.critical_supersaturation=0", "scenario.kinetics.critical_supersaturation"),
+        ("simulate.output_interval_s=0", "simulate.output_interval_s"),
+        ("speed=nan", "speed"),
+        ("speed=-600", "speed"),
+        ("publish_interval_s=0", "publish_interval_s"),
+        ("shed_timeout_s=0", "shed_timeout_s"),
+        ("opcua_port=70000", "opcua_port"),
+        ("modbus_port=0", "modbus_port"),
+        ("scenario.duration_min=0.05", "scenario.duration_min"),
+    ],
+)
+def test_out_of_range_values_name_their_path(override, path):
+    with pytest.raises(ConfigError) as info:
+        load_config([override])
+    assert path in str(info.value), str(info.value)
