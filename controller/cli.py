@@ -67,7 +67,7 @@ def cmd_bench(args: Sequence[str]) -> int:
     from plant_sim.bench import run_plant_benchmark
 
     cfg = _load(args[1:])
-    print(json.dumps(run_plant_benchmark(cfg), indent=2))
+    print(json.dumps(run_plant_benchmark(cfg, overrides=args[1:]), indent=2))
     return 0
 
 

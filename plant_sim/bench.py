@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Iterator
 
 import numpy as np
@@ -143,11 +144,27 @@ async def _measure_clients(tagmap: TagMap, opcua_port: int, modbus_port: int, re
     return out
 
 
-def served_benchmark(tagmap: TagMap, speed: float, reads: int = 2000, rtf_window_s: float = 10.0) -> dict:
-    """Start the served plant at ``speed`` and measure it from loopback clients."""
+# Settings the served benchmark chooses itself: its clients connect insecurely on loopback to
+# free ports, at the speed being measured, with the batch running.
+_BENCH_OWNED_KEYS = frozenset({"speed", "host", "opcua_port", "modbus_port", "autostart", "security"})
+
+
+def served_overrides(user: Sequence[str], speed: float, opcua_port: int, modbus_port: int) -> list[str]:
+    """Overrides of the benchmark's ``xtalpilot plant``: the user's, less the benchmark's own keys."""
+    kept = [o for o in user if o.split("=", 1)[0].lstrip("+~") not in _BENCH_OWNED_KEYS]
+    return [*kept, f"speed={speed}", f"opcua_port={opcua_port}", f"modbus_port={modbus_port}", "autostart=true"]
+
+
+def served_benchmark(
+    tagmap: TagMap, speed: float, reads: int = 2000, rtf_window_s: float = 10.0, overrides: Sequence[str] = ()
+) -> dict:
+    """Start the served plant at ``speed`` and measure it from loopback clients.
+
+    ``overrides`` (the user's, e.g. ``scenario=msmpr``) reach the served plant, except the
+    keys in :data:`_BENCH_OWNED_KEYS`.
+    """
     opcua_port, modbus_port = _free_port(), _free_port()
-    overrides = [f"speed={speed}", f"opcua_port={opcua_port}", f"modbus_port={modbus_port}", "autostart=true"]
-    with served_plant(overrides):
+    with served_plant(served_overrides(overrides, speed, opcua_port, modbus_port)):
         return asyncio.run(_measure_clients(tagmap, opcua_port, modbus_port, reads, rtf_window_s))
 
 
@@ -171,8 +188,14 @@ def offline_benchmark(cfg, runs: int = 5) -> dict:
     }
 
 
-def run_plant_benchmark(cfg, served: bool = True) -> dict:
-    """All plant figures as one JSON-ready dict (top-level keys as the README documents)."""
+def run_plant_benchmark(cfg, served: bool = True, overrides: Sequence[str] = ()) -> dict:
+    """All plant figures as one JSON-ready dict (top-level keys as the README documents).
+
+    Args:
+        cfg: the composed config (offline batch).
+        served: also measure the served plant.
+        overrides: the overrides ``cfg`` was composed with, passed on to the served plant.
+    """
     tagmap = TagMap.from_dict(cfg.plant)
     t0 = time.perf_counter()
     result: dict = {
@@ -184,8 +207,8 @@ def run_plant_benchmark(cfg, served: bool = True) -> dict:
     result["mass_closure_rel_error"] = offline.pop("mass_closure_rel_error")
     result["offline_realtime_factor"] = offline.pop("offline_realtime_factor")
     if served:
-        at_target = served_benchmark(tagmap, speed=1000.0)
-        unthrottled = served_benchmark(tagmap, speed=1e6, reads=200, rtf_window_s=5.0)
+        at_target = served_benchmark(tagmap, speed=1000.0, overrides=overrides)
+        unthrottled = served_benchmark(tagmap, speed=1e6, reads=200, rtf_window_s=5.0, overrides=overrides)
         result["served_realtime_factor"] = at_target["realtime_factor"]
         result["served_max_realtime_factor"] = unthrottled["realtime_factor"]
         result["opcua_read_ms"] = at_target["opcua_read_ms"]
@@ -195,6 +218,7 @@ def run_plant_benchmark(cfg, served: bool = True) -> dict:
         **offline,
         "msmpr_classes": 200,
         "scenario": cfg.scenario.name,
+        "overrides": list(overrides),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "bench_wall_s": time.perf_counter() - t0,
     }
