@@ -290,28 +290,28 @@ class Reactor:
         integrate = clamped == raw or (raw > clamped) != (error > 0)
         return clamped, integrate
 
-    def rates_at(self, x: np.ndarray, impurity_ppm: float) -> tuple[Rates, float, float]:
-        """Kinetics at state x. Returns (rates, C, C*)."""
+    def rates_at(self, x: np.ndarray, impurity_ppm: float) -> tuple[Rates, float, float, float]:
+        """Kinetics at state x. Returns (rates, C, C*, crystal mass in kg)."""
         n = self.n
         solvent = self.solvent_mass_kg(x)
         c = 1000.0 * float(x[n + I_SOLUTE]) / solvent
         c_star = self.solubility_at(x)
-        crystals = x[:n]
-        suspension = float(self._mass_weights @ crystals) / solvent
+        crystal_kg = float(self._mass_weights @ x[:n])
+        suspension = crystal_kg / solvent
         # Crystal volume per solvent volume (solvent taken at 1000 kg/m3): basis of mu_3 laws.
         volume_fraction = suspension * 1000.0 / self.density_kg_per_m3
         rates = self.kinetics(float(x[n + I_TR]), c, c_star, impurity_ppm, suspension, volume_fraction)
-        return rates, c, c_star
+        return rates, c, c_star, crystal_kg
 
     def rhs(
-        self, x: np.ndarray, u: Controls, known: tuple[Rates, float, float] | None = None
+        self, x: np.ndarray, u: Controls, known: tuple[Rates, float, float, float] | None = None
     ) -> tuple[np.ndarray, Rates, float, float, float]:
         """dx/dt. Returns (dx/dt, rates, C, C*, jacket inlet temperature).
 
-        ``known`` passes (rates, C, C*) already evaluated at x.
+        ``known`` passes :meth:`rates_at` already evaluated at x.
         """
         s, n = self.settings, self.n
-        rates, c, c_star = known if known is not None else self.rates_at(x, u.impurity_ppm)
+        rates, c, c_star, crystal_kg = known if known is not None else self.rates_at(x, u.impurity_ppm)
         solvent = self.solvent_mass_kg(x)
         crystals = x[:n]
         dx = np.empty_like(x)
@@ -323,7 +323,7 @@ class Reactor:
         t_in, integrate = self._pid_output(x, u)
         ua = 1.0 / (1.0 / s.heat_transfer_w_per_k + u.fouling_resistance_m2k_per_w / s.heat_transfer_area_m2)
         anti_kg_per_s = u.antisolvent_rate_kg_per_min / 60.0
-        slurry_kg = solvent + float(x[n + I_SOLUTE]) + self.crystal_mass_kg(x)
+        slurry_kg = solvent + float(x[n + I_SOLUTE]) + crystal_kg
         q_r = (
             ua * (t_j - t_r)
             + s.heat_of_crystallization_j_per_kg * crystallisation_kg_per_s
@@ -394,8 +394,9 @@ class Reactor:
             np.maximum(x[: self.n], 0.0, out=x[: self.n])
             x[self.n + I_SOLUTE] = max(float(x[self.n + I_SOLUTE]), 0.0)
             remaining -= dt
-        rates, c, c_star = self.rates_at(x, u.impurity_ppm)
-        self._end_of_last_advance = (x, u.impurity_ppm, (rates, c, c_star))
+        known = self.rates_at(x, u.impurity_ppm)
+        rates, c, c_star, crystal_kg = known
+        self._end_of_last_advance = (x, u.impurity_ppm, known)
         if math.isnan(t_in):
             t_in = self._pid_output(x, u)[0]
         step = Step(
@@ -404,7 +405,7 @@ class Reactor:
             jacket_inlet_temperature_c=t_in,
             rates=rates,
             solvent_mass_kg=self.solvent_mass_kg(x),
-            crystal_mass_kg=self.crystal_mass_kg(x),
+            crystal_mass_kg=crystal_kg,
         )
         return x, step
 

@@ -406,8 +406,13 @@ class SensorSuite:
         )
         concentration = np.asarray(truth.concentration_g_per_kg, dtype=float).reshape(-1).tolist()
         lagged = np.empty((4, n_steps))
-        sums = np.empty((n_steps, N_FBRM_BINS + 2))
+        sums = csd @ matrix  # (T, 8): chord-count rates, and the imaging size sums
         image = np.empty((n_steps, _N_IMAGE))
+        habit = (
+            np.asarray(truth.aspect_ratio, dtype=float).reshape(-1),
+            np.asarray(truth.facet_area_fractions, dtype=float).reshape(-1, N_FACETS),
+            np.asarray(truth.facet_growth_rates_m_per_s, dtype=float).reshape(-1, N_FACETS),
+        )
         buffer, dead_time_s = self._dead_time_buffer, s.concentration_dead_time_s
         y, x_prev, taus = self._lag_y, self._lag_x, self._taus_s
         for k, t in enumerate(time_list):
@@ -424,9 +429,8 @@ class SensorSuite:
             x_prev[:] = x
             self._last_time_s = t
             lagged[:, k] = y
-            sums[k] = csd[k] @ matrix
             if t >= self._next_image_time_s - _TIME_EPS_S:
-                self._image_held = self._image(truth, k, sums[k], z[k, _Z_IMAGE])
+                self._image_held = self._image(habit[0][k], habit[1][k], habit[2][k], sums[k], z[k, _Z_IMAGE])
                 period = s.imaging_period_s
                 if self._next_image_time_s == -math.inf:
                     self._next_image_time_s = t + period
@@ -455,12 +459,15 @@ class SensorSuite:
         return dict(zip(MEASURED_SIGNALS, out))
 
     # ----------------------------------------------------------------------------------------
-    def _image(self, truth: Truth, k: int, sums: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Imaging reading at step k.
+    def _image(
+        self, aspect: float, fractions: np.ndarray, growth: np.ndarray, sums: np.ndarray, z: np.ndarray
+    ) -> np.ndarray:
+        """Imaging reading of one step.
 
         Args:
-            truth: the chunk's true state.
-            k: step index in the chunk.
+            aspect: true aspect ratio.
+            fractions: true facet area fractions, shape (4,).
+            growth: true facet growth rates in m/s, shape (4,).
             sums: csd row @ size matrix, shape (8,).
             z: standard normals for size, aspect ratio, 4 fractions, 4 growth rates, shape (10,).
 
@@ -473,14 +480,11 @@ class SensorSuite:
             return np.full(_N_IMAGE, np.nan)
         reading = np.empty(_N_IMAGE)
         reading[0] = sums[N_FBRM_BINS] / number_per_kg * 1e6 * (1.0 + s.imaging_size_relative_noise * z[0])
-        aspect = float(np.asarray(truth.aspect_ratio, dtype=float).reshape(-1)[k])
-        reading[1] = max(aspect * (1.0 + s.imaging_aspect_ratio_relative_noise * z[1]), 1.0)
-        fractions = np.asarray(truth.facet_area_fractions, dtype=float).reshape(-1, N_FACETS)[k]
+        reading[1] = max(float(aspect) * (1.0 + s.imaging_aspect_ratio_relative_noise * z[1]), 1.0)
         present = fractions > 0.0
         noisy = np.where(present, np.maximum(fractions + s.facet_fraction_noise_std * z[2:6], 0.0), 0.0)
         total = noisy.sum()
         reading[2:6] = noisy / total if total > 0.0 else noisy
-        growth = np.asarray(truth.facet_growth_rates_m_per_s, dtype=float).reshape(-1, N_FACETS)[k]
         observed = growth * _M_PER_S_TO_UM_PER_MIN * (1.0 + s.facet_growth_rate_relative_noise * z[6:10])
         reading[6:10] = np.where(present, observed, 0.0)
         return reading
