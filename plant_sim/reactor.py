@@ -475,24 +475,29 @@ def facet_rates_fn(kinetics: FacetKinetics) -> KineticsFn:
     cnt_barrier_k3 = 16.0 * math.pi * gamma**3 * kinetics.molecular_volume_m3**2 / (3.0 * K_BOLTZMANN_J_PER_K**3)
     habits: dict[tuple[float, ...], tuple[Habit, list[float]]] = {}
 
+    laws = list(zip(bcf, sigma_c, c_bs, k_bs, alpha, k_lang))
+
     def family_rates(t_k: float, sigma: float, impurity_ppm: float) -> list[float]:
         arrhenius = math.exp(-e_over_r * (1.0 / t_k - 1.0 / T_REF_K))
         if sigma <= 0.0:
             return [kinetics.dissolution_rate_m_per_s * arrhenius * sigma] * len(fams)
         out = []
-        for i in range(len(fams)):
-            clean = bcf[i] * sigma * sigma / sigma_c[i] * math.tanh(sigma_c[i] / sigma)
-            clean += c_bs[i] * sigma ** (5.0 / 6.0) * math.exp(-k_bs[i] / sigma)
-            theta = k_lang[i] * impurity_ppm / (1.0 + k_lang[i] * impurity_ppm)
-            out.append(arrhenius * clean * max(1.0 - alpha[i] * theta, MIN_POISONED_FRACTION))
+        bs_power = sigma ** (5.0 / 6.0)
+        for c, sc, cbs, kbs, a, k in laws:
+            clean = c * sigma * sigma / sc * math.tanh(sc / sigma) + cbs * bs_power * math.exp(-kbs / sigma)
+            if impurity_ppm > 0.0:
+                theta = k * impurity_ppm / (1.0 + k * impurity_ppm)
+                clean *= max(1.0 - a * theta, MIN_POISONED_FRACTION)
+            out.append(arrhenius * clean)
         return out
 
     def habit_for(shape_rates: list[float]) -> tuple[Habit, list[float]]:
-        top = max(shape_rates)
-        key = tuple(round(r / top, 3) for r in shape_rates)
+        scale = 1000.0 / max(shape_rates)
+        # Ratios to 3 decimals (as integers: cheaper than round() on the hot path).
+        key = tuple(int(r * scale + 0.5) for r in shape_rates)
         hit = habits.get(key)
         if hit is None:
-            habit = kinetic_wulff(hkls, key)
+            habit = kinetic_wulff(hkls, [max(k, 1) / 1000.0 for k in key])
             # Face area per family at L = 1: G = (2/pi) sum_f a_f R_f (see morphology).
             hit = (habit, [float(a) * habit.surface_area for a in habit.family_area_fractions])
             if len(habits) > 20000:
