@@ -107,6 +107,8 @@ class Habit:
         rate_ratios: family rates divided by the largest, as used (rounded), n_families.
         normals: outward unit normal per present face, F x 3.
         face_family: family index per face, F (int).
+        face_index: index of each present face among all faces of the families
+            (:func:`all_faces` order), F (int).
         distances: plane offsets h_f with n_f . x <= h_f at L = 1, F.
         face_areas: area per face at L = 1, F.
         area_fractions: face_areas / surface_area, F (sums to 1).
@@ -125,6 +127,7 @@ class Habit:
     rate_ratios: np.ndarray
     normals: np.ndarray
     face_family: np.ndarray
+    face_index: np.ndarray
     distances: np.ndarray
     face_areas: np.ndarray
     area_fractions: np.ndarray
@@ -166,13 +169,60 @@ def _dedupe_vertices(points: np.ndarray, scale: float) -> np.ndarray:
     return points[np.sort(idx)]
 
 
+def all_faces(hkls: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every face of the families, in the order :func:`kinetic_wulff_faces` expects.
+
+    Returns:
+        (outward unit normals, F x 3; family index per face, F).
+    """
+    per_family = [family_normals(h) for h in hkls]
+    normals = np.concatenate(per_family)
+    family = np.concatenate([np.full(len(n), i) for i, n in enumerate(per_family)]).astype(np.int64)
+    return normals, family
+
+
 @functools.lru_cache(maxsize=4096)
 def _kinetic_wulff_cached(hkls: tuple[tuple[int, int, int], ...], ratios: tuple[float, ...]) -> Habit:
     _check_families(hkls)  # only on a cache miss (lru_cache does not store exceptions)
-    per_family = [family_normals(h) for h in hkls]
-    normals_all = np.concatenate(per_family)
-    family_all = np.concatenate([np.full(len(n), i) for i, n in enumerate(per_family)])
-    h_all = np.asarray(ratios)[family_all]
+    normals_all, family_all = all_faces(hkls)
+    return _wulff(hkls, normals_all, family_all, np.asarray(ratios)[family_all], np.asarray(ratios, dtype=float))
+
+
+def kinetic_wulff_faces(hkls: Sequence[Sequence[int]], face_rates: Sequence[float] | np.ndarray) -> Habit:
+    """Kinetic Wulff habit with a rate per individual face (not per family).
+
+    Faces of one family grow at different rates when their surroundings differ, e.g. a defect
+    under one face (the synthetic multi-scale data of :mod:`models.data` use this). Same
+    construction and measures as :func:`kinetic_wulff`; not cached.
+
+    Args:
+        hkls: families, n_families.
+        face_rates: normal growth rate per face in :func:`all_faces` order, all > 0.
+
+    Returns:
+        The habit; ``rate_ratios`` holds each family's mean face rate over the largest.
+    """
+    key_hkls = tuple(tuple(int(v) for v in h) for h in hkls)
+    _check_families(key_hkls)
+    normals_all, family_all = all_faces(key_hkls)
+    rates = np.asarray(face_rates, dtype=float).reshape(-1)
+    if rates.shape != family_all.shape:
+        raise ValueError(f"need one rate per face: {family_all.size} faces, {rates.size} rates")
+    if not np.all(np.isfinite(rates) & (rates > 0.0)):
+        raise ValueError("every face growth rate must be positive and finite for the kinetic Wulff construction")
+    h_all = rates / rates.max()
+    family_mean = np.bincount(family_all, weights=h_all) / np.bincount(family_all)
+    return _wulff(key_hkls, normals_all, family_all, h_all, family_mean / family_mean.max())
+
+
+def _wulff(
+    hkls: tuple[tuple[int, int, int], ...],
+    normals_all: np.ndarray,
+    family_all: np.ndarray,
+    h_all: np.ndarray,
+    ratios: np.ndarray,
+) -> Habit:
+    """Habit from plane offsets ``h_all`` (largest 1) of every face."""
 
     # scipy's convention: A x + b <= 0 per row [A, b]; the origin is strictly inside because
     # every h > 0 (NOTES: HalfspaceIntersection needs a strictly interior point).
@@ -193,6 +243,7 @@ def _kinetic_wulff_cached(hkls: tuple[tuple[int, int, int], ...], ratios: tuple[
     s = (6.0 * float(hull.volume) / math.pi) ** (-1.0 / 3.0)
     normals = normals_all[present]
     face_family = family_all[present].astype(np.int64)
+    face_index = np.flatnonzero(present).astype(np.int64)
     distances = h_all[present] * s
     face_areas = areas_all[present] * s**2
     vertices = vertices * s
@@ -214,14 +265,15 @@ def _kinetic_wulff_cached(hkls: tuple[tuple[int, int, int], ...], ratios: tuple[
     proj = vertices @ directions.T
     width_min = float((proj.max(axis=0) - proj.min(axis=0)).min())
 
-    rate_ratios = np.asarray(ratios, dtype=float)
-    _readonly(rate_ratios, normals, face_family, distances, face_areas, area_fractions, family_fractions,
+    rate_ratios = np.array(ratios, dtype=float)
+    _readonly(rate_ratios, normals, face_family, face_index, distances, face_areas, area_fractions, family_fractions,
               adjacency, vertices)
     return Habit(
         hkls=hkls,
         rate_ratios=rate_ratios,
         normals=normals,
         face_family=face_family,
+        face_index=face_index,
         distances=distances,
         face_areas=face_areas,
         area_fractions=area_fractions,

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from plant_sim.morphology import (
+    all_faces,
     family_normals,
     kinetic_wulff,
+    kinetic_wulff_faces,
     volume_equivalent_growth_rate_m_per_s,
 )
 
@@ -148,3 +150,33 @@ def test_growth_rate_matches_volume_change():
     hs = HalfspaceIntersection(np.hstack([normals, -h_new[:, None]]), np.zeros(3))
     l_new = (6 * ConvexHull(hs.intersections).volume / math.pi) ** (1 / 3)
     assert (l_new - 1.0) / dt == pytest.approx(g, rel=1e-4)
+
+
+def test_per_face_rates_equal_per_family_rates_reproduce_the_family_habit():
+    hkls = ((1, 0, 0), (1, 1, 0), (1, 1, 1))
+    family_rates = np.array([1.0, 1.6, 1.4])
+    _, family = all_faces(hkls)
+    by_family = kinetic_wulff(hkls, family_rates)
+    by_face = kinetic_wulff_faces(hkls, family_rates[family])
+    np.testing.assert_allclose(by_face.family_area_fractions, by_family.family_area_fractions, atol=1e-3)
+    assert by_face.lambda_length == pytest.approx(by_family.lambda_length, rel=1e-3)
+    np.testing.assert_array_equal(family[by_face.face_index], by_face.face_family)
+
+
+def test_one_slow_face_grows_large_and_breaks_the_symmetry():
+    hkls = ((1, 0, 0),)
+    rates = np.ones(6)
+    rates[0] = 0.5  # one cube face grows at half the rate of the others
+    habit = kinetic_wulff_faces(hkls, rates)
+    slow = list(habit.face_index).index(0)
+    others = [a for i, a in enumerate(habit.face_areas) if i != slow]
+    # The slow face keeps its full square; the four side faces shrink to rectangles.
+    assert habit.face_areas[slow] > max(others) * 0.99
+    assert habit.num_faces == 6 and habit.aspect_ratio > kinetic_wulff(hkls, [1.0]).aspect_ratio
+
+
+def test_per_face_rates_must_match_the_faces():
+    with pytest.raises(ValueError, match="one rate per face"):
+        kinetic_wulff_faces(((1, 0, 0),), [1.0, 1.0])
+    with pytest.raises(ValueError, match="positive"):
+        kinetic_wulff_faces(((1, 0, 0),), [1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
