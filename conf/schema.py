@@ -27,6 +27,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from models.settings import (
+    DataSettings,
+    ModelBenchSettings,
+    MSGNNSettings,
+    SplitSettings,
+    TrainCommandSettings,
+    TrainSettings,
+    TuneSettings,
+)
 from plant_sim import validate
 from plant_sim.plant import PlantSettings, ShedAction
 from plant_sim.scenarios import Scenario
@@ -79,6 +88,13 @@ class XtalpilotConfig:
         shed_action: hold or recipe after shedding.
         autostart: start the batch when the served plant starts.
         simulate: offline simulation.
+        data: the multi-scale training data (``models.data.generate``).
+        split: which held-out split ``train`` and ``tune`` use.
+        msgnn: MS-GNN architecture.
+        train: MS-GNN optimisation.
+        train_command: where ``xtalpilot train`` writes.
+        tune: ``xtalpilot tune``.
+        bench_model: ``xtalpilot bench model``.
     """
 
     plant: dict = field(default_factory=dict)
@@ -95,6 +111,13 @@ class XtalpilotConfig:
     shed_action: ShedAction = ShedAction.hold
     autostart: bool = False
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    split: SplitSettings = field(default_factory=SplitSettings)
+    msgnn: MSGNNSettings = field(default_factory=MSGNNSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    train_command: TrainCommandSettings = field(default_factory=TrainCommandSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    bench_model: ModelBenchSettings = field(default_factory=ModelBenchSettings)
 
     def __post_init__(self) -> None:
         validate.positive(self, "speed", "publish_interval_s", "shed_timeout_s")

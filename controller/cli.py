@@ -3,6 +3,9 @@
     xtalpilot plant [overrides]             serve the simulated plant (OPC UA + Modbus TCP)
     xtalpilot plant simulate [overrides]    run a scenario offline, write data and a plot
     xtalpilot bench plant [overrides]       physics and server benchmark, JSON on stdout
+    xtalpilot bench model [overrides]       MS-GNN vs flat baselines, BHPO vs random, JSON
+    xtalpilot train [overrides]             train the MS-GNN ensemble, write a checkpoint
+    xtalpilot tune [overrides]              Bayesian hyperparameter optimisation of one model
     xtalpilot demo [overrides]              simulated batch, JSON summary on stdout
     xtalpilot certs [overrides]             OPC UA certificates (and a user: username=NAME)
 
@@ -12,6 +15,8 @@ Examples::
     xtalpilot plant simulate scenario=unseeded_cooling simulate.format=csv
     xtalpilot plant kinetics=kno3_miller_rawlings_1994
     xtalpilot plant security=sign_encrypt users_file=certs/users.yaml
+    xtalpilot train train.epochs=40 split.name=heldout_families split.family=bcc
+    xtalpilot tune tune.model=msgnn tune.trials=16 tune.q=2
 
 The entry point only parses, composes the config and calls a plain function; errors a user can
 fix (bad config, busy port, missing certificate) print one line and exit with code 2.
@@ -60,14 +65,35 @@ def cmd_simulate(overrides: Sequence[str]) -> int:
 
 
 def cmd_bench(args: Sequence[str]) -> int:
-    """``xtalpilot bench plant``: JSON on stdout."""
-    if not args or args[0] != "plant":
-        print("usage: xtalpilot bench plant [overrides]", file=sys.stderr)
+    """``xtalpilot bench plant|model``: JSON on stdout."""
+    if not args or args[0] not in ("plant", "model"):
+        print("usage: xtalpilot bench plant|model [overrides]", file=sys.stderr)
         return 2
+    cfg = _load(args[1:])
+    if args[0] == "model":
+        from models.bench import run_model_benchmark
+
+        print(json.dumps(run_model_benchmark(cfg), indent=2))
+        return 0
     from plant_sim.bench import run_plant_benchmark
 
-    cfg = _load(args[1:])
     print(json.dumps(run_plant_benchmark(cfg, overrides=args[1:]), indent=2))
+    return 0
+
+
+def cmd_train(overrides: Sequence[str]) -> int:
+    """Train the MS-GNN ensemble on the configured split; metrics JSON on stdout."""
+    from models.train import train_command
+
+    print(json.dumps(train_command(_load(overrides)), indent=2))
+    return 0
+
+
+def cmd_tune(overrides: Sequence[str]) -> int:
+    """Tune one model's hyperparameters; summary JSON on stdout."""
+    from models.tuning import tune_command
+
+    print(json.dumps(tune_command(_load(overrides)), indent=2))
     return 0
 
 
@@ -102,6 +128,8 @@ def cmd_certs(overrides: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plant": cmd_plant,
     "bench": cmd_bench,
+    "train": cmd_train,
+    "tune": cmd_tune,
     "demo": cmd_demo,
     "certs": cmd_certs,
 }

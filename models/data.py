@@ -74,6 +74,7 @@ from plant_sim.kinetics import (
 )
 from plant_sim.lattice import FIRST_SHELL_SLACK, bond_energy_ev, build_atoms, facet_energetics, mersmann_interfacial_energy_j_per_m2
 from plant_sim.materials import MATERIALS, STRUCTURES, Material
+from models.settings import SPLITS, DataSettings
 from plant_sim.morphology import all_faces, kinetic_wulff_faces
 
 __all__ = [
@@ -102,7 +103,7 @@ CLUSTER_FEATURES = ("atoms_rel", "first_species_fraction", "vacancy_fraction_x10
                     "planar_defect", "mean_bond_energy_ev_over_20", "offset_x", "offset_y", "offset_z")
 CROSS_FEATURES = ("alignment", "offset_norm")
 FACET_FEATURES = ("normal_x", "normal_y", "normal_z", "sorted_abs_normal_0", "sorted_abs_normal_1",
-                  "sorted_abs_normal_2", "area_fraction", "observed_rate_um_per_min",
+                  "sorted_abs_normal_2", "area_fraction", "log10_observed_rate_um_per_min",
                   "surface_energy_j_per_m2", "impurity_langmuir_per_ppm_x10")
 CONDITION_FEATURES = ("temperature_rel", "driving_force_rel", "impurity_log", "stirring_rel")
 GRAPH_TARGETS = ("G", "log10_B", "lambda")
@@ -111,52 +112,6 @@ REFERENCE_CONDITION = (25.0, 0.02, 0.0, 300.0)  # T C, sigma, impurity ppm, stir
 
 _CLOSE_PACKED = frozenset({"fcc", "diamond", "zincblende"})
 _DISLOCATION_LOG10_RANGE = (12.0, 15.0)  # rel density 0..1 <-> 1e12..1e15 m^-2
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """What :func:`generate` makes.
-
-    Attributes:
-        materials: plant_sim material names; empty for all of them.
-        variants_per_material: defect states per material (the first is pristine).
-        conditions_per_variant: samples per defect state.
-        label_noise: relative noise of the labels (see the module docstring).
-        seed: seed of every draw.
-        max_atoms: upper bound on supercell atoms (the largest n^3 repetition that fits).
-        temperature_range_c: sampled temperature range.
-        driving_force_range: sampled sigma = ln S range.
-        impurity_max_ppm: largest impurity concentration (log-uniform from 1 ppm).
-        impurity_free_fraction: share of samples without impurity.
-        stirring_range_rpm: sampled stirring range.
-    """
-
-    materials: tuple[str, ...] = ()
-    variants_per_material: int = 8
-    conditions_per_variant: int = 24
-    label_noise: float = 0.02
-    seed: int = 0
-    max_atoms: int = 330
-    temperature_range_c: tuple[float, float] = (10.0, 70.0)
-    driving_force_range: tuple[float, float] = (0.005, 0.08)
-    impurity_max_ppm: float = 200.0
-    impurity_free_fraction: float = 0.4
-    stirring_range_rpm: tuple[float, float] = (100.0, 600.0)
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.materials if m not in MATERIALS]
-        if unknown:
-            raise ValueError(f"materials {unknown} are not in plant_sim.materials; known: {sorted(MATERIALS)}")
-        if self.variants_per_material < 1 or self.conditions_per_variant < 1:
-            raise ValueError("variants_per_material and conditions_per_variant must be >= 1")
-        if not self.label_noise >= 0:
-            raise ValueError(f"label_noise must be >= 0, got {self.label_noise}")
-        for name in ("temperature_range_c", "driving_force_range", "stirring_range_rpm"):
-            lo, hi = getattr(self, name)
-            if not lo < hi:
-                raise ValueError(f"{name} must be (low, high) with low < high, got {(lo, hi)}")
-        if not self.driving_force_range[0] > 0:
-            raise ValueError("driving_force_range must be positive (growth, not dissolution)")
 
 
 # ----------------------------------------------------------------------------- containers
@@ -583,10 +538,11 @@ def cluster_grid_offsets(per_axis: int = 3) -> np.ndarray:
 
 def facet_features(normals: np.ndarray, area_fractions: np.ndarray, observed_um_per_min: np.ndarray,
                    surface_energy: np.ndarray, langmuir_per_ppm: np.ndarray) -> np.ndarray:
-    """Facet node features, (F, len(FACET_FEATURES))."""
+    """Facet node features, (F, len(FACET_FEATURES)); rates enter as log10 (they span decades)."""
     sorted_abs = -np.sort(-np.abs(normals), axis=1)
+    log_rate = np.log10(np.maximum(np.asarray(observed_um_per_min, dtype=float), 1e-4))
     return np.concatenate([
-        normals, sorted_abs, area_fractions[:, None], observed_um_per_min[:, None],
+        normals, sorted_abs, area_fractions[:, None], log_rate[:, None],
         surface_energy[:, None], 10.0 * langmuir_per_ppm[:, None],
     ], axis=1)
 
@@ -724,8 +680,6 @@ class Split:
     test: np.ndarray
     held_out: tuple = field(default=())
 
-
-SPLITS = ("heldout_materials", "heldout_families", "heldout_conditions")
 
 
 def split(dataset: MultiScaleDataset, name: str, seed: int = 0, n_test_materials: int = 5,

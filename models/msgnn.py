@@ -49,6 +49,7 @@ from models.data import (
     Query,
     normalise_conditions,
 )
+from models.settings import MSGNNSettings
 
 __all__ = [
     "Batch",
@@ -70,43 +71,6 @@ TARGETS = (*GRAPH_TARGETS, "facet_R")
 def default_device() -> torch.device:
     """``cuda`` when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class MSGNNSettings:
-    """Architecture.
-
-    Attributes:
-        hidden: width of every level.
-        atom_layers: GINE layers on bonds (level 1).
-        cluster_layers: GraphConv layers on the cluster graph (level 2).
-        facet_layers: GATv2 layers on the facet graph (level 3).
-        heads: attention heads of the cross-scale and facet GATv2 layers (averaged).
-        pooling: atom -> cluster pooling, ``mean`` or ``attention`` (learned weights).
-        dropout: dropout after every layer.
-        cross_scale: use the cluster -> facet messages (False for the ablation).
-    """
-
-    hidden: int = 32
-    atom_layers: int = 2
-    cluster_layers: int = 2
-    facet_layers: int = 2
-    heads: int = 2
-    pooling: str = "mean"
-    dropout: float = 0.0
-    cross_scale: bool = True
-
-    def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be mean or attention, got {self.pooling!r}")
-        for name in ("hidden", "heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("atom_layers", "cluster_layers", "facet_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 # ----------------------------------------------------------------------------- batching
@@ -227,7 +191,9 @@ class MSGNN(nn.Module):
         self.facet_convs = nn.ModuleList(
             GATv2Conv(h, h, heads=settings.heads, concat=False) for _ in range(settings.facet_layers)
         )
-        self.facet_head = nn.Sequential(nn.Linear(h + n_cond, h), act(), nn.Linear(h, 1))
+        # The facet head also sees the face's raw features: its observed rate is the strongest
+        # single clue to its new rate, and a residual stack should not have to carry it.
+        self.facet_head = nn.Sequential(nn.Linear(h + len(FACET_FEATURES) + n_cond, h), act(), nn.Linear(h, 1))
         self.graph_head = nn.Sequential(nn.Linear(3 * h + n_cond, h), act(), nn.Linear(h, len(GRAPH_TARGETS)))
         self.act = act()
 
@@ -262,7 +228,7 @@ class MSGNN(nn.Module):
             f = f + self.drop(self.act(self.cross((cluster_h, f), b.cross_index, b.cross_attr)))
         for conv in self.facet_convs:
             f = f + self.drop(self.act(conv(f, b.facet_index)))
-        facet_out = self.facet_head(torch.cat([f, cond_f], dim=1)).squeeze(-1)
+        facet_out = self.facet_head(torch.cat([f, b.facet_x, cond_f], dim=1)).squeeze(-1)
         n_samples = b.conditions.shape[0]
         f_mean = scatter(f, b.facet_sample, dim=0, dim_size=n_samples, reduce="mean")
         # Area-weighted readout: large faces dominate the habit and the volume growth.

@@ -21,48 +21,10 @@ import numpy as np
 import torch
 
 from models.data import GRAPH_TARGETS, MultiScaleDataset
-from models.msgnn import TARGETS, Batch, Ensemble, MSGNN, MSGNNSettings, TargetScaler, collate, default_device
+from models.msgnn import TARGETS, Batch, Ensemble, MSGNN, TargetScaler, collate
+from models.settings import MSGNNSettings, TrainSettings
 
 __all__ = ["TrainSettings", "TrainResult", "fit_ensemble", "regression_metrics", "evaluate"]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation.
-
-    Attributes:
-        epochs: most epochs per member.
-        patience: stop after this many epochs without a better validation loss.
-        batch_size: samples per step.
-        learning_rate: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        ensemble_size: members of the deep ensemble.
-        seed: seed of initialisation and batch order (member k uses seed * 1000 + k).
-        device: ``auto`` (cuda if present), ``cpu`` or ``cuda``.
-    """
-
-    epochs: int = 60
-    patience: int = 10
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    ensemble_size: int = 3
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "ensemble_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if not (self.learning_rate > 0 and self.weight_decay >= 0):
-            raise ValueError("learning_rate must be > 0 and weight_decay >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-
-    def torch_device(self) -> torch.device:
-        return default_device() if self.device == "auto" else torch.device(self.device)
 
 
 @dataclass
@@ -268,3 +230,46 @@ def evaluate(ensemble: Ensemble, dataset: MultiScaleDataset, indices: Sequence[i
     pred_g, pred_f = predict_dataset(ensemble, dataset, indices)
     true_g, true_f = truth(dataset, indices)
     return metrics_by_target(true_g, pred_g, true_f, pred_f)
+
+
+def train_command(cfg) -> dict:
+    """``xtalpilot train``: generate data, fit the ensemble on the split, test, write a checkpoint.
+
+    Args:
+        cfg: :class:`conf.schema.XtalpilotConfig` (``data``, ``split``, ``msgnn``, ``train``,
+            ``train_command``).
+
+    Returns:
+        Summary with test metrics (also written to ``train_command.metrics_file``).
+    """
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from models.data import generate
+    from models.tuning import make_split
+
+    out = cfg.train_command
+    dataset = generate(cfg.data, progress=out.progress)
+    s = make_split(dataset, cfg.split)
+    result = fit_ensemble(dataset, s.train, s.val, cfg.msgnn, cfg.train, progress=out.progress, info={
+        "data": dataset.description, "split": s.name, "held_out": list(s.held_out),
+        "train_samples": int(s.train.size),
+    })
+    metrics = evaluate(result.ensemble, dataset, s.test)
+    weights, config = result.ensemble.save(out.checkpoint)
+    summary = {
+        "checkpoint": {"weights": str(weights), "config": str(config)},
+        "data": dataset.description,
+        "split": {"name": s.name, "held_out": list(s.held_out), "train": int(s.train.size),
+                  "val": int(s.val.size), "test": int(s.test.size)},
+        "val_loss": result.val_loss,
+        "epochs": result.epochs,
+        "train_wall_s": result.wall_s,
+        "test": metrics,
+        "settings": {"msgnn": asdict(cfg.msgnn), "train": asdict(cfg.train)},
+    }
+    path = Path(out.metrics_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
