@@ -132,6 +132,7 @@ class MaterialGraph:
         cluster_direction: unit direction of each cluster from the centre (zero for the
             centre cluster), (N_clusters, 3).
         descriptors: flat material descriptors for the baselines, (len(FLAT_MATERIAL),).
+        atoms: the ase ``Atoms`` it was built from (kept for export; not a model input).
     """
 
     key: str
@@ -145,6 +146,7 @@ class MaterialGraph:
     cluster_index: torch.Tensor
     cluster_direction: torch.Tensor
     descriptors: torch.Tensor
+    atoms: object = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -432,6 +434,7 @@ def material_graph_from_atoms(
     density_kg_per_m3: float,
     defects: dict[str, np.ndarray],
     displacement_angstrom: np.ndarray | None = None,
+    assignment: np.ndarray | None = None,
 ) -> MaterialGraph:
     """Levels 1-2 from an ase ``Atoms`` supercell and per-cluster defect descriptors.
 
@@ -447,6 +450,9 @@ def material_graph_from_atoms(
         density_kg_per_m3: crystal density.
         defects: per cluster ``dislocation`` (0..1), ``vacancy`` (fraction), ``planar`` (0/1).
         displacement_angstrom: per-atom displacement from the ideal site (default 0).
+        assignment: cluster of each atom; default the 3 x 3 x 3 voxel grid. With an explicit
+            assignment, cluster directions come from the cluster centroids and clusters are
+            adjacent when a bond joins them.
     """
     import ase.data
     from ase.neighborlist import neighbor_list
@@ -479,7 +485,24 @@ def material_graph_from_atoms(
         disp,
         frac[:, 0], frac[:, 1], frac[:, 2],
     ], axis=1)
-    cluster, direction, adjacency = cluster_grid(frac)
+    if assignment is None:
+        cluster, direction, adjacency = cluster_grid(frac)
+        offsets = cluster_grid_offsets()
+    else:
+        cluster = np.asarray(assignment, dtype=int).reshape(-1)
+        if cluster.shape != (n,) or cluster.min() < 0:
+            raise ValueError(f"{key}: the cluster assignment needs one non-negative cluster per atom ({n})")
+        n_c = int(cluster.max()) + 1
+        counts_c = np.bincount(cluster, minlength=n_c)
+        if (counts_c == 0).any():
+            raise ValueError(f"{key}: clusters {np.flatnonzero(counts_c == 0).tolist()} have no atoms")
+        centroid = np.stack([np.bincount(cluster, weights=frac[:, k], minlength=n_c) for k in range(3)], 1)
+        offsets = (centroid / counts_c[:, None] - 0.5) * 3.0  # voxel units, as the grid's
+        norm = np.linalg.norm(offsets, axis=1, keepdims=True)
+        direction = np.divide(offsets, norm, out=np.zeros_like(offsets), where=norm > 0.2)
+        pairs = np.stack([cluster[i], cluster[j]])
+        pairs = np.unique(pairs[:, pairs[0] != pairs[1]], axis=1)
+        adjacency = pairs
     n_clusters = direction.shape[0]
     counts = np.bincount(cluster, minlength=n_clusters).astype(float)
     first = z == z[0]
@@ -487,7 +510,6 @@ def material_graph_from_atoms(
                                out=np.zeros(n_clusters), where=counts > 0)
     bond_energy = np.bincount(cluster, weights=coordination * eps, minlength=n_clusters)
     mean_bond = np.divide(bond_energy, counts, out=np.zeros(n_clusters), where=counts > 0)
-    offsets = cluster_grid_offsets()
     for name in ("dislocation", "vacancy", "planar"):
         if np.asarray(defects[name]).shape != (n_clusters,):
             raise ValueError(f"{key}: defects[{name!r}] needs {n_clusters} values (one per cluster)")
@@ -520,6 +542,7 @@ def material_graph_from_atoms(
         cluster_index=torch.tensor(adjacency, dtype=torch.long),
         cluster_direction=torch.tensor(direction, dtype=torch.float32),
         descriptors=torch.tensor(descriptors, dtype=torch.float32),
+        atoms=atoms,
     )
 
 
@@ -569,9 +592,11 @@ def _generate_material(name: str, variant: int, settings: DataSettings, progress
     atoms.positions += disp
     keep = rng.random(len(atoms)) >= defects["vacancy"][cluster]
     atoms = atoms[keep]
+    displacement = np.linalg.norm(disp[keep], axis=1)
+    atoms.new_array("displacement_angstrom", displacement)  # travels with the structure on export
     graph = material_graph_from_atoms(
         f"{name}#{variant}", name, m.structure, atoms, m.lattice_energy_kj_per_mol,
-        m.formula_units_per_cell * reps**3, m.density_kg_per_m3, defects, np.linalg.norm(disp[keep], axis=1),
+        m.formula_units_per_cell * reps**3, m.density_kg_per_m3, defects, displacement,
     )
     langmuir = phys.langmuir * defects["adsorption"]
 
