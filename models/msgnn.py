@@ -163,6 +163,31 @@ def collate(dataset: MultiScaleDataset, indices: Sequence[int]) -> Batch:
     return collate_parts(materials, queries, [slots[q.material_index] for q in queries])
 
 
+def collate_heterodata(items: Sequence) -> Batch:
+    """Batch of ``HeteroData`` samples (as :meth:`MultiScaleDataset.heterodata` makes them).
+
+    Each sample brings its own atoms and clusters (no sharing): the general path for graphs
+    that did not come from a :class:`MultiScaleDataset`.
+    """
+    materials, queries = [], []
+    for k, d in enumerate(items):
+        n_clusters = d["cluster"].x.shape[0]
+        materials.append(MaterialGraph(
+            key=str(k), material=str(getattr(d, "material", "")), family=str(getattr(d, "family", "")),
+            atom_x=d["atom"].x, bond_index=d["atom", "bond", "atom"].edge_index,
+            bond_attr=d["atom", "bond", "atom"].edge_attr, atom_cluster=d["atom", "in", "cluster"].edge_index[1],
+            cluster_x=d["cluster"].x, cluster_index=d["cluster", "near", "cluster"].edge_index,
+            cluster_direction=torch.zeros(n_clusters, 3), descriptors=torch.zeros(0),
+        ))
+        nf = d["facet"].x.shape[0]
+        y = d.y.reshape(-1) if getattr(d, "y", None) is not None else torch.zeros(len(GRAPH_TARGETS))
+        facet_y = d["facet"].y if "y" in d["facet"] else torch.zeros(nf)
+        queries.append(Query(k, d["facet"].x, d["facet", "adjacent", "facet"].edge_index,
+                             d["cluster", "feeds", "facet"].edge_index, d["cluster", "feeds", "facet"].edge_attr,
+                             d.conditions.reshape(-1), torch.zeros(4), y, facet_y))
+    return collate_parts(materials, queries, list(range(len(queries))))
+
+
 # ----------------------------------------------------------------------------- the network
 class MSGNN(nn.Module):
     """One member of the ensemble (see the module docstring for the levels)."""

@@ -117,3 +117,13 @@ def test_target_scaler_round_trip():
 def test_bad_model_settings_are_refused(bad):
     with pytest.raises(ValueError):
         MSGNNSettings(**bad)
+
+
+def test_heterodata_samples_give_the_same_predictions_as_the_shared_batch(data, trained):
+    from models.msgnn import collate_heterodata
+
+    idx = [0, 1, 7, 13]
+    shared = trained.ensemble.predict(collate(data, idx))
+    separate = trained.ensemble.predict(collate_heterodata([data.heterodata(i) for i in idx]))
+    torch.testing.assert_close(shared.graph_mean, separate.graph_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shared.facet_mean, separate.facet_mean, rtol=1e-5, atol=1e-6)
