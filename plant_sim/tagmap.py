@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 
