@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := prometheus
 
-.PHONY: install demo test bench clean deb
+.PHONY: install demo test bench bench-model clean deb
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test: install
 
 bench: install
 	$(VENV)/bin/xtalpilot bench plant
+
+# MS-GNN against the flat baselines (about 45 min on 2 cores); JSON also in runs/bench_model/.
+bench-model: install
+	$(VENV)/bin/xtalpilot bench model
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

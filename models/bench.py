@@ -104,8 +104,14 @@ def _inference(cfg, config: dict, dataset, indices) -> dict:
     }
 
 
-def run_model_benchmark(cfg, progress: bool = True) -> dict:
-    """Run the whole protocol (module docstring); returns the JSON-ready result."""
+def run_model_benchmark(cfg, progress: bool = True, executor=None) -> dict:
+    """Run the whole protocol (module docstring); returns the JSON-ready result.
+
+    Args:
+        cfg: :class:`conf.schema.XtalpilotConfig` (``data``, ``split``, ``train``, ``bench_model``).
+        progress: progress bars.
+        executor: runs tuning trials (default: a process pool of ``bench_model.q`` workers per search).
+    """
     b = cfg.bench_model
     out_dir = Path(b.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +125,7 @@ def run_model_benchmark(cfg, progress: bool = True) -> dict:
     for model in MODELS:
         objective = Objective(model, cfg.data, tune_split, seed=0, epochs=b.tune_epochs)
         trials = run_search(objective, SPACES[model], "bo", b.trials, out_dir / f"tune_{model}.jsonl",
-                            q=b.q, n_init=min(4, b.trials), seed=0, progress=progress)
+                            q=b.q, n_init=min(4, b.trials), seed=0, executor=executor, progress=progress)
         top = min(trials, key=lambda t: t.loss)
         tuned[model] = {"config": top.config, "val_loss": top.loss, "trial": top.index}
 
@@ -169,9 +175,9 @@ def run_model_benchmark(cfg, progress: bool = True) -> dict:
         objective = Objective(b.bhpo_model, cfg.data, tune_split, seed=seed, epochs=b.tune_epochs)
         logs = {m: out_dir / f"bhpo_{b.bhpo_model}_{m}_seed{seed}.jsonl" for m in ("bo", "random")}
         bo = best_so_far(run_search(objective, SPACES[b.bhpo_model], "bo", b.trials, logs["bo"], q=b.q,
-                                    n_init=min(4, b.trials), seed=seed, progress=progress))
+                                    n_init=min(4, b.trials), seed=seed, executor=executor, progress=progress))
         rnd = best_so_far(run_search(objective, SPACES[b.bhpo_model], "random", b.trials, logs["random"], q=b.q,
-                                     seed=seed, progress=progress))
+                                     seed=seed, executor=executor, progress=progress))
         bo_curves.append(bo)
         random_curves.append(rnd)
         hit = np.nonzero(bo <= rnd[-1])[0]
