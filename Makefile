@@ -36,7 +36,7 @@ test: install
 bench: install
 	$(VENV)/bin/xtalpilot bench plant
 
-# MS-GNN against the flat baselines (about 45 min on 2 cores); JSON also in runs/bench_model/.
+# MS-GNN against the flat baselines (about 75 min on 2 cores); JSON also in runs/bench_model/.
 bench-model: install
 	$(VENV)/bin/xtalpilot bench model
 
