@@ -170,3 +170,62 @@ class SignalTracker:
             elif t - (self._unchanged_since_s if self._unchanged_since_s is not None else t) >= s.stuck_after_s:
                 return SignalStatus.stuck
         return SignalStatus.ok
+
+
+# ----------------------------------------------------------------------------- derived quantities
+def driving_force(concentration_g_per_kg: float, solubility_g_per_kg: float) -> float:
+    """sigma = ln(C / C*), the driving force the model and the kinetics use; NaN if undefined."""
+    if not (math.isfinite(concentration_g_per_kg) and math.isfinite(solubility_g_per_kg)):
+        return math.nan
+    if concentration_g_per_kg <= 0.0 or solubility_g_per_kg <= 0.0:
+        return math.nan
+    return math.log(concentration_g_per_kg / solubility_g_per_kg)
+
+
+#: Mean FBRM chord of a sphere of diameter D, for a beam sweeping across its projected disc:
+#: pi/4 D (the mean chord of a circle). Sizes below are chord / (pi/4).
+CHORD_PER_DIAMETER = math.pi / 4.0
+
+
+@dataclass(frozen=True)
+class ChordStatistics:
+    """What FBRM chord counts say about the population (counts are per second, not per kg).
+
+    Attributes:
+        total_per_s: all counts.
+        moments: mu_0..mu_4 of the size-equivalent distribution in um^k (counts per s weighted).
+        mean_size_um: number-weighted mean size, mu_1 / mu_0.
+        volume_mean_size_um: volume-weighted mean size, mu_4 / mu_3.
+        fines_fraction: share of counts below ``fines_size_um``.
+    """
+
+    total_per_s: float
+    moments: tuple[float, float, float, float, float]
+    mean_size_um: float
+    volume_mean_size_um: float
+    fines_fraction: float
+
+
+def chord_statistics(counts_per_s, bin_edges_um, fines_size_um: float = 100.0) -> ChordStatistics:
+    """Moments and mean sizes from binned chord counts (bins at their geometric centres).
+
+    Args:
+        counts_per_s: counts per bin, (n_bins,); NaN or negative bins count as missing (0).
+        bin_edges_um: chord bin edges, (n_bins + 1,), increasing, > 0.
+        fines_size_um: size below which a crystal is a fine.
+    """
+    counts = np.nan_to_num(np.asarray(counts_per_s, dtype=float), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+    edges = np.asarray(bin_edges_um, dtype=float)
+    if edges.shape != (counts.size + 1,) or not np.all(np.diff(edges) > 0) or edges[0] <= 0:
+        raise ValueError(f"need {counts.size + 1} increasing positive bin edges, got {bin_edges_um}")
+    size = np.sqrt(edges[:-1] * edges[1:]) / CHORD_PER_DIAMETER
+    moments = tuple(float(np.sum(counts * size**k)) for k in range(5))
+    total = moments[0]
+    nan = math.nan
+    return ChordStatistics(
+        total_per_s=total,
+        moments=moments,  # type: ignore[arg-type]
+        mean_size_um=moments[1] / total if total > 0 else nan,
+        volume_mean_size_um=moments[4] / moments[3] if moments[3] > 0 else nan,
+        fines_fraction=float(counts[size < fines_size_um].sum() / total) if total > 0 else nan,
+    )

@@ -81,3 +81,49 @@ def test_bad_settings_are_refused():
         ValidationSettings(low=1.0, high=0.0)
     with pytest.raises(ValueError):
         ValidationSettings(window=2)
+
+
+def test_driving_force_is_ln_s_and_nan_when_undefined():
+    from controller.state import driving_force
+
+    assert driving_force(110.0, 100.0) == pytest.approx(math.log(1.1))
+    assert driving_force(100.0, 100.0) == 0.0
+    for c, cs in [(math.nan, 100.0), (100.0, 0.0), (-1.0, 100.0), (100.0, math.inf)]:
+        assert math.isnan(driving_force(c, cs))
+
+
+def test_chord_statistics_of_a_known_distribution():
+    from controller.state import CHORD_PER_DIAMETER, chord_statistics
+
+    edges = [1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0]
+    one_bin = chord_statistics([0, 0, 0, 100.0, 0, 0], edges)
+    expected = math.sqrt(100.0 * 300.0) / CHORD_PER_DIAMETER
+    assert one_bin.mean_size_um == pytest.approx(expected) and one_bin.volume_mean_size_um == pytest.approx(expected)
+    assert one_bin.fines_fraction == 0.0 and one_bin.total_per_s == 100.0
+    mixed = chord_statistics([0, 50.0, 0, 50.0, 0, 0], edges)
+    assert mixed.fines_fraction == pytest.approx(0.5)
+    assert mixed.volume_mean_size_um > mixed.mean_size_um  # large crystals dominate the volume
+    broken = chord_statistics([math.nan, -5.0, 0, 100.0, 0, 0], edges)  # bad bins count as none
+    assert broken.total_per_s == 100.0
+    empty = chord_statistics([0] * 6, edges)
+    assert math.isnan(empty.mean_size_um) and math.isnan(empty.fines_fraction)
+    with pytest.raises(ValueError):
+        chord_statistics([1.0] * 6, edges[:-1])
+
+
+def test_chord_statistics_follow_the_simulated_plant_s_growing_crystals():
+    """A seeded batch's FBRM readings: the volume-weighted size grows as the crystals do."""
+    from conf.schema import load_config
+    from controller.state import chord_statistics
+    from plant_sim.plant import Plant
+
+    cfg = load_config(["scenario.duration_min=120"])
+    plant = Plant.from_config(cfg.plant, cfg.scenario, cfg.plant_settings(step_s=10.0, autostart=True))
+    edges = cfg.scenario.sensors.fbrm_bin_edges_um
+    sizes = []
+    for _ in range(4):
+        plant.advance(1800.0)
+        values = plant.values()
+        counts = [values[f"fbrm_counts_bin{k}_per_s"] for k in range(1, 7)]
+        sizes.append(chord_statistics(counts, edges).volume_mean_size_um)
+    assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes
