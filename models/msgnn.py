@@ -521,7 +521,12 @@ class KineticsPredictor:
         return b.to(self.device)
 
     def botorch_model(self, embedding: MaterialEmbedding, facets: Query):
-        """A BoTorch ``EnsembleModel`` over raw conditions X (..., q, 4) -> (..., S, q, 3)."""
+        """A BoTorch ``EnsembleModel`` over raw conditions X (..., q, 4) -> (..., S, q, 3).
+
+        Outputs per member: log10 G (G in um/min), log10 B and lambda. The posterior samples
+        members; it is not differentiable in X (the proposer fits local kinetic laws from a
+        batched query instead of calling the network inside its optimiser, DESIGN.md).
+        """
         from botorch.models.ensemble import EnsembleModel
 
         predictor = self
