@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := prometheus
 
-.PHONY: install demo test bench bench-model clean deb
+.PHONY: install demo test bench bench-model model clean deb
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ bench: install
 # MS-GNN against the flat baselines (about 75 min on 2 cores); JSON also in runs/bench_model/.
 bench-model: install
 	$(VENV)/bin/xtalpilot bench model
+
+# The default MS-GNN checkpoint (synthetic data, defaults of models/settings.py): a few
+# minutes on 2 CPU cores; made once, kept in runs/model/.
+MODEL := runs/model/msgnn.safetensors
+model: $(MODEL)
+
+$(MODEL): $(STAMP)
+	$(VENV)/bin/xtalpilot train
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -356,6 +356,13 @@ def _physics(name: str) -> _MaterialPhysics:
     )
 
 
+def facet_family_properties(material: str) -> dict[tuple[int, int, int], tuple[float, float]]:
+    """Per facet family of a plant_sim material: (broken-bond surface energy J/m^2, structural
+    impurity Langmuir constant per ppm), the facet features that do not come from imaging."""
+    phys = _physics(material)
+    return {hkl: (float(e), float(k)) for hkl, e, k in zip(HKLS, phys.surface_energy, phys.langmuir)}
+
+
 def face_rates_m_per_s(
     phys: _MaterialPhysics,
     face_family: np.ndarray,
