@@ -1,0 +1,154 @@
+"""Recorded plant data (historian exports) behind the plant I/O interface, for replay.
+
+Accepted files (CSV or Parquet, by suffix):
+
+- long form: columns ``timestamp``, ``tag``, ``value`` and optionally ``quality`` (``good`` /
+  ``bad``, or 1 / 0; anything else counts as bad);
+- wide form: a ``timestamp`` column and one column per tag.
+
+Tags may be the tag map's signal names or its OPC UA node ids; columns or tags the tag map
+does not know are ignored (and listed in :attr:`RecordedIO.ignored`). Timestamps may be
+ISO 8601 date-times or numbers of seconds; plant time starts at 0 at the first timestamp.
+
+Each :meth:`RecordedIO.read` returns the next recorded instant: every signal carries its last
+recorded value with the time it was recorded as its source time, so a tag the historian
+stopped logging shows as stale downstream. :meth:`RecordedIO.write` writes nothing: replay
+is shadow mode. Problems in the file name the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from controller.plant_io import PlantIOError, Snapshot, WriteOutcome
+from controller.state import Reading
+from plant_sim.tagmap import TagMap
+
+__all__ = ["RecordedIO", "RecordingError"]
+
+
+class RecordingError(ValueError):
+    """A recording that cannot be read; the message names the file, row and column."""
+
+
+def _read_frame(path: Path):
+    import pandas as pd
+
+    if not path.is_file():
+        raise RecordingError(f"recording {path} not found")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if path.suffix.lower() in (".csv", ".txt"):
+            return pd.read_csv(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
+        raise RecordingError(f"recording {path} is not a readable {path.suffix} file ({exc})") from None
+    raise RecordingError(f"recording {path}: unknown format {path.suffix!r}; use .csv or .parquet")
+
+
+def _seconds(column, path: Path):
+    """Timestamps -> seconds since the first, (N,). Raises RecordingError naming the first bad row."""
+    import pandas as pd
+
+    numeric = pd.to_numeric(column, errors="coerce")
+    if numeric.notna().all():
+        t = numeric.to_numpy(dtype=float)
+    else:
+        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
+        bad = parsed.isna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise RecordingError(f"recording {path}: row {row + 2}, column timestamp: "
+                                 f"{column.iloc[row]!r} is not a date-time or a number of seconds")
+        t = (parsed - parsed.iloc[0]).dt.total_seconds().to_numpy(dtype=float)
+    return t - t[0] if t.size else t
+
+
+class RecordedIO:
+    """Replays a recording as successive snapshots (see the module docstring)."""
+
+    def __init__(self, tagmap: TagMap, path: str | Path) -> None:
+        import pandas as pd
+
+        self.tagmap = tagmap
+        self.path = Path(path)
+        frame = _read_frame(self.path)
+        if "timestamp" not in frame.columns:
+            raise RecordingError(f"recording {self.path}: no 'timestamp' column (columns: {list(frame.columns)})")
+        by_node = {s.opcua_node: s.name for s in tagmap}
+        names = {s.name for s in tagmap}
+
+        def signal_of(tag: str) -> str | None:
+            tag = str(tag)
+            return tag if tag in names else by_node.get(tag)
+
+        self.ignored: list[str] = []
+        if {"tag", "value"} <= set(frame.columns):
+            seconds = _seconds(frame["timestamp"], self.path)
+            tags = frame["tag"].map(signal_of)
+            self.ignored = sorted({str(t) for t, s in zip(frame["tag"], tags) if s is None})
+            values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
+            if "quality" in frame.columns:
+                q = frame["quality"].astype(str).str.strip().str.lower()
+                good = q.isin(["good", "1", "1.0", "true", "192"]).to_numpy()
+            else:
+                good = np.ones(len(frame), dtype=bool)
+            rows = [(t, s, v, g) for t, s, v, g in zip(seconds, tags, values, good) if s is not None]
+        else:
+            seconds = _seconds(frame["timestamp"], self.path)
+            rows = []
+            for column in frame.columns:
+                if column == "timestamp":
+                    continue
+                s = signal_of(column)
+                if s is None:
+                    self.ignored.append(str(column))
+                    continue
+                col = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+                rows.extend((t, s, v, True) for t, v in zip(seconds, col))
+        if not rows:
+            raise RecordingError(f"recording {self.path}: no values of any tag-map signal "
+                                 f"(ignored tags: {self.ignored[:10]})")
+        rows.sort(key=lambda r: r[0])
+        self._times = sorted({float(r[0]) for r in rows})
+        self._rows = rows
+        self._cursor = 0  # next row to apply
+        self._step = 0  # next instant to return
+        self._last: dict[str, Reading] = {}
+
+    @property
+    def instants(self) -> int:
+        """Number of distinct recorded instants."""
+        return len(self._times)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._step >= len(self._times)
+
+    async def connect(self) -> None:
+        return None
+
+    async def read(self) -> Snapshot:
+        if self.exhausted:
+            raise PlantIOError(f"recording {self.path}: end of data after {len(self._times)} instants")
+        now = self._times[self._step]
+        while self._cursor < len(self._rows) and self._rows[self._cursor][0] <= now:
+            t, name, value, good = self._rows[self._cursor]
+            # NaN in a wide export is a gap, not a reading: keep the previous one (it ages).
+            if not good or not math.isnan(value):
+                self._last[name] = Reading(float(value), float(t), bool(good))
+            self._cursor += 1
+        self._step += 1
+        readings = {s.name: self._last.get(s.name, Reading(None, None)) for s in self.tagmap}
+        return Snapshot(now, readings, time.monotonic())
+
+    async def write(self, values: Mapping[str, float]) -> dict[str, WriteOutcome]:
+        return {name: WriteOutcome(False, "replay is read-only (shadow mode)") for name in values}
+
+    async def close(self) -> None:
+        return None
