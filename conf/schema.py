@@ -87,6 +87,7 @@ class XtalpilotConfig:
         shed_timeout_s: plant seconds without heartbeat change before the plant sheds.
         shed_action: hold or recipe after shedding.
         autostart: start the batch when the served plant starts.
+        batch_report_dir: where the plant writes a completed batch's report (None: nowhere).
         simulate: offline simulation.
         data: the multi-scale training data (``models.data.generate``).
         split: which held-out split ``train`` and ``tune`` use.
@@ -110,6 +111,7 @@ class XtalpilotConfig:
     shed_timeout_s: float = 120.0
     shed_action: ShedAction = ShedAction.hold
     autostart: bool = False
+    batch_report_dir: Optional[str] = None
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
     data: DataSettings = field(default_factory=DataSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
@@ -135,6 +137,7 @@ class XtalpilotConfig:
             shed_timeout_s=self.shed_timeout_s,
             shed_action=self.shed_action,
             autostart=self.autostart if autostart is None else autostart,
+            batch_report_dir=self.batch_report_dir,
         )
 
     def server_settings(self) -> ServerSettings:

@@ -31,6 +31,7 @@ import numpy as np
 from plant_sim import validate
 from plant_sim.kinetics import FacetKinetics, GrowthCalibration, PowerLawKinetics, facet_kinetics_for_material
 from plant_sim.materials import Material, SolubilityPolynomial, get_material
+from plant_sim.pbe import size_statistics
 from plant_sim.reactor import Controls, Reactor, Step, facet_rates_fn, power_law_rates_fn
 from plant_sim.scenarios import (
     KineticsModel,
@@ -125,12 +126,15 @@ class PlantSettings:
         shed_timeout_s: plant seconds without a heartbeat change before shedding.
         shed_action: hold or recipe after shedding.
         autostart: start the batch at plant start (offline simulation).
+        batch_report_dir: where a completed batch's report (``batch_<n>.json``, see
+            :meth:`Plant.batch_report`) is written; None: kept in memory only.
     """
 
     step_s: float = 1.0
     shed_timeout_s: float = 120.0
     shed_action: ShedAction = ShedAction.hold
     autostart: bool = False
+    batch_report_dir: str | None = None
 
     def __post_init__(self) -> None:
         validate.positive(self, "step_s", "shed_timeout_s")
@@ -290,6 +294,10 @@ class Plant:
         self._seeded = sc.seeding.mass_g <= 0.0
         self.seed_mass_charged_g = 0.0
         self._last_step: Step | None = None
+        self._charged_solute_kg = self.reactor.total_solute_kg(self.x)
+        self._peak_sigma = -math.inf
+        #: the report of the batch once it completed (None before)
+        self.last_batch_report: dict | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -449,7 +457,51 @@ class Plant:
             self._recipe_time_s += dt
         self._last_step = step
         self._antisolvent_flow = controls.antisolvent_rate_kg_per_min
+        if executing and step.concentration_g_per_kg > 0 and step.solubility_g_per_kg > 0:
+            self._peak_sigma = max(self._peak_sigma, math.log(step.concentration_g_per_kg / step.solubility_g_per_kg))
+        if self.state is BatchState.COMPLETED and self.last_batch_report is None:
+            self._complete_batch()
         return step
+
+    # ------------------------------------------------------------------ batch report
+    def batch_report(self) -> dict:
+        """Product and batch figures from the true state (what the lab and the batch record give).
+
+        Keys: batch_index, batch_time_h, d43_um (volume-weighted mean size), d10_um, cv (of the
+        volume distribution), fines_mass_fraction (below 100 um), yield (crystallised solute /
+        the most the final temperature allows, seeds excluded), peak_sigma (largest ln(C/C*)
+        while executing), crystal_mass_kg, final_temperature_c, target_mean_size_um.
+        """
+        r, x = self.reactor, self.x
+        stats = size_statistics(r.csd_per_m_per_kg(x), r.grid.centers_m, r.grid.widths_m)
+        solvent_kg = r.solvent_mass_kg(x)
+        recoverable_kg = self._charged_solute_kg - r.solubility_at(x) * solvent_kg / 1000.0
+        grown_kg = r.crystal_mass_kg(x) - self.seed_mass_charged_g / 1000.0
+        return {
+            "batch_index": self._batch_index,
+            "batch_state": self.state.name.lower(),
+            "batch_time_h": self._batch_time_s / 3600.0,
+            **stats,
+            "yield": grown_kg / recoverable_kg if recoverable_kg > 0 else math.nan,
+            "peak_sigma": self._peak_sigma if math.isfinite(self._peak_sigma) else math.nan,
+            "crystal_mass_kg": r.crystal_mass_kg(x),
+            "final_temperature_c": float(x[r.n + 1]),
+            "target_mean_size_um": self.scenario.target_mean_size_um or None,
+        }
+
+    def _complete_batch(self) -> None:
+        self.last_batch_report = self.batch_report()
+        if self.settings.batch_report_dir:
+            import json
+            import os
+            from pathlib import Path
+
+            folder = Path(self.settings.batch_report_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"batch_{self._batch_index}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.last_batch_report, indent=2, allow_nan=True))
+            os.replace(tmp, path)  # readers never see half a report
 
     def _truth_row(self, step: Step) -> dict:
         r = self.reactor

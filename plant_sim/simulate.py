@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from plant_sim.pbe import size_statistics  # noqa: F401  (re-exported: product figures)
 from plant_sim.plant import Plant
 from plant_sim.scenarios import Operation
 
@@ -37,26 +38,6 @@ class SimulationResult:
     timeseries: pd.DataFrame
     csd: pd.DataFrame
     summary: dict
-
-
-def size_statistics(csd_per_m_per_kg: np.ndarray, centers_m: np.ndarray, widths_m: np.ndarray) -> dict:
-    """Product figures of a number density n(L).
-
-    Returns:
-        volume-weighted mean size d43 (um), number-mean size d10 of crystals above 1 um (um),
-        coefficient of variation of the volume distribution, mass fraction below 100 um.
-    """
-    n, size, width = csd_per_m_per_kg, centers_m, widths_m
-    mu = [float(np.sum(n * size**k * width)) for k in range(6)]
-    if mu[3] <= 0.0:
-        return {"d43_um": math.nan, "d10_um": math.nan, "cv": math.nan, "fines_mass_fraction": math.nan}
-    d43 = mu[4] / mu[3]
-    spread = max(mu[5] / mu[3] - d43**2, 0.0)
-    big = size > 1e-6
-    n_big = float(np.sum(n[big] * width[big]))
-    d10 = float(np.sum(n[big] * size[big] * width[big])) / n_big if n_big > 0 else math.nan
-    fines = float(np.sum((n * size**3 * width)[size < 100e-6])) / mu[3]
-    return {"d43_um": d43 * 1e6, "d10_um": d10 * 1e6, "cv": math.sqrt(spread) / d43, "fines_mass_fraction": fines}
 
 
 def simulate(cfg, progress: bool | None = None) -> SimulationResult:

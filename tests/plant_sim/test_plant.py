@@ -193,6 +193,24 @@ def test_batch_runs_to_completion_with_seeds_and_closes_mass(cfg):
     assert values["reactor_temperature_c"] == pytest.approx(cfg.scenario.recipe[-1].temperature_c, abs=0.5)
 
 
+def test_a_completed_batch_reports_its_product(cfg, tmp_path):
+    import json
+
+    plant = make_plant(cfg, step_s=10.0, autostart=True, batch_report_dir=str(tmp_path))
+    plant.advance(3600.0)
+    assert plant.last_batch_report is None and not list(tmp_path.iterdir())
+    plant.advance(cfg.scenario.duration_min * 60.0)
+    report = json.loads((tmp_path / "batch_0.json").read_text())
+    assert report["batch_index"] == 0 and report["batch_state"] == "completed"
+    duration_h = recipe_duration_min(cfg.scenario.recipe, cfg.scenario.initial_temperature_c) / 60.0
+    assert report["batch_time_h"] == pytest.approx(duration_h, abs=0.01)
+    assert report["d43_um"] > cfg.scenario.seeding.mean_size_um  # the seeds grew
+    assert 0.5 < report["yield"] <= 1.0 and 0.0 < report["peak_sigma"] < 0.1 and 0 <= report["cv"] < 1
+    # the report is of the batch at completion: later time changes nothing in it
+    plant.advance(600.0)
+    assert plant.last_batch_report["batch_time_h"] == report["batch_time_h"]
+
+
 def test_hold_freezes_the_recipe_clock(cfg):
     plant = make_plant(cfg)
     command(plant, BatchCommand.START)
