@@ -237,6 +237,19 @@ def plant() -> Iterator[PlantServer]:
 
 
 @pytest.fixture(scope="module")
+def still_plant() -> Iterator[PlantServer]:
+    """A plant whose clock barely moves (0.001x: one physics step per ~1000 wall s).
+
+    Why: while the cascade is local (Idle, or not automatic) the plant's remote setpoint tracks
+    its working setpoint at every physics step, as a DCS does for bumpless transfer. A written
+    setpoint is therefore only visible until the next step; tests that read a write back on the
+    other protocol need a plant that does not step meanwhile.
+    """
+    with plant_server(speed=0.001) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
 def secure_material(tmp_path_factory) -> dict[str, str]:
     """Certificates and a users file with user ``operator`` / password ``op-secret-1``."""
     from plant_sim.security import add_user, generate_certificates

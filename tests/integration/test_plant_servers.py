@@ -223,7 +223,7 @@ def test_both_protocols_report_same_values(plant):
 # ----------------------------------------------------------------------------- setpoint writes
 
 
-def test_setpoint_write_clamped_and_out_of_range(plant):
+def test_setpoint_write_clamped_and_out_of_range(still_plant):
     name = "reactor_temperature_setpoint_c"
     sig = TAGMAP[name]
     assert sig.limits == (5.0, 80.0) and (sig.low, sig.high) == (-20.0, 120.0)
@@ -250,6 +250,7 @@ def test_setpoint_write_clamped_and_out_of_range(plant):
             assert await c.mb_write(name, 55.0) is None
             await c.eventually("ua", name, 55.0)
 
+    plant = still_plant
     run(body())
 
 
@@ -451,7 +452,7 @@ def test_secure_mode_refuses_anonymous_and_wrong_password(plant_server_factory, 
                 await client.disconnect()
 
     with plant_server_factory(security="sign_encrypt", cert_dir=m["cert_dir"], users_file=m["users_file"],
-                              speed=200.0) as server:
+                              speed=0.001) as server:  # still: see the still_plant fixture
         run(body())
         assert server.alive()
 
