@@ -145,6 +145,7 @@ STATUS_SIGNALS = (
     "plant_time_s",
     "reactor_temperature_setpoint_active_c",
     "batch_state",
+    "batch_time_s",
     "control_source",
     "shed_active",
 ) + tuple(f"facet_{k}_hkl" for k in range(1, N_FACET_SLOTS + 1))
@@ -612,6 +613,7 @@ class Plant:
             "plant_time_s": self._plant_time_s,
             "reactor_temperature_setpoint_active_c": self._working_setpoint_c,
             "batch_state": float(self.state),
+            "batch_time_s": self._recipe_time_s,
             "control_source": 1.0 if self._remote else 0.0,
             "shed_active": 1.0 if self._shed else 0.0,
             "reactor_temperature_setpoint_c": self._remote_setpoint_c,
