@@ -501,7 +501,14 @@ class Plant:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"batch_{self._batch_index}.json"
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.last_batch_report, indent=2, allow_nan=True))
+            r = self.reactor
+            n = np.asarray(r.csd_per_m_per_kg(self.x))
+            volume = n * r.grid.widths_m * r.grid.centers_m**3
+            total = float(volume.sum())
+            # The final CSD travels with the file (plots of the batch record), not the dict.
+            csd = {"size_um": (r.grid.centers_m * 1e6).round(3).tolist(),
+                   "volume_fraction": (volume / total if total > 0 else volume).tolist()}
+            tmp.write_text(json.dumps({**self.last_batch_report, "csd": csd}, indent=2, allow_nan=True))
             os.replace(tmp, path)  # readers never see half a report
 
     def _truth_row(self, step: Step) -> dict:

@@ -206,6 +206,10 @@ def test_a_completed_batch_reports_its_product(cfg, tmp_path):
     assert report["batch_time_h"] == pytest.approx(duration_h, abs=0.01)
     assert report["d43_um"] > cfg.scenario.seeding.mean_size_um  # the seeds grew
     assert 0.5 < report["yield"] <= 1.0 and 0.0 < report["peak_sigma"] < 0.1 and 0 <= report["cv"] < 1
+    csd = report["csd"]  # the final CSD travels with the file; its volume-weighted mean is d43
+    sizes, fractions = np.asarray(csd["size_um"]), np.asarray(csd["volume_fraction"])
+    assert fractions.sum() == pytest.approx(1.0) and (fractions >= 0).all()
+    assert (sizes * fractions).sum() == pytest.approx(report["d43_um"], rel=0.02)
     # the report is of the batch at completion: later time changes nothing in it
     plant.advance(600.0)
     assert plant.last_batch_report["batch_time_h"] == report["batch_time_h"]
