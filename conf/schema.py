@@ -27,6 +27,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from controller.settings import AgentSettings, BenchLoopSettings, DemoSettings, ProposerSettings
 from models.settings import (
     DataSettings,
     ModelBenchSettings,
@@ -96,6 +97,10 @@ class XtalpilotConfig:
         train_command: where ``xtalpilot train`` writes.
         tune: ``xtalpilot tune``.
         bench_model: ``xtalpilot bench model``.
+        agent: the daemon (``xtalpilot agent``).
+        proposer: the agent's BoTorch proposer.
+        demo: ``xtalpilot demo``.
+        bench_loop: ``xtalpilot bench loop``.
     """
 
     plant: dict = field(default_factory=dict)
@@ -120,6 +125,10 @@ class XtalpilotConfig:
     train_command: TrainCommandSettings = field(default_factory=TrainCommandSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
     bench_model: ModelBenchSettings = field(default_factory=ModelBenchSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    proposer: ProposerSettings = field(default_factory=ProposerSettings)
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    bench_loop: BenchLoopSettings = field(default_factory=BenchLoopSettings)
 
     def __post_init__(self) -> None:
         validate.positive(self, "speed", "publish_interval_s", "shed_timeout_s")

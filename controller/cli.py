@@ -2,16 +2,19 @@
 
     xtalpilot plant [overrides]             serve the simulated plant (OPC UA + Modbus TCP)
     xtalpilot plant simulate [overrides]    run a scenario offline, write data and a plot
+    xtalpilot agent [overrides]             the control agent (OPC UA or Modbus) until SIGTERM
+    xtalpilot demo [overrides]              plant + agent, one batch beside linear cooling, JSON
     xtalpilot bench plant [overrides]       physics and server benchmark, JSON on stdout
     xtalpilot bench model [overrides]       MS-GNN vs flat baselines, BHPO vs random, JSON
+    xtalpilot bench loop [overrides]        agent cycle, loop lag and proposal timings, JSON
     xtalpilot train [overrides]             train the MS-GNN ensemble, write a checkpoint
     xtalpilot tune [overrides]              Bayesian hyperparameter optimisation of one model
-    xtalpilot demo [overrides]              simulated batch, JSON summary on stdout
     xtalpilot certs [overrides]             OPC UA certificates (and a user: username=NAME)
 
 Examples::
 
     xtalpilot plant speed=1000 scenario=impurity_pulse
+    xtalpilot agent agent.mode=automatic agent.protocol=modbus modbus_port=5020
     xtalpilot plant simulate scenario=unseeded_cooling simulate.format=csv
     xtalpilot plant kinetics=kno3_miller_rawlings_1994
     xtalpilot plant security=sign_encrypt users_file=certs/users.yaml
@@ -36,6 +39,9 @@ USAGE = __doc__.split("Examples::")[0].strip()
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # asyncua logs every request at INFO; the agent says what matters itself.
+    for chatty in ("asyncua", "pymodbus"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _load(overrides: Sequence[str]):
@@ -65,11 +71,16 @@ def cmd_simulate(overrides: Sequence[str]) -> int:
 
 
 def cmd_bench(args: Sequence[str]) -> int:
-    """``xtalpilot bench plant|model``: JSON on stdout."""
-    if not args or args[0] not in ("plant", "model"):
-        print("usage: xtalpilot bench plant|model [overrides]", file=sys.stderr)
+    """``xtalpilot bench plant|model|loop``: JSON on stdout."""
+    if not args or args[0] not in ("plant", "model", "loop"):
+        print("usage: xtalpilot bench plant|model|loop [overrides]", file=sys.stderr)
         return 2
     cfg = _load(args[1:])
+    if args[0] == "loop":
+        from controller.bench_loop import run_loop_benchmark
+
+        print(json.dumps(run_loop_benchmark(cfg, overrides=args[1:]), indent=2))
+        return 0
     if args[0] == "model":
         from models.bench import run_model_benchmark
 
@@ -97,13 +108,22 @@ def cmd_tune(overrides: Sequence[str]) -> int:
     return 0
 
 
-def cmd_demo(overrides: Sequence[str]) -> int:
-    """Until the agent exists: one simulated batch, its summary as JSON, a report with a plot."""
-    from plant_sim.simulate import simulate_to_files
+def cmd_agent(overrides: Sequence[str]) -> int:
+    """Run the control agent until SIGTERM/SIGINT (or the batch/plant-time limit); report as JSON."""
+    import asyncio
 
-    cfg = _load(["simulate.output_dir=runs/demo", *overrides])
-    summary = simulate_to_files(cfg)
-    print(json.dumps(summary, indent=2))
+    from controller.agent import run_agent
+
+    report = asyncio.run(run_agent(_load(overrides)))
+    print(json.dumps(report.summary(), indent=2))
+    return 0
+
+
+def cmd_demo(overrides: Sequence[str]) -> int:
+    """The simulated plant and the agent: one batch beside linear cooling; summary JSON, report."""
+    from controller.demo import run_demo
+
+    print(json.dumps(run_demo(_load(overrides), overrides), indent=2))
     return 0
 
 
@@ -127,6 +147,7 @@ def cmd_certs(overrides: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plant": cmd_plant,
+    "agent": cmd_agent,
     "bench": cmd_bench,
     "train": cmd_train,
     "tune": cmd_tune,
@@ -154,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _setup_logging()
     from conf.schema import ConfigError
+    from controller.decision_log import DecisionLogError
+    from controller.plant_io import PlantIOError
+    from controller.settings import SetupError
     from plant_sim.plant import PlantConfigError
     from plant_sim.tagmap import TagMapError
 
@@ -167,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except PlantConfigError as exc:
         _log.error("cannot build the plant: %s", exc)
+        return 2
+    except PlantIOError as exc:
+        _log.error("plant connection: %s", exc)
+        return 2
+    except SetupError as exc:
+        _log.error("%s", exc)
+        return 2
+    except DecisionLogError as exc:
+        _log.error("decision log: %s", exc)
         return 2
 
 

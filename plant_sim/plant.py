@@ -470,13 +470,16 @@ class Plant:
 
         Keys: batch_index, batch_time_h, d43_um (volume-weighted mean size), d10_um, cv (of the
         volume distribution), fines_mass_fraction (below 100 um), yield (crystallised solute /
-        the most the final temperature allows, seeds excluded), peak_sigma (largest ln(C/C*)
+        the most the recipe's end temperature allows, seeds excluded), peak_sigma (largest ln(C/C*)
         while executing), crystal_mass_kg, final_temperature_c, target_mean_size_um.
         """
         r, x = self.reactor, self.x
         stats = size_statistics(r.csd_per_m_per_kg(x), r.grid.centers_m, r.grid.widths_m)
         solvent_kg = r.solvent_mass_kg(x)
-        recoverable_kg = self._charged_solute_kg - r.solubility_at(x) * solvent_kg / 1000.0
+        # Yield against what the recipe's end temperature allows, so a batch that stops cooling
+        # early shows the solute it left in solution.
+        end_c = self.scenario.recipe[-1].temperature_c if self.scenario.recipe else None
+        recoverable_kg = self._charged_solute_kg - r.solubility_at(x, end_c) * solvent_kg / 1000.0
         grown_kg = r.crystal_mass_kg(x) - self.seed_mass_charged_g / 1000.0
         return {
             "batch_index": self._batch_index,

@@ -270,10 +270,10 @@ class Reactor:
     def concentration_g_per_kg(self, x: np.ndarray) -> float:
         return 1000.0 * float(x[self.n + I_SOLUTE]) / self.solvent_mass_kg(x)
 
-    def solubility_at(self, x: np.ndarray) -> float:
-        """C* in the current solvent mixture at the current temperature, g per kg solvent."""
+    def solubility_at(self, x: np.ndarray, temperature_c: float | None = None) -> float:
+        """C* in the current solvent mixture at the current (or the given) temperature, g per kg solvent."""
         anti_fraction = float(x[self.n + I_ANTI]) / self.solvent_mass_kg(x)
-        c_water = self._solubility_table(float(x[self.n + I_TR]))
+        c_water = self._solubility_table(float(x[self.n + I_TR]) if temperature_c is None else temperature_c)
         return c_water * math.exp(-self.settings.antisolvent_solubility_coefficient * anti_fraction)
 
     def csd_per_m_per_kg(self, x: np.ndarray) -> np.ndarray:

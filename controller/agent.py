@@ -1,0 +1,617 @@
+"""The daemon: ``xtalpilot agent`` closes the loop over OPC UA or Modbus (DESIGN.md, "One control cycle").
+
+Sibling tasks in one ``asyncio.TaskGroup``:
+
+- the control loop: reads the plant often, and runs a cycle each time ``control_interval_s`` of
+  *plant* time has passed (a plant clock that jumps over an interval counts a missed cycle; a
+  cycle longer than its interval's wall time counts an overrun): validate -> strategy (state,
+  model) -> guard -> write -> decision log -> metrics;
+- the proposer: whenever the strategy poses a problem and the worker process is free, the
+  problem goes to the worker; its proposal applies from the next cycle after it arrives;
+- a loop-lag monitor (how late a 10 ms sleep wakes up: what a stalled loop would show).
+
+Modes: the agent starts in ``agent.mode`` (CLI), and follows the plant's
+``operator_mode_request`` tag whenever it changes (0 manual, 1 advisory, 2 automatic). It
+writes nothing in manual or advisory; in automatic it writes the guard's setpoints, the
+heartbeat and, when the plant does not show it yet, ``agent_mode`` = 2. Leaving automatic it
+writes ``agent_mode`` once (handing the loop back). If the plant sheds, the agent drops to
+advisory and says so; an operator re-enters automatic explicitly.
+
+Plant I/O failures never end the daemon: it holds (writes nothing), reconnects with capped
+backoff, and logs each change of state once. SIGTERM/SIGINT stop it between cycles; it writes
+nothing more, so the plant's heartbeat watchdog sheds to local control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from controller.decision_log import Decision, DecisionLog, DecisionLogError
+from controller.guard import GuardInput, GuardSettings, Mode, Reason, SetpointLimits, decide
+from controller.plant_io import Backoff, PlantIO, PlantIOError
+from controller.settings import AgentSettings
+from controller.state import SignalTracker, ValidationSettings
+from controller.strategy import TEMPERATURE_SP, PlantView, Strategy
+from plant_sim.tagmap import SignalKind, TagMap
+
+__all__ = ["Agent", "AgentReport", "guard_settings", "validation_settings"]
+
+_log = logging.getLogger("xtalpilot.agent")
+
+MODE_CODES = {Mode.manual: 0, Mode.advisory: 1, Mode.automatic: 2}
+CODE_MODES = {v: k for k, v in MODE_CODES.items()}
+BATCH_IDLE, BATCH_EXECUTE, BATCH_COMPLETED = 0, 1, 3
+BATCH_START = 1  # batch_command code
+# Signals the proposals rest on: without them valid the guard holds.
+REQUIRED = ("reactor_temperature_c", "concentration_g_per_kg")
+# Signals that carry sensor noise, so a frozen value means a stuck instrument.
+NOISY = ("reactor_temperature_c", "jacket_temperature_c", "concentration_g_per_kg")
+
+
+def validation_settings(tagmap: TagMap, settings: AgentSettings) -> dict[str, ValidationSettings]:
+    """Validation per measured signal from the tag map's ranges and the agent's time limits."""
+    out = {}
+    for s in tagmap:
+        if s.kind is not SignalKind.measurement or s.name == "plant_time_s":
+            continue
+        span = s.high - s.low if math.isfinite(s.high - s.low) else 1.0
+        out[s.name] = ValidationSettings(
+            low=s.low, high=s.high, stale_after_s=settings.stale_after_s,
+            stuck_after_s=settings.stuck_after_s if s.name in NOISY else 0.0,
+            noise_floor=max(1e-3 * span, 1e-9),
+        )
+    return out
+
+
+def guard_settings(tagmap: TagMap, settings: AgentSettings, names: tuple[str, ...] = (TEMPERATURE_SP,)) -> GuardSettings:
+    """The guard's limits: the tag map's plant limits and rates of the setpoints the agent drives."""
+    limits = []
+    for name in names:
+        s = tagmap[name]
+        lo, hi = s.limits if s.limits is not None else (s.low, s.high)
+        rate = s.max_rate_per_min if s.max_rate_per_min is not None else (hi - lo)
+        limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable))
+    return GuardSettings(tuple(limits), max_proposal_age_s=settings.max_proposal_age_s,
+                         max_uncertainty=settings.max_uncertainty,
+                         max_step_interval_s=max(settings.control_interval_s, 1.0))
+
+
+@dataclass
+class AgentReport:
+    """What a run did (the daemon's summary; the benchmark reads it).
+
+    Attributes:
+        cycles: control cycles run.
+        missed_cycles: intervals the plant clock passed without a cycle.
+        overruns: cycles that took longer than their interval's wall time.
+        cycle_ms: read-to-write duration of each cycle.
+        proposal_s: duration of each proposal.
+        loop_lag_ms_max: largest event-loop lag seen.
+        verdicts: count per guard reason.
+        writes: setpoint writes accepted by the plant.
+        write_failures: writes refused or lost.
+        reconnects: successful reconnections after a loss.
+        batch_completed: a batch completed while the agent ran.
+        stopped_by: why the run ended.
+        window: ``summary()`` of the cycles in a measurement window (benchmarks), else None.
+    """
+
+    cycles: int = 0
+    missed_cycles: int = 0
+    overruns: int = 0
+    cycle_ms: list[float] = field(default_factory=list)
+    proposal_s: list[float] = field(default_factory=list)
+    loop_lag_ms_max: float = 0.0
+    verdicts: collections.Counter = field(default_factory=collections.Counter)
+    writes: int = 0
+    write_failures: int = 0
+    reconnects: int = 0
+    batch_completed: bool = False
+    stopped_by: str = ""
+    window: dict | None = None
+
+    def summary(self) -> dict:
+        """JSON-ready figures: counts, cycle_ms p50/p99/max, proposal_s p50/p95, loop lag."""
+        return {
+            "cycles": self.cycles,
+            "missed_cycles": self.missed_cycles,
+            "overruns": self.overruns,
+            "cycle_ms": _percentiles(self.cycle_ms, (50, 99, 100), ("p50", "p99", "max")),
+            "loop_lag_ms": {"max": self.loop_lag_ms_max},
+            "proposal_s": _percentiles(self.proposal_s, (50, 95), ("p50", "p95")) | {"n": len(self.proposal_s)},
+            "verdicts": dict(self.verdicts),
+            "writes": self.writes,
+            "write_failures": self.write_failures,
+            "reconnects": self.reconnects,
+            "batch_completed": self.batch_completed,
+            "stopped_by": self.stopped_by,
+        }
+
+
+def _percentiles(samples: list[float], qs: tuple[float, ...], names: tuple[str, ...]) -> dict:
+    if not samples:
+        return {n: None for n in names}
+    import numpy as np
+
+    values = np.percentile(np.asarray(samples, dtype=float), qs)
+    return {n: round(float(v), 4) for n, v in zip(names, values)}
+
+
+class Agent:
+    """The control daemon (module docstring).
+
+    Args:
+        io: plant connection (OPC UA, Modbus, or recorded data for replay).
+        strategy: what proposes setpoints.
+        settings: agent settings.
+        log: decision log (None: not logged, e.g. in benchmarks).
+        metrics: :class:`controller.metrics.AgentMetrics` or None.
+        proposer: :class:`controller.proposer.ProposerWorker` or None (no background proposals).
+        poll_interval_s: wall seconds between reads while waiting for the next cycle.
+        measure_from_plant_s: also count cycles from this plant time on in ``window`` (a
+            benchmark's measurement window); None: no window.
+    """
+
+    def __init__(self, io: PlantIO, strategy: Strategy, settings: AgentSettings, log: DecisionLog | None = None,
+                 metrics=None, proposer=None, poll_interval_s: float = 0.01,
+                 measure_from_plant_s: float | None = None) -> None:
+        self.io, self.strategy, self.settings = io, strategy, settings
+        self.decision_log, self.metrics, self.proposer = log, metrics, proposer
+        self.poll_interval_s = poll_interval_s
+        self.guard = guard_settings(io.tagmap, settings)
+        self.trackers = {n: SignalTracker(v) for n, v in validation_settings(io.tagmap, settings).items()}
+        self._status_names = tuple(s.name for s in io.tagmap if s.kind is SignalKind.status)
+        self.mode: Mode = settings.mode
+        self.previous_mode: Mode = Mode.manual
+        self.report = AgentReport()
+        # A second report of the cycles from this plant time on (benchmarks measure a window).
+        self.window = AgentReport() if measure_from_plant_s is not None else None
+        self._measure_from_s = measure_from_plant_s
+        self._in_window = False
+        self._mode_request: float | None = None
+        self._heartbeat = 0
+        self._last_write_time_s: float | None = None
+        self._batch_start_s: float | None = None
+        self._last_batch_state: float | None = None
+        self._last_plant_time_s: float | None = None
+        self._proposing = False
+        self._start_sent = False
+        self._said: dict[str, str] = {}
+        self._backoff = Backoff()
+        self._connected = False
+
+    def _reports(self) -> tuple[AgentReport, ...]:
+        return (self.report, self.window) if self._in_window else (self.report,)
+
+    # ------------------------------------------------------------------ logging once
+    def _say(self, topic: str, message: str, level: int = logging.INFO) -> None:
+        """Log ``message`` only when it differs from the last one on ``topic``."""
+        if self._said.get(topic) != message:
+            self._said[topic] = message
+            _log.log(level, message)
+
+    # ------------------------------------------------------------------ main
+    async def run(self, stop: asyncio.Event) -> AgentReport:
+        """Run until ``stop`` is set, the batch completes (``stop_after_batch``) or the plant time
+        limit passes. Never raises on plant, data or model trouble."""
+        if self.metrics is not None:
+            self.metrics.set_mode(self.mode)
+            self.metrics.set_connection(False)
+        done = asyncio.Event()
+
+        async def watch_stop() -> None:
+            await stop.wait()
+            done.set()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._control_loop(done))
+                tg.create_task(self._lag_monitor(done))
+                waiter = tg.create_task(watch_stop())
+                await done.wait()
+                waiter.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.io.close()
+        if not self.report.stopped_by:
+            self.report.stopped_by = "stop requested"
+        _log.info("agent stopped (%s) after %d cycles; verdicts %s", self.report.stopped_by, self.report.cycles,
+                  dict(self.report.verdicts))
+        return self.report
+
+    async def _lag_monitor(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lag_ms = (time.perf_counter() - t0 - 0.01) * 1000.0
+            for r in self._reports():
+                r.loop_lag_ms_max = max(r.loop_lag_ms_max, lag_ms)
+
+    async def _ensure_connected(self) -> bool:
+        if self._connected:
+            return True
+        if not self._backoff.ready():
+            return False
+        try:
+            await self.io.connect()
+        except PlantIOError as exc:
+            delay = self._backoff.failed()
+            self._say("connection", f"plant unreachable, holding; retrying with backoff (next in {delay:.1f} s): {exc}",
+                      logging.WARNING)
+            return False
+        if "connection" in self._said:
+            self.report.reconnects += 1
+        self._backoff.succeeded()
+        self._connected = True
+        self._say("connection", "connected to the plant")
+        if self.metrics is not None:
+            self.metrics.set_connection(True)
+        return True
+
+    def _lost(self, exc: Exception) -> None:
+        self._connected = False
+        self._backoff.failed()
+        self._say("connection", f"plant connection lost, holding: {exc}", logging.WARNING)
+        if self.metrics is not None:
+            self.metrics.set_connection(False)
+
+    async def _control_loop(self, done: asyncio.Event) -> None:
+        interval = self.settings.control_interval_s
+        next_due: float | None = None
+        while not done.is_set():
+            if not await self._ensure_connected():
+                await asyncio.sleep(min(0.1, max(self.poll_interval_s, 0.01)))
+                continue
+            try:
+                snap = await self.io.read()
+            except PlantIOError as exc:
+                self._lost(exc)
+                continue
+            now = snap.plant_time_s
+            if not math.isfinite(now):
+                self._say("clock", "plant clock unreadable, holding", logging.WARNING)
+                await asyncio.sleep(self.poll_interval_s)
+                continue
+            if self._last_plant_time_s is not None and now < self._last_plant_time_s - interval:
+                self._say("clock", f"plant clock went back from {self._last_plant_time_s:.0f} s to {now:.0f} s "
+                          "(plant restarted?): batch tracking starts over", logging.WARNING)
+                next_due, self._batch_start_s, self._last_batch_state = None, None, None
+                self._last_write_time_s = None
+                self.previous_mode = Mode.manual if self.mode is Mode.automatic else self.previous_mode
+            self._last_plant_time_s = now
+            if self.window is not None and not self._in_window and now >= self._measure_from_s:
+                self._in_window = True
+            if next_due is None:
+                next_due = now
+            if now < next_due:
+                await asyncio.sleep(self.poll_interval_s)
+                continue
+            missed = int((now - next_due) // interval)
+            if missed > 0:
+                for r in self._reports():
+                    r.missed_cycles += missed
+                self._say("missed", f"plant clock passed {missed} control interval(s) without a cycle",
+                          logging.WARNING)
+            next_due += (missed + 1) * interval
+            await self._cycle(snap)
+            if self._should_stop(now):
+                done.set()
+
+    def _should_stop(self, now: float) -> bool:
+        s = self.settings
+        if s.stop_after_batch and self.report.batch_completed:
+            self.report.stopped_by = "batch completed"
+            return True
+        if s.max_plant_time_s is not None and now >= s.max_plant_time_s:
+            self.report.stopped_by = "plant time limit"
+            return True
+        return False
+
+    # ------------------------------------------------------------------ one cycle
+    async def _cycle(self, snap) -> None:
+        t0 = time.perf_counter()
+        now = snap.plant_time_s
+        stages: dict[str, float] = {}
+        raw = {name: r.value for name, r in snap.readings.items()}
+        validated = {name: tr.update(snap.readings.get(name), now) for name, tr in self.trackers.items()}
+        stages["state"] = time.perf_counter() - t0
+
+        batch_state = _number(raw.get("batch_state"))
+        if batch_state == BATCH_EXECUTE and self._last_batch_state != BATCH_EXECUTE and self._batch_start_s is None:
+            self._batch_start_s = now
+            self._say("batch", f"batch executing (plant time {now:.0f} s)")
+        if batch_state == BATCH_COMPLETED and self._last_batch_state == BATCH_EXECUTE:
+            self.report.batch_completed = True
+            self._say("batch", f"batch completed (plant time {now:.0f} s)")
+        if batch_state != BATCH_EXECUTE and batch_state != 2:  # not executing nor held
+            self._batch_start_s = None
+        self._last_batch_state = batch_state
+        start = {}
+        if (self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE
+                and self.mode is Mode.automatic):  # nothing is written outside automatic
+            start = {"batch_command": float(BATCH_START)}
+            self._start_sent = True
+            self._say("batch", f"starting the batch (agent.start_batch, plant time {now:.0f} s)")
+        executing = batch_state == BATCH_EXECUTE and self._batch_start_s is not None
+        batch_time_s = None
+        if executing:
+            # The plant's phase timer when the tag map has one (right even if the agent joined
+            # mid-batch); else the time since the agent saw the batch start.
+            tag = _number(raw.get("batch_time_s"))
+            batch_time_s = tag if math.isfinite(tag) and tag >= 0 else now - self._batch_start_s
+
+        self._follow_mode_request(raw.get("operator_mode_request"))
+        shed = _number(raw.get("shed_active")) == 1.0
+        if shed and self.mode is Mode.automatic and self.previous_mode is Mode.automatic:
+            self.mode = Mode.advisory
+            self._say("mode", "the plant shed to local control: agent now advisory; request automatic to re-enter",
+                      logging.WARNING)
+
+        # Measurements as validated; status tags (batch state, facet {hkl} codes) as read.
+        status = {n: _number(raw.get(n)) for n in self._status_names}
+        view = PlantView(now, batch_time_s, {**status, **{n: v.value for n, v in validated.items()}},
+                         {**{n: math.isfinite(v) for n, v in status.items()}, **{n: v.ok for n, v in validated.items()}})
+        t1 = time.perf_counter()
+        try:
+            advice = self.strategy.advise(view)
+        except Exception as exc:  # a strategy bug must not end the daemon: hold on it
+            self._say("strategy", f"strategy failed, holding: {type(exc).__name__}: {exc}", logging.ERROR)
+            from controller.strategy import Advice
+
+            advice = Advice(None, None, model_ok=False)
+        stages["strategy"] = time.perf_counter() - t1
+        if advice.problem is not None and self.proposer is not None and not self._proposing:
+            self._proposing = True
+            self._tg.create_task(self._propose(advice.problem))
+
+        data_ok = advice.data_ok and all(validated[n].ok for n in REQUIRED if n in validated)
+        current = {s.name: _number(raw.get(s.name)) for s in self.guard.setpoints}
+        inp = GuardInput(
+            mode=self.mode, previous_mode=self.previous_mode, plant_time_s=now, current=current,
+            proposal=advice.setpoints, proposal_time_s=advice.proposal_time_s,
+            last_write_time_s=self._last_write_time_s, data_ok=data_ok, model_ok=advice.model_ok,
+            uncertainty=advice.uncertainty, plant_shed=shed, plant_executing=executing,
+        )
+        verdict = decide(inp, self.guard)
+        holds = [r.value for r in verdict.reasons if r in (Reason.data_bad, Reason.model_failed,
+                                                             Reason.uncertainty_high, Reason.proposal_stale)]
+        self._say("hold", f"holding setpoints: {', '.join(holds)}" if holds else "not holding",
+                  logging.WARNING if holds else logging.INFO)
+
+        values: dict[str, float] = {**start, **verdict.write}
+        if verdict.heartbeat:
+            self._heartbeat = (self._heartbeat + 1) % 65536
+            values["agent_heartbeat"] = float(self._heartbeat)
+            if _number(raw.get("agent_mode")) != MODE_CODES[Mode.automatic]:
+                values["agent_mode"] = float(MODE_CODES[Mode.automatic])
+        elif self.previous_mode is Mode.automatic and self.mode is not Mode.automatic:
+            values["agent_mode"] = float(MODE_CODES[self.mode])  # hand the loop back, once
+        t2 = time.perf_counter()
+        written: dict[str, float] = {}
+        if values:
+            try:
+                outcomes = await self.io.write(values)
+            except PlantIOError as exc:
+                outcomes = {}
+                self._lost(exc)
+            for name, value in values.items():
+                outcome = outcomes.get(name)
+                if outcome is not None and outcome.accepted:
+                    written[name] = value
+                elif name == "batch_command":
+                    self._start_sent = False  # try again next cycle
+                elif name in verdict.write:
+                    self.report.write_failures += 1
+                    self._say("write", f"write of {name} failed: {outcome.detail if outcome else 'no answer'}",
+                              logging.WARNING)
+            if any(n in written for n in verdict.write):
+                self._last_write_time_s = now
+                for rep in self._reports():
+                    rep.writes += 1
+        stages["write"] = time.perf_counter() - t2
+        cycle_s = time.perf_counter() - t0
+        self.previous_mode = self.mode
+        for rep in self._reports():
+            rep.cycles += 1
+            rep.cycle_ms.append(cycle_s * 1000.0)
+            for r in verdict.reasons:
+                rep.verdicts[r.value] += 1
+        wall_interval_s = self.settings.control_interval_s / max(self._speed_estimate(now), 1e-9)
+        overrun = cycle_s > wall_interval_s
+        if overrun:
+            for rep in self._reports():
+                rep.overruns += 1
+
+        if self.decision_log is not None:
+            decision = Decision(
+                plant_time_s=now, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
+                held=verdict.held,
+                # every validated measurement (NaN where not ok), so a batch can be replayed from the log
+                inputs={**{n: v.value for n, v in validated.items()}, **dict(advice.inputs),
+                        "batch_time_s": view.batch_time_s, "strategy": self.strategy.name},
+                signal_status={n: v.status.value for n, v in validated.items()},
+                predictions=dict(advice.predictions),
+                proposal=dict(advice.setpoints or {}),
+                written={k: v for k, v in written.items()},
+            )
+            try:
+                self.decision_log.append(decision)
+            except DecisionLogError as exc:
+                self._say("log", f"decision log: {exc}", logging.ERROR)
+        if self.metrics is not None:
+            m = self.metrics
+            m.observe_cycle(cycle_s, stages, overrun)
+            m.set_signals(validated)
+            if advice.predictions:
+                m.set_prediction({k: advice.predictions[k] for k in ("G_um_per_min", "log10_B", "lambda")
+                                  if k in advice.predictions},
+                                 {k[len("spread_"):]: v for k, v in advice.predictions.items() if k.startswith("spread_")})
+            m.record_verdict(verdict.reasons, advice.setpoints, {k: v for k, v in written.items() if k in verdict.write})
+            m.set_mode(self.mode)
+
+    def _speed_estimate(self, now: float) -> float:
+        """Plant seconds per wall second, from the last two cycles' clocks."""
+        wall = time.monotonic()
+        prev = getattr(self, "_speed_ref", None)
+        self._speed_ref = (wall, now)
+        if prev is None or wall <= prev[0] or now <= prev[1]:
+            return getattr(self, "_speed", 1.0)
+        self._speed = (now - prev[1]) / (wall - prev[0])
+        return self._speed
+
+    def _follow_mode_request(self, request) -> None:
+        value = _number(request)
+        if not math.isfinite(value):
+            return
+        if self._mode_request is None:
+            self._mode_request = value  # the request standing at start-up does not override the CLI
+            return
+        if value != self._mode_request:
+            self._mode_request = value
+            mode = CODE_MODES.get(int(value)) if value == int(value) else None
+            if mode is None:
+                self._say("mode", f"operator_mode_request {value} is not 0, 1 or 2: ignored", logging.WARNING)
+                return
+            if mode is not self.mode:
+                self.mode = mode
+                self._say("mode", f"operator requested {mode.value} mode")
+
+    def request_mode(self, mode: Mode) -> None:
+        """Change the mode from outside (CLI, tests)."""
+        self.mode = mode
+
+    async def _propose(self, problem) -> None:
+        t0 = time.perf_counter()
+        try:
+            proposal = await self.proposer.propose(problem)
+        except Exception as exc:  # the worker died or the problem was bad: hold until the next one
+            self._say("proposer", f"proposal failed: {type(exc).__name__}: {exc}", logging.WARNING)
+        else:
+            self.strategy.accept(proposal)
+            self._say("proposer", "proposals flowing")
+        finally:
+            seconds = time.perf_counter() - t0
+            for r in self._reports():
+                r.proposal_s.append(seconds)
+            if self.metrics is not None:
+                self.metrics.observe_proposal(seconds)
+            self._proposing = False
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+
+# ----------------------------------------------------------------------------- wiring
+def make_io(cfg):
+    """The plant connection the config asks for."""
+    from controller.plant_io import ModbusIO, OpcUaIO
+    from controller.settings import Protocol
+
+    a = cfg.agent
+    tagmap = TagMap.from_dict(cfg.plant)
+    if a.protocol is Protocol.modbus:
+        return ModbusIO(tagmap, cfg.host, cfg.modbus_port)
+    url = a.opcua_url or f"opc.tcp://{cfg.host}:{cfg.opcua_port}"
+    security = None
+    if a.client_certificate is not None:
+        security = f"Basic256Sha256,SignAndEncrypt,{a.client_certificate},{a.client_key}"
+    return OpcUaIO(tagmap, url, security=security, username=a.username, password=a.password)
+
+
+def make_strategy(cfg, service=None):
+    """The strategy the config names (the model-predictive one loads the model unless given)."""
+    from controller.rollout import MaterialConstants
+    from controller.settings import StrategyName
+    from controller.strategy import BatchRecipe, LinearCooling, ModelPredictive
+
+    a, p = cfg.agent, cfg.proposer
+    recipe = BatchRecipe.from_scenario(cfg.scenario, p.target_size_um)
+    if a.strategy is StrategyName.linear_cooling:
+        return LinearCooling(recipe)
+    from controller.kinetics_service import KineticsService
+
+    material = a.material or cfg.scenario.material
+    if service is None:
+        service = KineticsService.load(a.checkpoint, material, a.device, grid_sigmas=tuple(p.grid_sigmas),
+                                       grid_temperatures=p.grid_temperatures)
+    tagmap = TagMap.from_dict(cfg.plant)
+    sp = tagmap[TEMPERATURE_SP]
+    max_rate = sp.max_rate_per_min if sp.max_rate_per_min is not None else 1.0
+    low = sp.limits[0] if sp.limits is not None else sp.low
+    return ModelPredictive(recipe, service, MaterialConstants.for_material(material), p, a.stirring_rpm,
+                           # no heating moves: the moment model has no dissolution, so it cannot judge them
+                           max_cooling_k_per_min=min(max_rate, 1.0), max_heating_k_per_min=0.0,
+                           setpoint_low_c=low)
+
+
+async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,
+                    measure_from_plant_s: float | None = None) -> AgentReport:
+    """``xtalpilot agent``: wire I/O, strategy, proposer, decision log and metrics, and run.
+
+    SIGTERM and SIGINT set ``stop``; the agent then writes nothing more and returns.
+    """
+    import signal
+
+    from controller.metrics import AgentMetrics
+    from controller.proposer import ProposerWorker
+
+    a = cfg.agent
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    io = make_io(cfg)
+    strategy = strategy or make_strategy(cfg)
+    metrics = AgentMetrics(io.tagmap.reactor)
+    version = getattr(getattr(strategy, "service", None), "version", "") or "none"
+    metrics.set_model(version, strategy=strategy.name)
+    server = None
+    if metrics_server and a.metrics_port:
+        try:
+            server = metrics.serve(cfg.host, a.metrics_port)
+        except OSError as exc:
+            raise PlantIOError(f"cannot serve metrics on {cfg.host}:{a.metrics_port} ({exc}); "
+                               "set agent.metrics_port to a free port (0: no metrics)") from None
+    proposer = None
+    if strategy.name == "model_predictive":
+        import torch
+
+        # Small graphs gain nothing from intra-op threads, and the proposer's worker needs a
+        # core of its own: measured on 2 cores, default threads gave cycle p99 ~200 ms.
+        torch.set_num_threads(1)
+        proposer = ProposerWorker()
+    log = DecisionLog(a.decision_log)
+    try:
+        if proposer is not None:
+            await proposer.warm_up()
+        _log.info("agent %s on %s in %s mode, control interval %.0f s plant time, decision log %s%s",
+                  strategy.name, a.protocol.value, a.mode.value, a.control_interval_s, a.decision_log,
+                  f", metrics on http://{cfg.host}:{a.metrics_port}/metrics" if server is not None else "")
+        agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
+                      measure_from_plant_s=measure_from_plant_s)
+        report = await agent.run(stop)
+        if agent.window is not None:
+            report.window = agent.window.summary()
+        return report
+    finally:
+        log.close()
+        if proposer is not None:
+            proposer.close()
+        if server is not None:
+            server.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)

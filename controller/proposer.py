@@ -1,0 +1,236 @@
+"""The BoTorch proposer: the next few temperature-setpoint moves, chosen by rolling the batch forward.
+
+Decision variables x = (dT_1, ..., dT_H), the setpoint change over each of H move intervals;
+after them the setpoint cools linearly to the final temperature by the end of cooling
+(:func:`controller.rollout.setpoint_path`). Bounds: the allowed cooling and heating rates over
+one move interval.
+
+Each candidate is scored by :func:`controller.rollout.rollout` with every ensemble member's
+kinetic laws (DESIGN.md, "Proposals"). The rollout is wrapped as a BoTorch
+``EnsembleModel`` whose outputs per member are
+
+    y_0 = -cost = -(w_size ((d43 - target)/target)^2 + w_cv CV + w_fines fines
+                    + w_yield (1 - yield) + w_prox |x - x_ref|^2 / H)
+    y_1 = peak sigma - metastable limit          (feasible when <= 0)
+
+and ``qSimpleRegret`` with a ``ConstrainedMCObjective`` turns them into the expected
+objective weighted by the probability of feasibility over the members (a sigmoid of y_1 of
+width ``feasibility_eta``). x_ref is the plain linear continuation to the final temperature,
+so the proximal term keeps the agent near what an operator would do unless the model says
+otherwise. ``optimize_acqf`` (L-BFGS-B from Sobol raw samples, gradients through the rollout)
+runs with a wall-time budget.
+
+:func:`propose` is pure (a :class:`Problem` in, a :class:`Proposal` out) so it runs in a worker
+process: :class:`ProposerWorker` keeps one spawned process, so a proposal never stalls the
+agent's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from controller.rollout import BatchPlan, MaterialConstants, PopulationState
+from controller.settings import ProposerSettings
+
+__all__ = ["Problem", "Proposal", "ProposerWorker", "propose"]
+
+INFEASIBLE_COST = 10.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything one proposal needs (picklable: it crosses to the worker process).
+
+    Attributes:
+        plant_time_s: plant time the problem was posed at.
+        state: estimated population state.
+        plan: where the batch is and must end.
+        material: material constants.
+        growth / nucleation: (S, 3) kinetic laws per ensemble member.
+        settings: proposer settings.
+        max_cooling_k_per_min / max_heating_k_per_min: allowed setpoint rates.
+        setpoint_low_c: lowest setpoint the agent may write.
+    """
+
+    plant_time_s: float
+    state: PopulationState
+    plan: BatchPlan
+    material: MaterialConstants
+    growth: np.ndarray
+    nucleation: np.ndarray
+    settings: ProposerSettings
+    max_cooling_k_per_min: float = 1.0
+    max_heating_k_per_min: float = 0.2
+    setpoint_low_c: float = -math.inf
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A proposed setpoint trajectory and what the model expects of it.
+
+    Attributes:
+        plant_time_s: the plant time it was made for.
+        start_c: temperature the moves start from.
+        moves_k: the H setpoint moves (K per move interval).
+        move_interval_s: plant seconds per move.
+        expected: mean outcomes over members (d43_um, cv, fines, yield, peak_sigma, cost) and
+            ``feasibility`` (share of members under the metastable limit).
+        duration_s: wall seconds the optimisation took.
+    """
+
+    plant_time_s: float
+    start_c: float
+    moves_k: tuple[float, ...]
+    move_interval_s: float
+    expected: dict = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def setpoint_at(self, plant_time_s: float) -> float:
+        """The proposed temperature setpoint at ``plant_time_s`` (linear within each move)."""
+        elapsed = max(plant_time_s - self.plant_time_s, 0.0)
+        value = self.start_c
+        for move in self.moves_k:
+            part = min(elapsed / self.move_interval_s, 1.0)
+            value += part * move
+            elapsed -= self.move_interval_s
+            if elapsed <= 0:
+                break
+        return value
+
+
+def reference_moves(problem: Problem) -> np.ndarray:
+    """The linear continuation to the final temperature, as H moves (the proximal centre)."""
+    p = problem.plan
+    rate = (p.final_temperature_c - problem.state.path_start_c) / max(p.cooling_left_s, p.move_interval_s)
+    return np.full(problem.settings.moves, min(rate * p.move_interval_s, 0.0))
+
+
+def _outcomes_to_y(problem: Problem, moves, outcomes):
+    """(n, S) outcomes -> (n, S, 2) [-cost, constraint]."""
+    import torch
+
+    s = problem.settings
+    ref = torch.as_tensor(reference_moves(problem), dtype=moves.dtype)
+    size_err = ((outcomes.d43_um - s.target_size_um) / s.target_size_um) ** 2
+    prox = ((moves - ref) ** 2).mean(dim=-1, keepdim=True)
+    cost = (s.weight_size * size_err + s.weight_cv * outcomes.cv + s.weight_fines * outcomes.fines
+            + s.weight_yield * (1.0 - outcomes.yield_fraction).clamp_min(0.0) + s.proximal_weight * prox)
+    constraint = outcomes.peak_sigma - (1.0 - s.constraint_margin) * s.metastable_sigma_limit
+    return torch.stack([-cost, constraint], dim=-1), cost
+
+
+def propose(problem: Problem) -> Proposal:
+    """Optimise the next setpoint moves (module docstring). Pure; deterministic for a problem."""
+    import torch
+    from botorch.acquisition.monte_carlo import qSimpleRegret
+    from botorch.acquisition.objective import ConstrainedMCObjective
+    from botorch.models.ensemble import EnsembleModel
+    from botorch.optim import optimize_acqf
+    from botorch.sampling.index_sampler import IndexSampler
+
+    from controller.rollout import rollout
+
+    import warnings
+
+    from botorch.exceptions.warnings import BadInitialCandidatesWarning
+
+    # When every raw sample is infeasible under every member the acquisition is flat; BoTorch
+    # then starts from random points and warns each time. The reference path still competes
+    # below, and ``expected["feasibility"]`` reports the outcome, so the warning adds nothing.
+    warnings.filterwarnings("ignore", category=BadInitialCandidatesWarning)
+    wall0 = time.perf_counter()
+    torch.manual_seed(0)
+    s, p = problem.settings, problem.plan
+    dtype = torch.float64
+    growth = torch.as_tensor(problem.growth, dtype=dtype)
+    nucleation = torch.as_tensor(problem.nucleation, dtype=dtype)
+    members = growth.shape[0]
+
+    def evaluate(moves):  # (n, H) -> (n, S, 2)
+        out = rollout(moves, problem.state, growth, nucleation, problem.material, p)
+        return _outcomes_to_y(problem, moves, out)[0]
+
+    class RolloutModel(EnsembleModel):
+        _num_outputs = 2
+
+        def forward(self, X):  # (batch, q, H) -> (batch, S, q, 2)
+            batch_shape, q = X.shape[:-2], X.shape[-2]
+            y = evaluate(X.reshape(-1, X.shape[-1]))  # (n, S, 2)
+            return y.reshape(*batch_shape, q, members, 2).movedim(-2, -3)
+
+    move_min = p.move_interval_s / 60.0
+    lower = -s_rate(problem.max_cooling_k_per_min) * move_min
+    upper = s_rate(problem.max_heating_k_per_min) * move_min
+    bounds = torch.tensor([[lower] * s.moves, [upper] * s.moves], dtype=dtype)
+    objective = ConstrainedMCObjective(objective=lambda y, X=None: y[..., 0], constraints=[lambda y: y[..., 1]],
+                                       infeasible_cost=INFEASIBLE_COST, eta=s.feasibility_eta)
+    acqf = qSimpleRegret(RolloutModel(), sampler=IndexSampler(torch.Size([4 * members]), seed=0),
+                         objective=objective)
+    ref = torch.as_tensor(reference_moves(problem), dtype=dtype).clamp(lower, upper)
+    candidate, _ = optimize_acqf(
+        acqf, bounds=bounds, q=1, num_restarts=s.restarts, raw_samples=s.raw_samples,
+        options={"maxiter": 60, "seed": 0}, timeout_sec=s.time_budget_s, retry_on_optimization_warning=False,
+    )
+    best = candidate.reshape(1, -1)
+    # The reference path competes too: the optimiser must beat the operator's plain ramp.
+    both = torch.cat([best, ref.reshape(1, -1)], dim=0)
+    with torch.no_grad():
+        out = rollout(both, problem.state, growth, nucleation, problem.material, p)
+        y, cost = _outcomes_to_y(problem, both, out)
+        feasible = (y[..., 1] <= 0).to(dtype)
+        score = ((-cost + INFEASIBLE_COST) * feasible).mean(dim=-1) - INFEASIBLE_COST
+    pick = int(torch.argmax(score))
+    moves = both[pick]
+    expected = {
+        "d43_um": float(out.d43_um[pick].mean()),
+        "cv": float(out.cv[pick].mean()),
+        "fines": float(out.fines[pick].mean()),
+        "yield": float(out.yield_fraction[pick].mean()),
+        "peak_sigma": float(out.peak_sigma[pick].max()),
+        "cost": float(cost[pick].mean()),
+        "feasibility": float(feasible[pick].mean()),
+        "chose_reference": pick == 1,
+    }
+    return Proposal(problem.plant_time_s, problem.state.path_start_c, tuple(float(m) for m in moves),
+                    p.move_interval_s, expected, time.perf_counter() - wall0)
+
+
+def s_rate(value: float) -> float:
+    return max(float(value), 0.0)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core for the proposer, the other for the agent's loop
+
+
+class ProposerWorker:
+    """One spawned worker process for :func:`propose` (the event loop only awaits it)."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
+
+    async def propose(self, problem: Problem) -> Proposal:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, propose, problem)
+
+    async def warm_up(self) -> None:
+        """Import torch and BoTorch in the worker before the first real problem."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, _warm)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _warm() -> bool:
+    import botorch.acquisition.monte_carlo  # noqa: F401  (import cost paid once)
+
+    return True

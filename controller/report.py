@@ -1,0 +1,119 @@
+"""Batch report plots from decision logs and the plant's batch records (demo, replay).
+
+One PNG of six panels, each strategy's batch drawn over its batch time:
+
+- reactor temperature and the setpoint written;
+- concentration against solubility and the metastable limit (C* exp(sigma_limit));
+- supersaturation against its limit;
+- final CSD (volume fraction per size class, from the plant's batch record);
+- facet habit over time (imaging area fractions of each facet slot);
+- predicted growth rate (model, and after the online bias correction) against the growth
+  rate imaging observes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["batch_frame", "write_report"]
+
+
+def batch_frame(decision_log: str | Path):
+    """A decision log flattened to one row per cycle: plant and batch time, every logged input,
+    prediction and written value (``written_<name>``), mode and reasons."""
+    import pandas as pd
+
+    from controller.decision_log import read_decisions
+
+    raw = read_decisions(decision_log)
+    rows = []
+    for rec in raw.itertuples():
+        row = {"plant_time_s": rec.plant_time_s, "mode": rec.mode, "reasons": ",".join(rec.reasons),
+               "held": rec.held}
+        row.update({k: v for k, v in rec.inputs.items() if not isinstance(v, (dict, list))})
+        row.update({f"pred_{k}": v for k, v in rec.predictions.items()})
+        row.update({f"written_{k}": v for k, v in rec.written.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _col(frame, name: str) -> np.ndarray:
+    if name not in frame:
+        return np.full(len(frame), math.nan)
+    return np.asarray(frame[name], dtype=float)
+
+
+def write_report(out_dir: Path, logs: Mapping[str, str], records: Mapping[str, dict], cfg) -> Path:
+    """Write ``report.png`` (and ``<strategy>_decisions.csv``) into ``out_dir``; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from controller.rollout import MaterialConstants
+    from controller.strategy import observed_growth
+
+    material = MaterialConstants.for_material(cfg.agent.material or cfg.scenario.material)
+    limit = cfg.proposer.metastable_sigma_limit
+    frames = {}
+    for name, path in logs.items():
+        frame = batch_frame(path)
+        frame.to_csv(out_dir / f"{name}_decisions.csv", index=False)
+        frames[name] = frame[np.isfinite(_col(frame, "batch_time_s"))]
+    colors = {"model_predictive": "tab:blue", "linear_cooling": "tab:orange"}
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    ax_t, ax_c, ax_s, ax_csd, ax_habit, ax_g = axes.ravel()
+    for name, f in frames.items():
+        hours = _col(f, "batch_time_s") / 3600.0
+        color = colors.get(name)
+        temp = _col(f, "reactor_temperature_c")
+        ax_t.plot(hours, temp, color=color, label=f"{name}: reactor")
+        ax_t.plot(hours, _col(f, "written_reactor_temperature_setpoint_c"), color=color, ls="--", lw=0.9,
+                  label=f"{name}: setpoint written")
+        conc = _col(f, "concentration_g_per_kg")
+        csat = material.solubility_g_per_kg(temp)
+        ax_c.plot(hours, conc, color=color, label=f"{name}: concentration")
+        ax_c.plot(hours, csat, color=color, ls=":", label=f"{name}: solubility")
+        ax_c.plot(hours, csat * math.exp(limit), color=color, ls="-.", lw=0.8, label=f"{name}: metastable limit")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ax_s.plot(hours, np.log(conc / csat), color=color, label=name)
+        rec = records.get(name, {}).get("csd")
+        if rec:
+            ax_csd.plot(rec["size_um"], rec["volume_fraction"], color=color,
+                        label=f"{name}: d43 {records[name]['d43_um']:.0f} um")
+    ax_s.axhline(limit, color="red", lw=1.0, ls="--", label="metastable limit")
+    ax_csd.axvline(cfg.proposer.target_size_um, color="grey", ls="--", label="target d43")
+
+    agent = frames.get("model_predictive")
+    if agent is not None and len(agent):
+        hours = _col(agent, "batch_time_s") / 3600.0
+        for k in range(1, 5):
+            fraction = _col(agent, f"facet_{k}_area_fraction")
+            if np.isfinite(fraction).any():
+                ax_habit.plot(hours, fraction, label=f"facet slot {k}")
+        observed = np.array([observed_growth(row) for row in agent.to_dict("records")])
+        ax_g.plot(hours, observed, color="black", lw=1.0, label="imaging (plant)")
+        ax_g.plot(hours, _col(agent, "pred_G_model_um_per_min"), color="tab:green", label="MS-GNN")
+        ax_g.plot(hours, _col(agent, "pred_G_um_per_min"), color="tab:blue", ls="--", label="MS-GNN x online bias")
+    titles = [
+        (ax_t, "Temperature (C)"), (ax_c, "Concentration (g/kg solvent)"), (ax_s, "Supersaturation ln(C/C*)"),
+        (ax_csd, "Final CSD (volume fraction)"), (ax_habit, "Facet area fractions (imaging)"),
+        (ax_g, "Growth rate (um/min)"),
+    ]
+    for ax, title in titles:
+        ax.set_title(title)
+        ax.set_xlabel("size (um)" if ax is ax_csd else "batch time (h)")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    fig.suptitle(f"xtalpilot demo on the simulated plant ({cfg.scenario.name}, "
+                 f"{cfg.agent.material or cfg.scenario.material})")
+    fig.tight_layout()
+    path = out_dir / "report.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,207 @@
+"""Settings of the agent (``xtalpilot agent``, ``demo``, ``bench loop``), importable without torch.
+
+Frozen dataclasses; Hydra composes them under ``agent.*`` and ``proposer.*`` (conf/schema.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from controller.guard import Mode
+from plant_sim import validate
+
+__all__ = ["AgentSettings", "BenchLoopSettings", "DemoSettings", "SetupError", "Protocol", "ProposerSettings", "StrategyName"]
+
+
+class SetupError(RuntimeError):
+    """A setting points at something missing or unusable (a checkpoint, a file); the message says
+    which and what to do. The CLI prints it as one line and exits with code 2."""
+
+
+class Protocol(str, enum.Enum):
+    opcua = "opcua"
+    modbus = "modbus"
+
+
+class StrategyName(str, enum.Enum):
+    """What decides the setpoints: the model-predictive agent or a fixed cooling recipe."""
+
+    model_predictive = "model_predictive"
+    linear_cooling = "linear_cooling"
+
+
+@dataclass(frozen=True)
+class ProposerSettings:
+    """The BoTorch proposer: decision variables, outcome model, objective and budget.
+
+    Attributes:
+        moves: future temperature-setpoint moves decided each time (the decision variables).
+        move_interval_min: plant minutes per move; after the last move the rollout cools
+            linearly to ``final_temperature_c`` by the end of the cooling time.
+        rollout_step_s: Euler step of the moment-model rollout (plant seconds).
+        target_size_um: volume-weighted mean size wanted at the end of the batch.
+        metastable_sigma_limit: supersaturation ln(C/C*) the batch must stay below (primary
+            nucleation above it); the constraint of the proposal.
+        constraint_margin: share of the limit kept free for model error: proposals keep the
+            predicted peak below (1 - margin) x limit.
+        weight_size, weight_cv, weight_fines, weight_yield: cost weights of the squared relative
+            size error, the CV, the fines mass fraction and the lost yield.
+        proximal_weight: cost per (K per move)^2 away from the current cooling rate (small moves).
+        time_budget_s: wall seconds ``optimize_acqf`` may take.
+        raw_samples: initial candidates of ``optimize_acqf``.
+        restarts: gradient restarts of ``optimize_acqf``.
+        feasibility_eta: width of the sigmoid turning the constraint into a probability.
+        grid_temperatures: temperatures (around the current one, K) of the model query grid.
+        grid_sigmas: driving forces of the model query grid (log-spaced within these bounds).
+        bias_time_constant_s: plant seconds over which the growth-rate bias (model vs imaging)
+            is averaged.
+        nucleation_suspension_kg_per_kg: suspension density at which the model's B holds
+            (the training data fix it); B scales linearly with the actual one.
+    """
+
+    moves: int = 3
+    move_interval_min: float = 10.0
+    rollout_step_s: float = 120.0
+    target_size_um: float = 300.0
+    metastable_sigma_limit: float = 0.015
+    constraint_margin: float = 0.2
+    weight_size: float = 4.0
+    weight_cv: float = 1.0
+    weight_fines: float = 2.0
+    weight_yield: float = 2.0
+    proximal_weight: float = 0.02
+    time_budget_s: float = 0.5
+    raw_samples: int = 64
+    restarts: int = 2
+    feasibility_eta: float = 1e-3
+    grid_temperatures: int = 3
+    grid_sigmas: tuple[float, float] = (0.003, 0.04)
+    bias_time_constant_s: float = 300.0
+    nucleation_suspension_kg_per_kg: float = 0.05
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
+                          "time_budget_s", "feasibility_eta", "bias_time_constant_s",
+                          "nucleation_suspension_kg_per_kg")
+        validate.non_negative(self, "weight_size", "weight_cv", "weight_fines", "weight_yield", "proximal_weight")
+        if not 0.0 <= self.constraint_margin < 1.0:
+            raise ValueError(f"constraint_margin must be in [0, 1), got {self.constraint_margin}")
+        if not 1 <= self.moves <= 12:
+            raise ValueError(f"moves must be in 1..12, got {self.moves}")
+        if self.raw_samples < 2 or self.restarts < 1 or self.grid_temperatures < 2:
+            raise ValueError("raw_samples must be >= 2, restarts >= 1, grid_temperatures >= 2")
+        lo, hi = self.grid_sigmas
+        if not 0 < lo < hi:
+            raise ValueError(f"grid_sigmas must be (low, high) with 0 < low < high, got {(lo, hi)}")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The daemon.
+
+    Attributes:
+        protocol: opcua or modbus.
+        opcua_url: server URL; None: ``opc.tcp://{host}:{opcua_port}`` of the root config.
+        username / password: OPC UA user (secure sessions).
+        client_certificate / client_key: OPC UA client certificate (DER) and key (PEM) for
+            Basic256Sha256 SignAndEncrypt; both None: no security.
+        mode: the mode the agent starts in (manual, advisory, automatic); the plant's
+            ``operator_mode_request`` tag changes it while running (0, 1, 2).
+        strategy: model_predictive (MS-GNN + BoTorch) or linear_cooling (the recipe).
+        material: the crystallising material; None: the scenario's.
+        checkpoint: MS-GNN checkpoint path without suffix (``make model`` writes it).
+        control_interval_s: plant seconds between control cycles.
+        stale_after_s: plant seconds after which a reading is stale.
+        stuck_after_s: plant seconds a noisy signal may stay unchanged.
+        max_uncertainty: largest ensemble spread of log10 G the guard accepts.
+        max_proposal_age_s: plant seconds a proposal stays usable.
+        decision_log: SQLite file of the decision log.
+        metrics_port: Prometheus port (0: no metrics server).
+        stirring_rpm: impeller speed (a model input).
+        final_temperature_c: end temperature of cooling; None: the recipe's last step.
+        cooling_time_min: plant minutes from batch start to the end of cooling; None: the
+            recipe's time to its last step, less its final hold.
+        start_batch: start the batch (``batch_command`` = start) when the agent is ready and the
+            plant is Idle; an operator's job on a real plant, the demo's and the tests' here.
+        stop_after_batch: exit once the batch completes (demo, tests).
+        max_plant_time_s: exit after this much plant time (None: run until stopped).
+        device: torch device for the model; None: cuda if present, else cpu.
+    """
+
+    protocol: Protocol = Protocol.opcua
+    opcua_url: Optional[str] = None
+    username: Optional[str] = None
+    password: Optional[str] = None
+    client_certificate: Optional[str] = None
+    client_key: Optional[str] = None
+    mode: Mode = Mode.advisory
+    strategy: StrategyName = StrategyName.model_predictive
+    material: Optional[str] = None
+    checkpoint: str = "runs/model/msgnn"
+    control_interval_s: float = 30.0
+    stale_after_s: float = 90.0
+    stuck_after_s: float = 900.0
+    max_uncertainty: float = 0.5
+    max_proposal_age_s: float = 1200.0
+    decision_log: str = "runs/agent/decisions.sqlite"
+    metrics_port: int = 9108
+    stirring_rpm: float = 300.0
+    final_temperature_c: Optional[float] = None
+    cooling_time_min: Optional[float] = None
+    start_batch: bool = False
+    stop_after_batch: bool = False
+    max_plant_time_s: Optional[float] = None
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "control_interval_s", "stale_after_s", "max_uncertainty", "max_proposal_age_s",
+                          "stirring_rpm")
+        validate.non_negative(self, "stuck_after_s")
+        validate.within(self, "metrics_port", 0, 65535)
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("client_certificate and client_key go together (make them with `xtalpilot certs`)")
+        if self.max_plant_time_s is not None and not (math.isfinite(self.max_plant_time_s) and self.max_plant_time_s > 0):
+            raise ValueError(f"max_plant_time_s must be > 0, got {self.max_plant_time_s}")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """``xtalpilot demo``.
+
+    Attributes:
+        output_dir: where the summary, decision logs, batch records and report go.
+        speed: the demo plant's clock (plant s per wall s).
+        shed_timeout_s: the demo plant's heartbeat watchdog, plant seconds. The watchdog counts
+            plant time, so on an accelerated clock the plant default (120 s) is 0.4 wall s at
+            300x, shorter than a scheduling hiccup on a loaded 2-core machine.
+    """
+
+    output_dir: str = "runs/demo"
+    speed: float = 300.0
+    shed_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "speed", "shed_timeout_s")
+
+
+@dataclass(frozen=True)
+class BenchLoopSettings:
+    """``xtalpilot bench loop`` (controller/bench_loop.py).
+
+    Attributes:
+        speed: plant speed during the benchmark (plant s per wall s).
+        interval_s: control interval, plant seconds.
+        window_plant_s: plant seconds measured once the seeds are in.
+        output_dir: where the decision logs of the runs go.
+    """
+
+    speed: float = 20.0
+    interval_s: float = 1.0
+    window_plant_s: float = 600.0
+    output_dir: str = "runs/bench_loop"
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "speed", "interval_s", "window_plant_s")

@@ -1,0 +1,328 @@
+"""Strategies: the decision-making part of the agent (plant state -> proposed setpoints).
+
+A strategy sits behind one small interface, so another (a fixed recipe, supersaturation
+control, direct nucleation control) can run in the agent's place over the same I/O, guard,
+decision log and metrics::
+
+    advice = strategy.advise(view)      # every cycle, fast, no I/O
+    strategy.accept(proposal)           # when a background proposal arrives
+
+:class:`Advice` carries the setpoints for this cycle (or None), what they rest on (predictions
+and their uncertainty, for the guard and the log) and, optionally, a :class:`Problem` for the
+background proposer.
+
+- :class:`LinearCooling`: the batch recipe (ramps and holds) as remote setpoints.
+- :class:`ModelPredictive`: the MS-GNN + BoTorch agent. It follows the recipe until the seeds
+  are in, then estimates the population (moment model driven by the measured temperature and
+  concentration, kinetics from the model with a growth bias learnt online from imaging),
+  poses a proposal problem each time the worker is free, and writes the latest proposal's
+  trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from controller.proposer import Problem, Proposal
+from controller.rollout import BatchPlan, MaterialConstants, PopulationState, seed_moments
+from controller.settings import ProposerSettings
+
+__all__ = ["Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PlantView", "Strategy", "observed_growth"]
+
+TEMPERATURE_SP = "reactor_temperature_setpoint_c"
+
+
+@dataclass(frozen=True)
+class PlantView:
+    """What a strategy sees each cycle.
+
+    Attributes:
+        plant_time_s: plant time of the cycle.
+        batch_time_s: plant seconds since the batch started executing (None: not executing).
+        values: filtered value per signal (NaN when the signal is not ok).
+        ok: whether each signal passed validation this cycle.
+    """
+
+    plant_time_s: float
+    batch_time_s: float | None
+    values: Mapping[str, float]
+    ok: Mapping[str, bool]
+
+    def value(self, name: str) -> float:
+        return float(self.values.get(name, math.nan)) if self.ok.get(name, False) else math.nan
+
+
+@dataclass(frozen=True)
+class Advice:
+    """A strategy's answer for one cycle.
+
+    Attributes:
+        setpoints: setpoints to propose now (None: nothing to propose).
+        proposal_time_s: plant time the setpoints were decided for.
+        model_ok: the model answered (always True for strategies without one).
+        uncertainty: the model's uncertainty (guard measure).
+        data_ok: the signals the advice rests on are valid.
+        predictions: model outputs (G um/min, log10 B, lambda) and their spread, for the log.
+        inputs: summary of what the strategy used (driving force, estimated sizes, ...).
+        problem: work for the background proposer, or None.
+    """
+
+    setpoints: Mapping[str, float] | None
+    proposal_time_s: float | None
+    model_ok: bool = True
+    uncertainty: float = 0.0
+    data_ok: bool = True
+    predictions: Mapping[str, float] = field(default_factory=dict)
+    inputs: Mapping[str, float] = field(default_factory=dict)
+    problem: Problem | None = None
+
+
+class Strategy(Protocol):
+    name: str
+
+    def advise(self, view: PlantView) -> Advice: ...
+
+    def accept(self, proposal: Proposal) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchRecipe:
+    """The batch as its recipe describes it (the agent's knowledge of the plan).
+
+    Attributes:
+        start_temperature_c: setpoint at batch start (where the first ramp begins).
+        steps: the recipe's (temperature_c, rate_k_per_min, hold_min) steps.
+        seed_mass_g / seed_mean_size_um / seed_std_size_um / seed_at_min: seeding.
+        solvent_mass_kg: solvent charged.
+        saturation_temperature_c: the charge is saturated at this temperature.
+        target_size_um: product d43 wanted.
+    """
+
+    start_temperature_c: float
+    steps: tuple
+    seed_mass_g: float
+    seed_mean_size_um: float
+    seed_std_size_um: float
+    seed_at_min: float
+    solvent_mass_kg: float
+    saturation_temperature_c: float
+    target_size_um: float
+
+    @classmethod
+    def from_scenario(cls, scenario, target_size_um: float | None = None) -> "BatchRecipe":
+        s = scenario.seeding
+        return cls(scenario.initial_temperature_c, tuple(scenario.recipe), s.mass_g, s.mean_size_um, s.std_size_um,
+                   s.at_min, scenario.reactor.water_mass_kg, scenario.initial_saturation_temperature_c,
+                   target_size_um or scenario.target_mean_size_um or 300.0)
+
+    @property
+    def duration_min(self) -> float:
+        from plant_sim.scenarios import recipe_duration_min
+
+        return recipe_duration_min(self.steps, self.start_temperature_c)
+
+    @property
+    def cooling_end_min(self) -> float:
+        """Recipe time at which the last ramp ends (its final hold excluded)."""
+        return self.duration_min - (self.steps[-1].hold_min if self.steps else 0.0)
+
+    @property
+    def final_temperature_c(self) -> float:
+        return self.steps[-1].temperature_c if self.steps else self.start_temperature_c
+
+    def setpoint_c(self, batch_min: float) -> float:
+        from plant_sim.scenarios import recipe_setpoint
+
+        return recipe_setpoint(self.steps, self.start_temperature_c, batch_min)[0]
+
+
+class LinearCooling:
+    """The recipe's linear ramps and holds, written as remote setpoints (the baseline)."""
+
+    name = "linear_cooling"
+
+    def __init__(self, recipe: BatchRecipe, lead_s: float = 0.0) -> None:
+        self.recipe = recipe
+        self.lead_s = lead_s  # write where the recipe will be by the next cycle
+
+    def advise(self, view: PlantView) -> Advice:
+        if view.batch_time_s is None:
+            return Advice(None, None)
+        setpoint = self.recipe.setpoint_c((view.batch_time_s + self.lead_s) / 60.0)
+        return Advice({TEMPERATURE_SP: setpoint}, view.plant_time_s)
+
+    def accept(self, proposal: Proposal) -> None:  # no background work
+        pass
+
+
+def observed_growth(values: Mapping[str, float], slots: int = 4) -> float:
+    """Volume-equivalent growth rate seen by imaging, G = (2/pi) sum_j a_j R_j (um/min); NaN if
+    no facet slot is usable (the same relation the training data use, models/data.py)."""
+    total, area = 0.0, 0.0
+    for j in range(1, slots + 1):
+        a = values.get(f"facet_{j}_area_fraction", math.nan)
+        r = values.get(f"facet_{j}_growth_rate_um_per_min", math.nan)
+        if math.isfinite(a) and math.isfinite(r) and a > 0:
+            total += a * r
+            area += a
+    return (2.0 / math.pi) * total / area if area > 0 else math.nan
+
+
+class ModelPredictive:
+    """The agent's strategy: MS-GNN kinetics, population estimate, BoTorch proposals.
+
+    Args:
+        recipe: the batch plan.
+        service: a :class:`controller.kinetics_service.KineticsService`.
+        material: constants for the moment model.
+        settings: proposer settings.
+        stirring_rpm: impeller speed (model input).
+        max_cooling_k_per_min / max_heating_k_per_min: rates the proposer may use.
+    """
+
+    name = "model_predictive"
+    MIN_SIGMA_FOR_BIAS = 0.002
+
+    def __init__(self, recipe: BatchRecipe, service, material: MaterialConstants, settings: ProposerSettings,
+                 stirring_rpm: float = 300.0, max_cooling_k_per_min: float = 1.0,
+                 max_heating_k_per_min: float = 0.2, setpoint_low_c: float = -math.inf) -> None:
+        self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
+        self.stirring_rpm = stirring_rpm
+        self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
+        self.proposal: Proposal | None = None
+        self.ln_growth_bias = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.seeds = (0.0,) * 6
+        self.nuclei = (0.0,) * 6
+        self._seeded = False
+        self._last_time_s: float | None = None
+        self.proposal = None
+
+    def accept(self, proposal: Proposal) -> None:
+        self.proposal = proposal
+
+    def advise(self, view: PlantView) -> Advice:
+        if view.batch_time_s is None:
+            self._reset()
+            return Advice(None, None)
+        temperature = view.value("reactor_temperature_c")
+        concentration = view.value("concentration_g_per_kg")
+        data_ok = math.isfinite(temperature) and math.isfinite(concentration)
+        csat = float(self.material.solubility_g_per_kg(temperature)) if data_ok else math.nan
+        sigma = math.log(concentration / csat) if data_ok and concentration > 0 else math.nan
+        inputs = {"sigma": sigma, "solubility_g_per_kg": csat, "growth_bias": math.exp(self.ln_growth_bias)}
+        batch_min = view.batch_time_s / 60.0
+        recipe_sp = {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)}
+        if not data_ok:
+            return Advice(recipe_sp, view.plant_time_s, data_ok=False, inputs=inputs)
+
+        if not self._seeded and batch_min < self.recipe.seed_at_min:
+            # Before the seeds are in the recipe decides: there is nothing to steer yet, and no
+            # crystals for imaging to see, so the model is not asked.
+            self._last_time_s = view.plant_time_s
+            return Advice(recipe_sp, view.plant_time_s, inputs=inputs)
+
+        from controller.facet_graph import imaging_from_values
+        from controller.kinetics_service import ModelUnavailable
+
+        try:
+            est = self.service.estimate(imaging_from_values(view.values), temperature, sigma,
+                                        stirring_rpm=self.stirring_rpm)
+        except ModelUnavailable as exc:
+            inputs["model_error"] = str(exc)  # type: ignore[assignment]
+            return Advice(recipe_sp, view.plant_time_s, model_ok=False, inputs=inputs)
+        predictions = {"G_um_per_min": est.growth_um_per_min * math.exp(self.ln_growth_bias),
+                       "G_model_um_per_min": est.growth_um_per_min, "log10_B": est.log10_nucleation,
+                       "lambda": est.morphology_lambda, **{f"spread_{k}": v for k, v in est.spread.items()}}
+        self._update_bias(view, est, sigma)
+        laws = est.laws.with_growth_bias(self.ln_growth_bias)
+        self._integrate(view, temperature, concentration, laws)
+        inputs.update(self._population_summary())
+
+        if not self._seeded:
+            # Before the seeds are in, the recipe decides (nothing to steer yet).
+            return Advice(recipe_sp, view.plant_time_s, uncertainty=est.uncertainty, predictions=predictions,
+                          inputs=inputs)
+        plan = BatchPlan(
+            time_left_s=max((self.recipe.duration_min - batch_min) * 60.0, 0.0),
+            cooling_left_s=max((self.recipe.cooling_end_min - batch_min) * 60.0, 0.0),
+            final_temperature_c=self.recipe.final_temperature_c,
+            charged_concentration_g_per_kg=float(self.material.solubility_g_per_kg(self.recipe.saturation_temperature_c)),
+            move_interval_s=self.settings.move_interval_min * 60.0,
+            step_s=self.settings.rollout_step_s,
+            target_size_um=self.settings.target_size_um,
+            suspension_ref_kg_per_kg=self.settings.nucleation_suspension_kg_per_kg,
+        )
+        problem = None
+        if plan.cooling_left_s > 0:
+            active = view.value("reactor_temperature_setpoint_active_c")
+            state = PopulationState(temperature, concentration, self.seeds, self.nuclei,
+                                    setpoint_c=active if math.isfinite(active) else None)
+            problem = Problem(view.plant_time_s, state, plan, self.material, laws.growth, laws.nucleation,
+                              self.settings, self.max_cooling, self.max_heating, self.setpoint_low_c)
+        if self.proposal is None or plan.cooling_left_s <= 0:
+            setpoints = recipe_sp if self.proposal is None else {TEMPERATURE_SP: self.recipe.final_temperature_c}
+            when = view.plant_time_s
+        else:
+            setpoints = {TEMPERATURE_SP: max(self.proposal.setpoint_at(view.plant_time_s),
+                                             self.recipe.final_temperature_c)}
+            when = self.proposal.plant_time_s
+            # what the proposal in use expects of the batch (for the log and the operator)
+            inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
+                           if isinstance(v, (int, float))})
+        return Advice(setpoints, when, uncertainty=est.uncertainty, predictions=predictions, inputs=inputs,
+                      problem=problem)
+
+    # ------------------------------------------------------------------ estimation
+    def _update_bias(self, view: PlantView, est, sigma: float) -> None:
+        """Online model-plant correction: filtered ln(G imaging / G model)."""
+        observed = observed_growth({k: view.value(k) for k in view.values if k.startswith("facet_")})
+        if not (math.isfinite(observed) and observed > 0 and sigma > self.MIN_SIGMA_FOR_BIAS
+                and est.growth_um_per_min > 0):
+            return
+        dt = view.plant_time_s - self._last_time_s if self._last_time_s is not None else 0.0
+        alpha = 1.0 - math.exp(-max(dt, 0.0) / self.settings.bias_time_constant_s) if dt > 0 else 0.2
+        residual = math.log(observed / est.growth_um_per_min)
+        self.ln_growth_bias = float(np.clip(self.ln_growth_bias + alpha * (residual - self.ln_growth_bias), -3, 3))
+
+    def _integrate(self, view: PlantView, temperature: float, concentration: float, laws) -> None:
+        import torch
+
+        from controller.rollout import step_moments
+
+        batch_min = view.batch_time_s / 60.0
+        if not self._seeded and batch_min >= self.recipe.seed_at_min:
+            mass = self.recipe.seed_mass_g / 1000.0 / self.recipe.solvent_mass_kg
+            self.seeds = seed_moments(mass, self.recipe.seed_mean_size_um, self.recipe.seed_std_size_um, self.material)
+            self._seeded = True
+        last, self._last_time_s = self._last_time_s, view.plant_time_s
+        if last is None or not self._seeded:
+            return
+        dt = min(max(view.plant_time_s - last, 0.0), 600.0)
+        if dt <= 0:
+            return
+        growth = torch.as_tensor(laws.growth.mean(axis=0, keepdims=True))
+        nucleation = torch.as_tensor(laws.nucleation.mean(axis=0, keepdims=True))
+        seeds = torch.tensor([self.seeds], dtype=torch.float64)
+        nuclei = torch.tensor([self.nuclei], dtype=torch.float64)
+        n_sub = max(1, int(math.ceil(dt / 60.0)))
+        for _ in range(n_sub):
+            _, seeds, nuclei, _ = step_moments(torch.tensor([temperature], dtype=torch.float64),
+                                               torch.tensor([concentration], dtype=torch.float64), seeds, nuclei,
+                                               growth, nucleation, self.material, dt / n_sub,
+                                               self.settings.nucleation_suspension_kg_per_kg)
+        self.seeds = tuple(float(v) for v in seeds[0])
+        self.nuclei = tuple(float(v) for v in nuclei[0])
+
+    def _population_summary(self) -> dict:
+        total = np.add(self.seeds, self.nuclei)
+        d43 = total[4] / total[3] if total[3] > 0 else math.nan
+        return {"estimated_d43_um": float(d43),
+                "estimated_fines": float(self.nuclei[3] / total[3]) if total[3] > 0 else math.nan,
+                "estimated_crystal_kg_per_kg": float(self.material.mass_per_um3_kg * total[3])}

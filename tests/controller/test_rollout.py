@@ -1,0 +1,109 @@
+"""The moment-model rollout: seeds, mass balance, setpoint path, and what cooling faster does."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from controller.rollout import (
+    BatchPlan,
+    MaterialConstants,
+    PopulationState,
+    rollout,
+    seed_moments,
+    setpoint_path,
+    step_moments,
+)
+from plant_sim.materials import get_material
+
+KCL = MaterialConstants.for_material("KCl")
+# ln G = a + g ln sigma + e (1/Tref - 1/T), G um/min; log10 B = c + b log10 sigma + f (...)
+GROWTH = torch.tensor([[math.log(60.0), 1.2, 2000.0], [math.log(40.0), 1.0, 2000.0]], dtype=torch.float64)
+NUCLEATION = torch.tensor([[4.0, 2.0, 0.0], [3.5, 2.0, 0.0]], dtype=torch.float64)
+
+
+def plan(**kw) -> BatchPlan:
+    base = dict(time_left_s=3 * 3600.0, cooling_left_s=2.5 * 3600.0, final_temperature_c=20.0,
+                charged_concentration_g_per_kg=float(KCL.solubility_g_per_kg(50.0)), move_interval_s=600.0,
+                step_s=60.0, target_size_um=300.0)
+    base.update(kw)
+    return BatchPlan(**base)
+
+
+def seeded_state(temperature_c: float = 49.0) -> PopulationState:
+    seeds = seed_moments(40e-3 / 10.0, 100.0, 20.0, KCL)
+    return PopulationState(temperature_c, float(KCL.solubility_g_per_kg(50.0)), seeds, (0.0,) * 6)
+
+
+def test_solubility_fit_matches_the_material_curve():
+    m = get_material("KCl")
+    t = np.array([5.0, 20.0, 35.0, 50.0, 70.0])
+    np.testing.assert_allclose(KCL.solubility_g_per_kg(t), m.solubility.g_per_kg(t), rtol=0.01)
+
+
+def test_seed_moments_carry_the_seed_mass_and_mean_size():
+    mu = seed_moments(4e-3, 100.0, 20.0, KCL)
+    assert KCL.mass_per_um3_kg * mu[3] == pytest.approx(4e-3)
+    assert mu[1] / mu[0] == pytest.approx(100.0, rel=1e-3)
+    assert seed_moments(0.0, 100.0, 20.0, KCL) == (0.0,) * 6
+
+
+def test_one_step_conserves_solute_plus_crystal_mass():
+    state = seeded_state()
+    temp = torch.full((1, 2), 45.0, dtype=torch.float64)
+    conc = torch.full((1, 2), state.concentration_g_per_kg, dtype=torch.float64)
+    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 2, 6)
+    nuclei = torch.zeros(1, 2, 6, dtype=torch.float64)
+    conc2, seeds2, nuclei2, sigma = step_moments(temp, conc, seeds, nuclei, GROWTH, NUCLEATION, KCL, 60.0, 0.05)
+    assert (sigma > 0).all()
+    crystal = 1000.0 * KCL.mass_per_um3_kg * ((seeds2 + nuclei2)[..., 3] - (seeds + nuclei)[..., 3])
+    torch.testing.assert_close(conc - conc2, crystal)
+    assert (crystal > 0).all() and (nuclei2[..., 0] > 0).all()
+
+
+def test_undersaturated_solution_neither_grows_nor_nucleates():
+    state = seeded_state()
+    temp = torch.full((1, 2), 70.0, dtype=torch.float64)  # far above saturation
+    conc = torch.full((1, 2), state.concentration_g_per_kg, dtype=torch.float64)
+    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 2, 6)
+    conc2, seeds2, nuclei2, _ = step_moments(temp, conc, seeds, torch.zeros(1, 2, 6, dtype=torch.float64),
+                                             GROWTH, NUCLEATION, KCL, 60.0, 0.05)
+    torch.testing.assert_close(seeds2, seeds)
+    assert nuclei2.abs().max() == 0 and torch.equal(conc2, conc)
+
+
+def test_setpoint_path_moves_then_ramps_to_the_final_temperature_and_holds():
+    p = plan()
+    moves = torch.tensor([[-2.0, -2.0, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    path = setpoint_path(moves, 49.0, p)
+    t = (torch.arange(path.shape[1], dtype=torch.float64) + 1.0) * p.step_s
+    assert path.shape == (2, int(p.time_left_s / p.step_s))
+    # after one move interval the first candidate is 2 K lower, after three 5 K
+    assert float(path[0][t == 600.0]) == pytest.approx(47.0)
+    assert float(path[0][t == 1800.0]) == pytest.approx(44.0)
+    # both reach the final temperature at the end of cooling and hold it
+    assert torch.allclose(path[:, t >= p.cooling_left_s], torch.tensor(20.0, dtype=torch.float64))
+    assert (path >= 20.0 - 1e-9).all()
+    # the plain ramp after the moves is monotone
+    assert (torch.diff(path[1]) <= 1e-9).all()
+
+
+def test_faster_cooling_raises_the_peak_supersaturation_and_the_fines():
+    p = plan()
+    moves = torch.tensor([[-1.0] * 3, [-5.0] * 3], dtype=torch.float64)  # 0.1 vs 0.5 K/min
+    out = rollout(moves, seeded_state(), GROWTH, NUCLEATION, KCL, p)
+    assert out.d43_um.shape == (2, 2)
+    assert (out.peak_sigma[1] > out.peak_sigma[0]).all()
+    assert (out.fines[1] > out.fines[0]).all()
+    assert ((out.yield_fraction > 0.5) & (out.yield_fraction <= 1.0 + 1e-6)).all()
+    assert (out.d43_um > 100.0).all()  # the seeds grew
+
+
+def test_rollout_is_differentiable_in_the_moves():
+    moves = torch.tensor([[-2.0, -2.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    out = rollout(moves, seeded_state(), GROWTH, NUCLEATION, KCL, plan())
+    out.peak_sigma.sum().backward()
+    assert moves.grad is not None and torch.isfinite(moves.grad).all() and moves.grad.abs().sum() > 0
