@@ -154,13 +154,14 @@ class Agent:
         metrics: :class:`controller.metrics.AgentMetrics` or None.
         proposer: :class:`controller.proposer.ProposerWorker` or None (no background proposals).
         poll_interval_s: wall seconds between reads while waiting for the next cycle.
-        measure_from_plant_s: also count cycles from this plant time on in ``window`` (a
+        measure_from_batch_s: also count cycles from this batch time on in ``window`` (a
             benchmark's measurement window); None: no window.
+        stop_at_batch_s: stop once the batch time reaches this (benchmarks); None: never.
     """
 
     def __init__(self, io: PlantIO, strategy: Strategy, settings: AgentSettings, log: DecisionLog | None = None,
                  metrics=None, proposer=None, poll_interval_s: float = 0.01,
-                 measure_from_plant_s: float | None = None) -> None:
+                 measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None) -> None:
         self.io, self.strategy, self.settings = io, strategy, settings
         self.decision_log, self.metrics, self.proposer = log, metrics, proposer
         self.poll_interval_s = poll_interval_s
@@ -171,8 +172,10 @@ class Agent:
         self.previous_mode: Mode = Mode.manual
         self.report = AgentReport()
         # A second report of the cycles from this plant time on (benchmarks measure a window).
-        self.window = AgentReport() if measure_from_plant_s is not None else None
-        self._measure_from_s = measure_from_plant_s
+        self.window = AgentReport() if measure_from_batch_s is not None else None
+        self._measure_from_s = measure_from_batch_s
+        self._stop_at_batch_s = stop_at_batch_s
+        self._batch_time_s: float | None = None
         self._in_window = False
         self._mode_request: float | None = None
         self._heartbeat = 0
@@ -286,8 +289,6 @@ class Agent:
                 self._last_write_time_s = None
                 self.previous_mode = Mode.manual if self.mode is Mode.automatic else self.previous_mode
             self._last_plant_time_s = now
-            if self.window is not None and not self._in_window and now >= self._measure_from_s:
-                self._in_window = True
             if next_due is None:
                 next_due = now
             if now < next_due:
@@ -308,6 +309,9 @@ class Agent:
         s = self.settings
         if s.stop_after_batch and self.report.batch_completed:
             self.report.stopped_by = "batch completed"
+            return True
+        if self._stop_at_batch_s is not None and (self._batch_time_s or 0.0) >= self._stop_at_batch_s:
+            self.report.stopped_by = "batch time limit"
             return True
         if s.max_plant_time_s is not None and now >= s.max_plant_time_s:
             self.report.stopped_by = "plant time limit"
@@ -346,6 +350,10 @@ class Agent:
             # mid-batch); else the time since the agent saw the batch start.
             tag = _number(raw.get("batch_time_s"))
             batch_time_s = tag if math.isfinite(tag) and tag >= 0 else now - self._batch_start_s
+        self._batch_time_s = batch_time_s
+        if (self.window is not None and not self._in_window and batch_time_s is not None
+                and batch_time_s >= self._measure_from_s):
+            self._in_window = True  # from this cycle on
 
         self._follow_mode_request(raw.get("operator_mode_request"))
         shed = _number(raw.get("shed_active")) == 1.0
@@ -557,7 +565,8 @@ def make_strategy(cfg, service=None):
 
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,
-                    measure_from_plant_s: float | None = None) -> AgentReport:
+                    measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None
+                    ) -> AgentReport:
     """``xtalpilot agent``: wire I/O, strategy, proposer, decision log and metrics, and run.
 
     SIGTERM and SIGINT set ``stop``; the agent then writes nothing more and returns.
@@ -601,7 +610,7 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
                   strategy.name, a.protocol.value, a.mode.value, a.control_interval_s, a.decision_log,
                   f", metrics on http://{cfg.host}:{a.metrics_port}/metrics" if server is not None else "")
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
-                      measure_from_plant_s=measure_from_plant_s)
+                      measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s)
         report = await agent.run(stop)
         if agent.window is not None:
             report.window = agent.window.summary()

@@ -3,9 +3,9 @@
 For each protocol a fresh simulated plant is served as ``xtalpilot plant`` on loopback and the
 model-predictive agent runs in automatic mode at a control interval of ``interval_s`` plant
 seconds (1 s), with the BoTorch proposer working in its process meanwhile. The plant runs at
-``speed`` (default 20x: one cycle every 50 wall ms); the batch starts at once, and the window
-measured begins when the seeds are in (from then on proposals run back to back) and lasts
-``window_plant_s``.
+``speed`` (default 20x: one cycle every 50 wall ms); the agent starts the batch once it is
+ready, and the window measured begins when the seeds are in (from then on proposals run back
+to back) and lasts ``window_plant_s`` of batch time.
 
 Keys per protocol (``opcua``, ``modbus``):
 - ``cycle_ms``: p50 / p99 / max of one cycle, read to write (validation, facet graph, MS-GNN
@@ -48,14 +48,15 @@ def _one_protocol(cfg, overrides: Sequence[str], protocol: Protocol, out_dir: Pa
         Path(str(log_path) + suffix).unlink(missing_ok=True)
     agent = dataclasses.replace(
         cfg.agent, protocol=protocol, strategy=StrategyName.model_predictive, mode=Mode.automatic,
-        control_interval_s=b.interval_s, max_plant_time_s=seeded_s + b.window_plant_s, metrics_port=0,
-        stop_after_batch=False, decision_log=str(log_path), opcua_url=None,
+        control_interval_s=b.interval_s, metrics_port=0, start_batch=True, stop_after_batch=False,
+        decision_log=str(log_path), opcua_url=None,
     )
     run_cfg = dataclasses.replace(cfg, agent=agent, opcua_port=opcua_port, modbus_port=modbus_port, speed=b.speed)
     plant_args = [*_plant_overrides(overrides), f"opcua_port={opcua_port}", f"modbus_port={modbus_port}",
-                  f"speed={b.speed}", "autostart=true"]
+                  f"speed={b.speed}", "autostart=false"]
     with served_plant(plant_args):
-        report = asyncio.run(run_agent(run_cfg, measure_from_plant_s=seeded_s))
+        report = asyncio.run(run_agent(run_cfg, measure_from_batch_s=seeded_s,
+                                       stop_at_batch_s=seeded_s + b.window_plant_s))
     out = report.summary()
     window = report.window
     return {

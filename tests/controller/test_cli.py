@@ -20,7 +20,7 @@ def xtalpilot(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess
 def test_help_lists_the_commands():
     out = xtalpilot("--help")
     assert out.returncode == 0
-    for command in ("plant", "plant simulate", "bench plant", "demo", "certs"):
+    for command in ("plant", "plant simulate", "agent", "demo", "bench plant", "bench loop", "certs"):
         assert command in out.stdout
 
 
@@ -70,3 +70,43 @@ def test_power_law_preset_with_a_bad_basis_is_one_clear_line(tmp_path):
     assert out.returncode == 2
     assert "nucleation_basis" in out.stderr and "third_moment" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_agent_without_a_checkpoint_says_how_to_make_one(tmp_path):
+    out = xtalpilot("agent", f"agent.checkpoint={tmp_path / 'none'}", "agent.metrics_port=0",
+                    f"agent.decision_log={tmp_path / 'd.sqlite'}")
+    assert out.returncode == 2
+    assert "make model" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_agent_with_a_bad_mode_names_the_allowed_values():
+    out = xtalpilot("agent", "agent.mode=auto")
+    assert out.returncode == 2 and "automatic" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_runs_both_batches_and_prints_the_summary(tmp_path, tiny_checkpoint):
+    """The demo end to end on a fast clock with the tiny checkpoint (figures meaningless here;
+    `make demo` runs it with the real model at 300x)."""
+    out = xtalpilot("demo", f"agent.checkpoint={tiny_checkpoint}", "agent.metrics_port=0",
+                    f"demo.output_dir={tmp_path}", "demo.speed=1500", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    keys = {"mean_size_um", "target_size_um", "cv", "fines_fraction", "yield", "batch_time_h",
+            "peak_supersaturation", "cost"}
+    assert keys <= set(summary["agent"]) and keys <= set(summary["linear_cooling"])
+    assert summary["linear_cooling"]["batch_time_h"] > 3 and sum(summary["guard_verdicts"].values()) > 50
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and (tmp_path / "summary.json").exists()
+    assert (tmp_path / "model_predictive" / "decisions.sqlite").exists()
+
+
+def test_bench_loop_prints_the_keys_per_protocol(tmp_path, tiny_checkpoint):
+    out = xtalpilot("bench", "loop", f"agent.checkpoint={tiny_checkpoint}", f"bench_loop.output_dir={tmp_path}",
+                    "bench_loop.speed=200", "bench_loop.interval_s=10", "bench_loop.window_plant_s=300",
+                    timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    for protocol in ("opcua", "modbus"):
+        r = result[protocol]
+        assert set(r["cycle_ms"]) == {"p50", "p99", "max"} and r["cycle_ms"]["p50"] > 0
+        assert "max" in r["loop_lag_ms"] and {"p50", "p95"} <= set(r["proposal_s"])
+        assert r["missed_cycles"] >= 0 and r["cycles"] >= 20

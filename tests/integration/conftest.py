@@ -196,10 +196,16 @@ def plant_server(
     cert_dir: str | None = None,
     users_file: str | None = None,
     mode: str | None = None,
+    extra: tuple[str, ...] = (),
+    ports: tuple[int, int] | None = None,
 ) -> Iterator[PlantServer]:
-    """A running plant on free loopback ports (see the module docstring)."""
+    """A running plant on free loopback ports (see the module docstring).
+
+    ``extra``: more Hydra overrides (subprocess only), e.g. ``("scenario=sensor_faults",)``;
+    ``ports``: (OPC UA, Modbus) to reuse, e.g. to restart a plant where an agent expects it.
+    """
     mode = mode or fixture_mode()
-    opcua_port, modbus_port = free_ports(2)
+    opcua_port, modbus_port = ports or free_ports(2)
     info = PlantServer("127.0.0.1", opcua_port, modbus_port, speed, shed_timeout_s, security, mode,
                        cert_dir=cert_dir, users_file=users_file)
     if mode == "subprocess":
@@ -214,6 +220,7 @@ def plant_server(
             overrides.append(f"cert_dir={cert_dir}")
         if users_file:
             overrides.append(f"users_file={users_file}")
+        overrides.extend(extra)
         with run_subprocess(overrides, info.log) as proc:
             info.process = proc
             yield info

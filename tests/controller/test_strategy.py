@@ -1,0 +1,80 @@
+"""Strategies: the recipe baseline and the model-predictive agent's decisions per cycle."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conf.schema import load_config
+from controller.proposer import Problem, Proposal
+from controller.rollout import MaterialConstants
+from controller.settings import ProposerSettings
+from controller.strategy import TEMPERATURE_SP, BatchRecipe, LinearCooling, ModelPredictive, PlantView, observed_growth
+
+RECIPE = BatchRecipe.from_scenario(load_config([]).scenario)  # seeded_cooling: 55 -> 49 C, seeds at 12 min, -> 20 C
+
+
+def view(batch_min: float | None, **values: float) -> PlantView:
+    base = {"reactor_temperature_c": 48.0, "concentration_g_per_kg": 428.0,
+            "reactor_temperature_setpoint_active_c": 48.0,
+            "facet_1_hkl": 100.0, "facet_1_area_fraction": 0.9, "facet_1_growth_rate_um_per_min": 0.5,
+            "facet_2_hkl": 111.0, "facet_2_area_fraction": 0.1, "facet_2_growth_rate_um_per_min": 0.8,
+            "facet_3_hkl": 0.0, "facet_3_area_fraction": 0.0, "facet_3_growth_rate_um_per_min": 0.0,
+            "facet_4_hkl": 0.0, "facet_4_area_fraction": 0.0, "facet_4_growth_rate_um_per_min": 0.0}
+    base.update(values)
+    t = 0.0 if batch_min is None else batch_min * 60.0
+    return PlantView(1000.0 + t, None if batch_min is None else t, base,
+                     {k: math.isfinite(v) for k, v in base.items()})
+
+
+def test_the_recipe_as_setpoints():
+    lc = LinearCooling(RECIPE)
+    assert lc.advise(view(None)).setpoints is None
+    assert lc.advise(view(0.0)).setpoints[TEMPERATURE_SP] == pytest.approx(55.0)
+    assert lc.advise(view(12.0)).setpoints[TEMPERATURE_SP] == pytest.approx(49.0)
+    assert lc.advise(view(32.0)).setpoints[TEMPERATURE_SP] == pytest.approx(49.0 - 0.2 * 10.0)
+    assert lc.advise(view(1000.0)).setpoints[TEMPERATURE_SP] == pytest.approx(20.0)
+    assert RECIPE.final_temperature_c == 20.0 and RECIPE.seed_at_min == 12.0
+
+
+def test_observed_growth_is_the_area_weighted_facet_rate():
+    v = {"facet_1_area_fraction": 0.75, "facet_1_growth_rate_um_per_min": 1.0,
+         "facet_2_area_fraction": 0.25, "facet_2_growth_rate_um_per_min": 3.0}
+    assert observed_growth(v) == pytest.approx((2 / math.pi) * 1.5)
+    assert math.isnan(observed_growth({}))
+
+
+@pytest.fixture(scope="module")
+def agent(tiny_checkpoint):
+    from controller.kinetics_service import KineticsService
+
+    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    return ModelPredictive(RECIPE, service, MaterialConstants.for_material("KCl"), ProposerSettings(),
+                           max_heating_k_per_min=0.0)
+
+
+def test_before_the_seeds_the_recipe_decides_without_the_model(agent):
+    advice = agent.advise(view(5.0))
+    assert advice.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(5.0))
+    assert advice.problem is None and advice.predictions == {} and advice.model_ok
+
+
+def test_after_the_seeds_it_poses_a_problem_and_follows_the_proposal(agent):
+    agent.advise(view(11.0))
+    advice = agent.advise(view(13.0))
+    assert isinstance(advice.problem, Problem) and advice.model_ok and advice.data_ok
+    assert advice.problem.state.seeds[3] > 0 and advice.problem.state.setpoint_c == 48.0
+    assert advice.problem.plan.cooling_left_s == pytest.approx((RECIPE.cooling_end_min - 13.0) * 60.0)
+    assert {"G_um_per_min", "log10_B", "lambda", "spread_log10_G"} <= set(advice.predictions)
+    # no proposal yet: the recipe
+    assert advice.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(13.0))
+    agent.accept(Proposal(advice.problem.plant_time_s, 48.0, (-3.0, -3.0, -3.0), 600.0, {"d43_um": 300.0}))
+    later = agent.advise(view(18.0))
+    assert later.setpoints[TEMPERATURE_SP] == pytest.approx(48.0 - 1.5)
+    assert later.proposal_time_s == advice.problem.plant_time_s and later.inputs["expected_d43_um"] == 300.0
+
+
+def test_bad_data_is_reported_not_hidden(agent):
+    advice = agent.advise(view(20.0, concentration_g_per_kg=math.nan))
+    assert not advice.data_ok and advice.problem is None

@@ -1,0 +1,220 @@
+"""The agent against the real simulated plant over loopback OPC UA and Modbus.
+
+Each test serves its own plant (``xtalpilot plant`` in a subprocess) and runs the agent either
+in-process (``run_agent``) or as ``xtalpilot agent`` in a subprocess (signals, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.agent import run_agent
+from controller.decision_log import read_decisions
+from controller.plant_io import ModbusIO, OpcUaIO
+from conftest import REPO, load_tagmap, plant_server
+
+pytestmark = pytest.mark.integration
+
+
+def agent_overrides(plant, tmp_path: Path, *extra: str) -> list[str]:
+    return [f"opcua_port={plant.opcua_port}", f"modbus_port={plant.modbus_port}", "agent.metrics_port=0",
+            f"agent.decision_log={tmp_path / 'decisions.sqlite'}", "agent.strategy=linear_cooling", *extra]
+
+
+def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None):
+    """``run_agent`` until it stops by itself (plant time limit); ``during(stop)`` runs beside it."""
+    from conf.schema import load_config
+
+    cfg = load_config(overrides)
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_agent(cfg, stop, metrics_server=False))
+        if during is not None:
+            await during(stop)
+        return await asyncio.wait_for(task, timeout_s)
+
+    return asyncio.run(go())
+
+
+async def read_plant(plant, *names: str) -> dict[str, float]:
+    io = OpcUaIO(load_tagmap(), plant.opcua_url)
+    await io.connect()
+    try:
+        snap = await io.read()
+        return {n: snap.readings[n].value for n in names}
+    finally:
+        await io.close()
+
+
+@pytest.mark.parametrize("protocol", ["opcua", "modbus"])
+def test_closed_loop_in_automatic_drives_the_plant(tmp_path, protocol):
+    with plant_server(speed=1000.0, shed_timeout_s=600.0) as plant:
+        report = run_in_process(agent_overrides(
+            plant, tmp_path, f"agent.protocol={protocol}", "agent.mode=automatic", "agent.start_batch=true",
+            "agent.max_plant_time_s=6000"))
+        values = asyncio.run(read_plant(plant, "control_source", "agent_heartbeat", "agent_mode", "batch_state",
+                                        "reactor_temperature_setpoint_c", "shed_active"))
+    assert report.stopped_by == "plant time limit" and report.writes > 20 and report.write_failures == 0
+    assert values["batch_state"] == 1 and values["agent_mode"] == 2 and values["agent_heartbeat"] > 20
+    assert values["control_source"] == 1 and values["shed_active"] == 0  # the plant follows the agent
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    assert len(log) == report.cycles
+    written = [w["reactor_temperature_setpoint_c"] for w in log["written"] if "reactor_temperature_setpoint_c" in w]
+    # the recipe: down from 55 C to 49 C, then the slow ramp; every write within the plant limits
+    assert written[0] <= 55.0 and min(written) < 49.0 and all(5.0 <= w <= 80.0 for w in written)
+    assert values["reactor_temperature_setpoint_c"] == pytest.approx(written[-1], abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["manual", "advisory"])
+def test_manual_and_advisory_write_nothing(tmp_path, mode):
+    async def start_batch(stop):  # the operator starts the batch; the agent must not touch the plant
+        io = ModbusIO(load_tagmap(), plant.host, plant.modbus_port)
+        await io.connect()
+        await io.write({"batch_command": 1.0})
+        await io.close()
+
+    with plant_server(speed=1000.0) as plant:
+        report = run_in_process(agent_overrides(plant, tmp_path, f"agent.mode={mode}", "agent.start_batch=true",
+                                                "agent.max_plant_time_s=5000"), during=start_batch)
+        values = asyncio.run(read_plant(plant, "control_source", "agent_heartbeat", "agent_mode", "batch_state"))
+    assert report.writes == 0 and report.cycles > 20
+    assert values["agent_heartbeat"] == 0 and values["agent_mode"] == 0 and values["control_source"] == 0
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    assert all(w == {} for w in log["written"])
+    executing = log[log["mode"] == mode]
+    assert any(p for p in executing["proposal"])  # it still advised
+    assert report.verdicts[mode] > 0
+
+
+def test_bad_data_holds_the_setpoint_with_a_reason(tmp_path):
+    # sensor_faults: the reactor RTD sticks from 6000 to 6600 s plant time
+    with plant_server(speed=1000.0, shed_timeout_s=2000.0, extra=("scenario=sensor_faults",)) as plant:
+        report = run_in_process(agent_overrides(
+            plant, tmp_path, "scenario=sensor_faults", "agent.mode=automatic", "agent.start_batch=true",
+            "agent.stuck_after_s=240", "agent.max_plant_time_s=7000"))
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    held = log[log["reasons"].map(lambda r: "data_bad" in r)]
+    assert report.verdicts["data_bad"] >= 5
+    stuck = held[held["signal_status"].map(lambda s: s.get("reactor_temperature_c") == "stuck")]
+    assert len(stuck) >= 5 and stuck["plant_time_s"].between(6000, 6800).all()
+    # a hold keeps the setpoint where it is: what is written is what was written before
+    assert held["held"].all()
+    sp = "reactor_temperature_setpoint_c"
+    last = log["written"].map(lambda w: w.get(sp)).ffill().shift()
+    for i in held.index:
+        assert held.at[i, "written"].get(sp, last[i]) == pytest.approx(last[i], abs=1e-3)
+    # the heartbeat goes on during a hold, so the plant does not shed
+    assert all("agent_heartbeat" in w for w in held["written"])
+
+
+def test_the_agent_rides_out_a_plant_restart(tmp_path):
+    """The plant dies and comes back on the same ports: the agent holds, reconnects, goes on."""
+    with contextlib.ExitStack() as stack:
+        plant = stack.enter_context(plant_server(speed=1000.0, shed_timeout_s=2000.0))
+        ports = (plant.opcua_port, plant.modbus_port)
+
+        async def restart(stop):
+            await asyncio.sleep(2.0)
+            plant.process.kill()
+            plant.process.wait()
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(stack.enter_context, plant_server(speed=1000.0, ports=ports))
+            await asyncio.sleep(3.0)
+            stop.set()
+
+        report = run_in_process(agent_overrides(plant, tmp_path, "agent.mode=advisory"), during=restart)
+    assert report.reconnects >= 1 and report.stopped_by == "stop requested"
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    times = log["plant_time_s"].to_numpy()
+    assert (times[1:] < times[:-1]).any()  # the second plant's clock started over
+
+
+def _agent_subprocess(overrides: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", "agent", *overrides], cwd=REPO,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if path.exists():
+            with contextlib.suppress(Exception):
+                if len(read_decisions(path)) >= rows:
+                    return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {rows} decisions logged in {timeout_s} s")
+
+
+def test_sigterm_stops_writing_and_the_plant_sheds(tmp_path):
+    with plant_server(speed=200.0, shed_timeout_s=120.0) as plant:
+        proc = _agent_subprocess(agent_overrides(plant, tmp_path, "agent.mode=automatic", "agent.start_batch=true"))
+        try:
+            _wait_for_rows(tmp_path / "decisions.sqlite", 10, proc)
+            assert asyncio.run(read_plant(plant, "control_source"))["control_source"] == 1
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert '"stopped_by": "stop requested"' in out
+        deadline = time.monotonic() + 10.0  # 120 plant s at 200x is 0.6 wall s
+        while asyncio.run(read_plant(plant, "shed_active"))["shed_active"] != 1:
+            assert time.monotonic() < deadline, "the plant did not shed after the agent stopped"
+            time.sleep(0.2)
+        assert asyncio.run(read_plant(plant, "control_source"))["control_source"] == 0
+
+
+def test_the_decision_log_survives_sigkill(tmp_path):
+    path = tmp_path / "decisions.sqlite"
+    with plant_server(speed=500.0) as plant:
+        proc = _agent_subprocess(agent_overrides(plant, tmp_path, "agent.mode=automatic", "agent.start_batch=true"))
+        try:
+            _wait_for_rows(path, 30, proc)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    log = read_decisions(path)  # readable after a hard kill: every committed row is there
+    assert len(log) >= 30
+    assert log["id"].is_monotonic_increasing and (log["id"].diff().dropna() == 1).all()
+
+
+def test_the_model_predictive_agent_proposes_over_opcua(tmp_path, tiny_checkpoint):
+    """The whole model path on a live plant: MS-GNN queries, background proposals, guard, writes.
+    The tiny checkpoint's kinetics are meaningless; what is checked is that the loop runs."""
+    path = tmp_path / "decisions.sqlite"
+
+    async def until_proposals_are_used(stop):
+        deadline = time.monotonic() + 90.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(Exception):
+                log = read_decisions(path)
+                if sum(1 for i in log["inputs"] if "expected_d43_um" in i) >= 5:
+                    break
+        stop.set()
+
+    with plant_server(speed=300.0, shed_timeout_s=2000.0) as plant:
+        report = run_in_process(
+            agent_overrides(plant, tmp_path, "agent.strategy=model_predictive", "agent.mode=automatic",
+                            "agent.start_batch=true", f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu"),
+            during=until_proposals_are_used, timeout_s=120.0)
+    log = read_decisions(path)
+    used = [i for i in log["inputs"] if "expected_d43_um" in i]
+    assert len(used) >= 5 and len(report.proposal_s) >= 2, report.summary()
+    assert any("G_um_per_min" in p for p in log["predictions"])
+    assert report.cycles == len(log) and report.write_failures == 0
+    sp = [w["reactor_temperature_setpoint_c"] for w in log["written"] if "reactor_temperature_setpoint_c" in w]
+    assert sp and all(20.0 - 1e-6 <= v <= 55.0 + 1e-6 for v in sp)  # between the recipe's ends
