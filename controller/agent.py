@@ -168,6 +168,9 @@ class Agent:
         self.guard = guard_settings(io.tagmap, settings)
         self.trackers = {n: SignalTracker(v) for n, v in validation_settings(io.tagmap, settings).items()}
         self._status_names = tuple(s.name for s in io.tagmap if s.kind is SignalKind.status)
+        self._fbrm_bins = tuple(f"fbrm_counts_bin{k}_per_s" for k in range(1, len(settings.fbrm_bin_edges_um)))
+        if not all(n in io.tagmap for n in self._fbrm_bins):
+            self._fbrm_bins = ()
         self.mode: Mode = settings.mode
         self.previous_mode: Mode = Mode.manual
         self.report = AgentReport()
@@ -442,7 +445,8 @@ class Agent:
                 plant_time_s=now, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
                 held=verdict.held,
                 # every validated measurement (NaN where not ok), so a batch can be replayed from the log
-                inputs={**{n: v.value for n, v in validated.items()}, **dict(advice.inputs),
+                inputs={**{n: v.value for n, v in validated.items()}, **self._chords(validated),
+                        **dict(advice.inputs),
                         "batch_time_s": view.batch_time_s, "strategy": self.strategy.name},
                 signal_status={n: v.status.value for n, v in validated.items()},
                 predictions=dict(advice.predictions),
@@ -450,7 +454,8 @@ class Agent:
                 written={k: v for k, v in written.items()},
             )
             try:
-                self.decision_log.append(decision)
+                # one committed transaction (fsync) per decision: off the loop, still in order
+                await asyncio.to_thread(self.decision_log.append, decision)
             except DecisionLogError as exc:
                 self._say("log", f"decision log: {exc}", logging.ERROR)
         if self.metrics is not None:
@@ -463,6 +468,17 @@ class Agent:
                                  {k[len("spread_"):]: v for k, v in advice.predictions.items() if k.startswith("spread_")})
             m.record_verdict(verdict.reasons, advice.setpoints, {k: v for k, v in written.items() if k in verdict.write})
             m.set_mode(self.mode)
+
+    def _chords(self, validated) -> dict[str, float]:
+        """CSD figures from the FBRM bins (state.chord_statistics); empty without the bins."""
+        if not self._fbrm_bins:
+            return {}
+        from controller.state import chord_statistics
+
+        counts = [validated[n].value if validated[n].ok else math.nan for n in self._fbrm_bins]
+        stats = chord_statistics(counts, self.settings.fbrm_bin_edges_um)
+        return {"fbrm_total_per_s": stats.total_per_s, "fbrm_mean_size_um": stats.mean_size_um,
+                "fbrm_volume_mean_size_um": stats.volume_mean_size_um, "fbrm_fines_fraction": stats.fines_fraction}
 
     def _speed_estimate(self, now: float) -> float:
         """Plant seconds per wall second, from the last two cycles' clocks."""
@@ -535,7 +551,8 @@ def make_io(cfg):
     security = None
     if a.client_certificate is not None:
         security = f"Basic256Sha256,SignAndEncrypt,{a.client_certificate},{a.client_key}"
-    return OpcUaIO(tagmap, url, security=security, username=a.username, password=a.password)
+    return OpcUaIO(tagmap, url, security=security, username=a.username, password=a.password,
+                   subscribe=a.opcua_subscribe)
 
 
 def make_strategy(cfg, service=None):
@@ -619,6 +636,8 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         log.close()
         if proposer is not None:
             proposer.close()
+        if hasattr(strategy, "close"):
+            strategy.close()
         if server is not None:
             server.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -66,6 +66,12 @@ class KineticsLaws:
                       - 1.0 / (temperature_c + 273.15)])
         return np.exp(self.growth @ x)
 
+    def log10_nucleation(self, temperature_c: float, sigma: float) -> np.ndarray:
+        """log10 B per member at one condition, (S,)."""
+        x = np.array([1.0, math.log10(max(sigma, 1e-9)), 1.0 / self.reference_temperature_k
+                      - 1.0 / (temperature_c + 273.15)])
+        return self.nucleation @ x
+
     def with_growth_bias(self, ln_bias: float) -> "KineticsLaws":
         """The laws with every member's growth scaled by exp(ln_bias) (online correction)."""
         growth = self.growth.copy()

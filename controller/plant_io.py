@@ -5,9 +5,12 @@ source time in plant seconds, quality) and the plant time. ``write(values)`` wri
 and returns a :class:`WriteOutcome` per signal. Only signals the tag map marks writable are
 ever sent; anything else is refused locally without touching the network.
 
-- OPC UA (asyncua 2.x): one batched Read of every node per cycle; source timestamps are mapped
-  back to plant time through the ``plant_time_s`` node (the plant stamps values with
+- OPC UA (asyncua 2.x): one batched Read of every node per cycle, or with ``subscribe=True``
+  a subscription to every node that keeps a cache of the latest values, so ``read()`` costs no
+  round trip (falling back to the Read if the server refuses the monitored items); source timestamps are
+  mapped back to plant time through the ``plant_time_s`` node (the plant stamps values with
   ``epoch + plant time``); optional Basic256Sha256 SignAndEncrypt with user and password.
+  asyncua's connection supervisor probes the server; a lost session makes ``read()`` raise.
 - Modbus TCP (pymodbus): one read of the input-register span and one of the holding-register
   span per cycle, decoded per the tag map (type, scale, word order); Modbus has no
   timestamps, so every value carries the plant time read in the same request.
@@ -206,13 +209,18 @@ class OpcUaIO:
             ``Basic256Sha256,SignAndEncrypt,client_cert.der,client_key.pem``.
         username / password: user identity for secure servers.
         timeout_s: request timeout.
+        subscribe: keep values current by subscription (else poll every read).
+        publishing_interval_ms: the subscription's publishing interval.
     """
 
     def __init__(self, tagmap: TagMap, url: str, security: str | None = None, username: str | None = None,
-                 password: str | None = None, timeout_s: float = 4.0) -> None:
+                 password: str | None = None, timeout_s: float = 4.0, subscribe: bool = False,
+                 publishing_interval_ms: float = 20.0) -> None:
         self.tagmap = tagmap
         self.url, self.security, self.username, self.password = url, security, username, password
         self.timeout_s = timeout_s
+        self.subscribe, self.publishing_interval_ms = subscribe, publishing_interval_ms
+        self._cache: _ValueCache | None = None
         self._client = None
         self._nodes: list = []
         self._names: list[str] = []
@@ -245,16 +253,53 @@ class OpcUaIO:
         self._names = [s.name for s in self.tagmap]
         self._nodes = [client.get_node(ua.NodeId(s.opcua_node, ns)) for s in self.tagmap]
         self._client = client
+        self._cache = None
+        if self.subscribe:
+            await self._subscribe(client)
+
+    async def _subscribe(self, client) -> None:
+        """Monitor every node; on any refusal fall back to polling (a server may limit items)."""
+        import logging
+
+        from asyncua import ua
+
+        cache = _ValueCache({node.nodeid: name for node, name in zip(self._nodes, self._names)})
+        # Report new source timestamps too: with the default StatusValue trigger a frozen value
+        # is reported once, so a stuck instrument would read as stale instead of stuck.
+        # (subscribe_data_change takes no filter; _subscribe is its body, asyncua pinned ~=2.1.0.)
+        trigger = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
+        try:
+            sub = await client.create_subscription(self.publishing_interval_ms, cache)
+            handles = await sub._subscribe(self._nodes, ua.AttributeIds.Value, trigger, 0,
+                                           ua.MonitoringMode.Reporting, 0.0)
+            if any(not isinstance(h, int) for h in handles):
+                raise RuntimeError(f"{sum(not isinstance(h, int) for h in handles)} monitored items refused")
+            # The first notification may lag a publishing interval: start from one full read.
+            for name, dv in zip(self._names, await client.read_attributes(self._nodes)):
+                cache.values.setdefault(name, dv)
+        except Exception as exc:
+            logging.getLogger("xtalpilot.plant_io").warning(
+                "OPC UA %s: subscription refused (%s); reading every node each cycle instead", self.url, exc)
+            return
+        self._cache = cache
 
     async def read(self) -> Snapshot:
         if self._client is None:
             raise PlantIOError(f"OPC UA {self.url}: not connected")
-        try:
-            data = await self._client.read_attributes(self._nodes)
-        except Exception as exc:
-            await self.close()
-            raise PlantIOError(f"OPC UA {self.url}: read failed ({type(exc).__name__}: {exc})") from None
-        by_name = dict(zip(self._names, data))
+        if self._cache is not None:
+            from asyncua.client.ua_client import UaClientState
+
+            if self._client.uaclient.state is not UaClientState.CONNECTED or self._cache.lost:
+                await self.close()
+                raise PlantIOError(f"OPC UA {self.url}: connection lost")
+            by_name = dict(self._cache.values)
+        else:
+            try:
+                data = await self._client.read_attributes(self._nodes)
+            except Exception as exc:
+                await self.close()
+                raise PlantIOError(f"OPC UA {self.url}: read failed ({type(exc).__name__}: {exc})") from None
+            by_name = dict(zip(self._names, data))
         clock = by_name.get("plant_time_s")
         plant_time = _value(clock)
         epoch = None
@@ -307,12 +352,32 @@ class OpcUaIO:
         return out
 
     async def close(self) -> None:
+        self._cache = None
         if self._client is not None:
             client, self._client = self._client, None
             try:
                 await client.disconnect()
             except Exception:  # already gone: nothing more to release
                 pass
+
+
+class _ValueCache:
+    """Subscription handler: the latest DataValue per signal (asyncua calls it from its task)."""
+
+    def __init__(self, names_by_node: dict) -> None:
+        self.names_by_node = names_by_node
+        self.values: dict = {}
+        self.lost = False
+
+    def datachange_notification(self, node, val, data) -> None:
+        name = self.names_by_node.get(node.nodeid)
+        if name is not None:
+            self.values[name] = data.monitored_item.Value
+
+    def status_change_notification(self, status) -> None:
+        code = getattr(status, "Status", status)
+        if not (hasattr(code, "is_good") and code.is_good()):
+            self.lost = True  # the server ended the subscription (shutdown, timeout)
 
 
 def _value(dv) -> float:

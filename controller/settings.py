@@ -58,6 +58,9 @@ class ProposerSettings:
         grid_sigmas: driving forces of the model query grid (log-spaced within these bounds).
         bias_time_constant_s: plant seconds over which the growth-rate bias (model vs imaging)
             is averaged.
+        model_refresh_s: plant seconds between MS-GNN queries. A query runs in a background
+            thread; cycles in between use the latest answer's local laws at the current
+            conditions, so no cycle waits for the network.
         nucleation_suspension_kg_per_kg: suspension density at which the model's B holds
             (the training data fix it); B scales linearly with the actual one.
     """
@@ -80,11 +83,12 @@ class ProposerSettings:
     grid_temperatures: int = 3
     grid_sigmas: tuple[float, float] = (0.003, 0.04)
     bias_time_constant_s: float = 300.0
+    model_refresh_s: float = 30.0
     nucleation_suspension_kg_per_kg: float = 0.05
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
-                          "time_budget_s", "feasibility_eta", "bias_time_constant_s",
+                          "time_budget_s", "feasibility_eta", "bias_time_constant_s", "model_refresh_s",
                           "nucleation_suspension_kg_per_kg")
         validate.non_negative(self, "weight_size", "weight_cv", "weight_fines", "weight_yield", "proximal_weight")
         if not 0.0 <= self.constraint_margin < 1.0:
@@ -108,6 +112,10 @@ class AgentSettings:
         username / password: OPC UA user (secure sessions).
         client_certificate / client_key: OPC UA client certificate (DER) and key (PEM) for
             Basic256Sha256 SignAndEncrypt; both None: no security.
+        opcua_subscribe: keep OPC UA values current by a subscription instead of one batched
+            Read of every node per cycle. The Read is the default: one round trip per cycle,
+            and on the accelerated simulated plant, where every value changes every tick, the
+            subscription's notifications cost the loop more (see the loop benchmark).
         mode: the mode the agent starts in (manual, advisory, automatic); the plant's
             ``operator_mode_request`` tag changes it while running (0, 1, 2).
         strategy: model_predictive (MS-GNN + BoTorch) or linear_cooling (the recipe).
@@ -121,6 +129,8 @@ class AgentSettings:
         decision_log: SQLite file of the decision log.
         metrics_port: Prometheus port (0: no metrics server).
         stirring_rpm: impeller speed (a model input).
+        fbrm_bin_edges_um: chord-length bin edges of the FBRM probe's count channels
+            (``fbrm_counts_bin<k>_per_s``), for the chord statistics in the decision log.
         final_temperature_c: end temperature of cooling; None: the recipe's last step.
         cooling_time_min: plant minutes from batch start to the end of cooling; None: the
             recipe's time to its last step, less its final hold.
@@ -137,6 +147,7 @@ class AgentSettings:
     password: Optional[str] = None
     client_certificate: Optional[str] = None
     client_key: Optional[str] = None
+    opcua_subscribe: bool = False
     mode: Mode = Mode.advisory
     strategy: StrategyName = StrategyName.model_predictive
     material: Optional[str] = None
@@ -149,6 +160,7 @@ class AgentSettings:
     decision_log: str = "runs/agent/decisions.sqlite"
     metrics_port: int = 9108
     stirring_rpm: float = 300.0
+    fbrm_bin_edges_um: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
     final_temperature_c: Optional[float] = None
     cooling_time_min: Optional[float] = None
     start_batch: bool = False
@@ -195,13 +207,17 @@ class BenchLoopSettings:
         speed: plant speed during the benchmark (plant s per wall s).
         interval_s: control interval, plant seconds.
         window_plant_s: plant seconds measured once the seeds are in.
+        plant_publish_interval_s: wall seconds between the plant's updates during the benchmark.
+        opcua_subscription: also measure the OPC UA client in subscription mode.
         output_dir: where the decision logs of the runs go.
     """
 
     speed: float = 20.0
     interval_s: float = 1.0
     window_plant_s: float = 600.0
+    plant_publish_interval_s: float = 0.01
+    opcua_subscription: bool = True
     output_dir: str = "runs/bench_loop"
 
     def __post_init__(self) -> None:
-        validate.positive(self, "speed", "interval_s", "window_plant_s")
+        validate.positive(self, "speed", "interval_s", "window_plant_s", "plant_publish_interval_s")

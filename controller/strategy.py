@@ -11,6 +11,9 @@ decision log and metrics::
 and their uncertainty, for the guard and the log) and, optionally, a :class:`Problem` for the
 background proposer.
 
+``advise`` must be fast (it runs on the agent's event loop): the model-predictive strategy asks
+the MS-GNN in a background thread and uses its latest answer.
+
 - :class:`LinearCooling`: the batch recipe (ramps and holds) as remote setpoints.
 - :class:`ModelPredictive`: the MS-GNN + BoTorch agent. It follows the recipe until the seeds
   are in, then estimates the population (moment model driven by the measured temperature and
@@ -21,6 +24,7 @@ background proposer.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol
@@ -195,9 +199,14 @@ class ModelPredictive:
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
         self.proposal: Proposal | None = None
         self.ln_growth_bias = 0.0
+        # The MS-GNN answers in a background thread; a cycle takes the latest answer.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msgnn")
+        self._pending: concurrent.futures.Future | None = None
         self._reset()
 
     def _reset(self) -> None:
+        self._estimate, self._model_error = None, None
+        self._asked_at_s = self._estimate_asked_s = -math.inf
         self.seeds = (0.0,) * 6
         self.nuclei = (0.0,) * 6
         self._seeded = False
@@ -228,19 +237,19 @@ class ModelPredictive:
             self._last_time_s = view.plant_time_s
             return Advice(recipe_sp, view.plant_time_s, inputs=inputs)
 
-        from controller.facet_graph import imaging_from_values
-        from controller.kinetics_service import ModelUnavailable
-
-        try:
-            est = self.service.estimate(imaging_from_values(view.values), temperature, sigma,
-                                        stirring_rpm=self.stirring_rpm)
-        except ModelUnavailable as exc:
-            inputs["model_error"] = str(exc)  # type: ignore[assignment]
+        est = self._latest_kinetics(view, temperature, sigma)
+        if est is None or self._model_error is not None:
+            inputs["model_error"] = self._model_error or "waiting for the model's first answer"  # type: ignore[assignment]
+            self._last_time_s = view.plant_time_s
             return Advice(recipe_sp, view.plant_time_s, model_ok=False, inputs=inputs)
-        predictions = {"G_um_per_min": est.growth_um_per_min * math.exp(self.ln_growth_bias),
-                       "G_model_um_per_min": est.growth_um_per_min, "log10_B": est.log10_nucleation,
-                       "lambda": est.morphology_lambda, **{f"spread_{k}": v for k, v in est.spread.items()}}
-        self._update_bias(view, est, sigma)
+        # kinetics now: the latest answer's laws at the current conditions (geometric mean over members)
+        g_members = est.laws.growth_um_per_min(temperature, sigma)
+        g_model = float(np.exp(np.log(g_members).mean())) if sigma > 0 else 0.0
+        predictions = {"G_um_per_min": g_model * math.exp(self.ln_growth_bias), "G_model_um_per_min": g_model,
+                       "log10_B": float(est.laws.log10_nucleation(temperature, sigma).mean()),
+                       "lambda": est.morphology_lambda, "model_age_s": view.plant_time_s - self._estimate_asked_s,
+                       **{f"spread_{k}": v for k, v in est.spread.items()}}
+        self._update_bias(view, g_model, sigma)
         laws = est.laws.with_growth_bias(self.ln_growth_bias)
         self._integrate(view, temperature, concentration, laws)
         inputs.update(self._population_summary())
@@ -280,15 +289,42 @@ class ModelPredictive:
                       problem=problem)
 
     # ------------------------------------------------------------------ estimation
-    def _update_bias(self, view: PlantView, est, sigma: float) -> None:
+    def _latest_kinetics(self, view: PlantView, temperature: float, sigma: float):
+        """The latest MS-GNN answer; asks again in the background every ``model_refresh_s``."""
+        from controller.facet_graph import imaging_from_values
+
+        if self._pending is not None and self._pending.done():
+            try:
+                self._estimate, self._model_error = self._pending.result(), None
+                self._estimate_asked_s = self._asked_at_s
+            except Exception as exc:  # ModelUnavailable, or a model bug: hold until it answers
+                self._model_error = f"{type(exc).__name__}: {exc}"
+            self._pending = None
+        due = (self._estimate is None or self._model_error is not None
+               or view.plant_time_s - self._asked_at_s >= self.settings.model_refresh_s)
+        if self._pending is None and due:
+            self._pending = self._executor.submit(self.service.estimate, imaging_from_values(view.values),
+                                                  temperature, sigma, stirring_rpm=self.stirring_rpm)
+            self._asked_at_s = view.plant_time_s
+        return self._estimate
+
+    def close(self) -> None:
+        """Stop the model thread (a pending query is dropped)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def wait_for_model(self, timeout_s: float = 10.0) -> None:
+        """Block until the pending model query is answered (tests, benchmarks)."""
+        if self._pending is not None:
+            concurrent.futures.wait([self._pending], timeout=timeout_s)
+
+    def _update_bias(self, view: PlantView, g_model: float, sigma: float) -> None:
         """Online model-plant correction: filtered ln(G imaging / G model)."""
         observed = observed_growth({k: view.value(k) for k in view.values if k.startswith("facet_")})
-        if not (math.isfinite(observed) and observed > 0 and sigma > self.MIN_SIGMA_FOR_BIAS
-                and est.growth_um_per_min > 0):
+        if not (math.isfinite(observed) and observed > 0 and sigma > self.MIN_SIGMA_FOR_BIAS and g_model > 0):
             return
         dt = view.plant_time_s - self._last_time_s if self._last_time_s is not None else 0.0
         alpha = 1.0 - math.exp(-max(dt, 0.0) / self.settings.bias_time_constant_s) if dt > 0 else 0.2
-        residual = math.log(observed / est.growth_um_per_min)
+        residual = math.log(observed / g_model)
         self.ln_growth_bias = float(np.clip(self.ln_growth_bias + alpha * (residual - self.ln_growth_bias), -3, 3))
 
     def _integrate(self, view: PlantView, temperature: float, concentration: float, laws) -> None:

@@ -102,6 +102,7 @@ def test_demo_runs_both_batches_and_prints_the_summary(tmp_path, tiny_checkpoint
 def test_bench_loop_prints_the_keys_per_protocol(tmp_path, tiny_checkpoint):
     out = xtalpilot("bench", "loop", f"agent.checkpoint={tiny_checkpoint}", f"bench_loop.output_dir={tmp_path}",
                     "bench_loop.speed=200", "bench_loop.interval_s=10", "bench_loop.window_plant_s=300",
+                    "bench_loop.opcua_subscription=false",
                     timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)

@@ -62,6 +62,9 @@ def test_before_the_seeds_the_recipe_decides_without_the_model(agent):
 
 def test_after_the_seeds_it_poses_a_problem_and_follows_the_proposal(agent):
     agent.advise(view(11.0))
+    first = agent.advise(view(12.5))  # the model is asked in the background: hold until it answers
+    assert not first.model_ok and "waiting" in first.inputs["model_error"]
+    agent.wait_for_model()
     advice = agent.advise(view(13.0))
     assert isinstance(advice.problem, Problem) and advice.model_ok and advice.data_ok
     assert advice.problem.state.seeds[3] > 0 and advice.problem.state.setpoint_c == 48.0

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from controller.agent import run_agent
 from controller.decision_log import read_decisions
 from controller.plant_io import ModbusIO, OpcUaIO
-from conftest import REPO, load_tagmap, plant_server
+from conftest import REPO, free_port, load_tagmap, plant_server
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def agent_overrides(plant, tmp_path: Path, *extra: str) -> list[str]:
             f"agent.decision_log={tmp_path / 'decisions.sqlite'}", "agent.strategy=linear_cooling", *extra]
 
 
-def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None):
+def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None, metrics_server: bool = False):
     """``run_agent`` until it stops by itself (plant time limit); ``during(stop)`` runs beside it."""
     from conf.schema import load_config
 
@@ -38,7 +39,7 @@ def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None):
 
     async def go():
         stop = asyncio.Event()
-        task = asyncio.create_task(run_agent(cfg, stop, metrics_server=False))
+        task = asyncio.create_task(run_agent(cfg, stop, metrics_server=metrics_server))
         if during is not None:
             await during(stop)
         return await asyncio.wait_for(task, timeout_s)
@@ -57,22 +58,37 @@ async def read_plant(plant, *names: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("protocol", ["opcua", "modbus"])
-def test_closed_loop_in_automatic_drives_the_plant(tmp_path, protocol):
+def test_closed_loop_in_automatic_completes_a_batch(tmp_path, protocol):
+    sp = "reactor_temperature_setpoint_c"
+
+    async def watch(stop):  # while the batch runs: the plant follows the agent's setpoint
+        seen.update(await read_plant(plant, "control_source", "agent_mode", "shed_active"))
+        deadline = time.monotonic() + 30.0
+        while seen.get("control_source") != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            seen.update(await read_plant(plant, "control_source", "agent_mode", "shed_active"))
+
+    seen: dict = {}
     with plant_server(speed=1000.0, shed_timeout_s=600.0) as plant:
         report = run_in_process(agent_overrides(
             plant, tmp_path, f"agent.protocol={protocol}", "agent.mode=automatic", "agent.start_batch=true",
-            "agent.max_plant_time_s=6000"))
-        values = asyncio.run(read_plant(plant, "control_source", "agent_heartbeat", "agent_mode", "batch_state",
-                                        "reactor_temperature_setpoint_c", "shed_active"))
-    assert report.stopped_by == "plant time limit" and report.writes > 20 and report.write_failures == 0
-    assert values["batch_state"] == 1 and values["agent_mode"] == 2 and values["agent_heartbeat"] > 20
-    assert values["control_source"] == 1 and values["shed_active"] == 0  # the plant follows the agent
+            "agent.stop_after_batch=true"), during=watch)
+        values = asyncio.run(read_plant(plant, "batch_state", "agent_heartbeat", sp))
+    assert report.stopped_by == "batch completed" and report.batch_completed
+    assert report.writes > 100 and report.write_failures == 0 and values["batch_state"] == 3  # Completed
+    assert seen["control_source"] == 1 and seen["agent_mode"] == 2 and seen["shed_active"] == 0
+    assert values["agent_heartbeat"] > 100
     log = read_decisions(tmp_path / "decisions.sqlite")
     assert len(log) == report.cycles
-    written = [w["reactor_temperature_setpoint_c"] for w in log["written"] if "reactor_temperature_setpoint_c" in w]
-    # the recipe: down from 55 C to 49 C, then the slow ramp; every write within the plant limits
-    assert written[0] <= 55.0 and min(written) < 49.0 and all(5.0 <= w <= 80.0 for w in written)
-    assert values["reactor_temperature_setpoint_c"] == pytest.approx(written[-1], abs=1e-4)
+    written = [w[sp] for w in log["written"] if sp in w]
+    # no bump: the first write is within one cycle's rate limit (2 K/min x 30 s) of the plant's
+    # 55 C; then the recipe down to 20 C, every write within the plant limits
+    assert 54.0 - 1e-6 <= written[0] <= 55.0 and min(written) == pytest.approx(20.0)
+    assert all(5.0 <= w <= 80.0 for w in written)
+    assert values[sp] == pytest.approx(written[-1], abs=1e-4)
+    # the state estimate in the log: CSD figures from the FBRM bins once the seeds are in
+    fbrm = [i.get("fbrm_volume_mean_size_um") for i in log["inputs"]]
+    assert any(v is not None and v > 100.0 for v in fbrm)
 
 
 @pytest.mark.parametrize("mode", ["manual", "advisory"])
@@ -98,10 +114,11 @@ def test_manual_and_advisory_write_nothing(tmp_path, mode):
 
 def test_bad_data_holds_the_setpoint_with_a_reason(tmp_path):
     # sensor_faults: the reactor RTD sticks from 6000 to 6600 s plant time
-    with plant_server(speed=1000.0, shed_timeout_s=2000.0, extra=("scenario=sensor_faults",)) as plant:
+    with plant_server(speed=600.0, shed_timeout_s=2000.0, extra=("scenario=sensor_faults",)) as plant:
         report = run_in_process(agent_overrides(
             plant, tmp_path, "scenario=sensor_faults", "agent.mode=automatic", "agent.start_batch=true",
-            "agent.stuck_after_s=240", "agent.max_plant_time_s=7000"))
+            "agent.opcua_subscribe=true",  # a frozen value must still carry fresh source timestamps
+            "agent.stuck_after_s=240", "agent.max_plant_time_s=9400"))
     log = read_decisions(tmp_path / "decisions.sqlite")
     held = log[log["reasons"].map(lambda r: "data_bad" in r)]
     assert report.verdicts["data_bad"] >= 5
@@ -115,6 +132,11 @@ def test_bad_data_holds_the_setpoint_with_a_reason(tmp_path):
         assert held.at[i, "written"].get(sp, last[i]) == pytest.approx(last[i], abs=1e-3)
     # the heartbeat goes on during a hold, so the plant does not shed
     assert all("agent_heartbeat" in w for w in held["written"])
+    # the jacket transmitter reads NaN from 9000 to 9300 s: flagged (it is not one the proposals
+    # rest on, so no hold for it)
+    jacket = log["signal_status"].map(lambda st: st.get("jacket_temperature_c"))
+    flagged = log[jacket.isin(["not_finite", "bad_quality"])]
+    assert len(flagged) >= 3 and flagged["plant_time_s"].between(9000, 9400).all()
 
 
 def test_the_agent_rides_out_a_plant_restart(tmp_path):
@@ -132,7 +154,9 @@ def test_the_agent_rides_out_a_plant_restart(tmp_path):
             await asyncio.sleep(3.0)
             stop.set()
 
-        report = run_in_process(agent_overrides(plant, tmp_path, "agent.mode=advisory"), during=restart)
+        # the subscription client: a lost session must surface as a failed read
+        report = run_in_process(agent_overrides(plant, tmp_path, "agent.mode=advisory", "agent.opcua_subscribe=true"),
+                                during=restart)
     assert report.reconnects >= 1 and report.stopped_by == "stop requested"
     log = read_decisions(tmp_path / "decisions.sqlite")
     times = log["plant_time_s"].to_numpy()
@@ -195,6 +219,8 @@ def test_the_model_predictive_agent_proposes_over_opcua(tmp_path, tiny_checkpoin
     """The whole model path on a live plant: MS-GNN queries, background proposals, guard, writes.
     The tiny checkpoint's kinetics are meaningless; what is checked is that the loop runs."""
     path = tmp_path / "decisions.sqlite"
+    metrics_port = free_port()
+    scraped: list[str] = []
 
     async def until_proposals_are_used(stop):
         deadline = time.monotonic() + 90.0
@@ -204,13 +230,16 @@ def test_the_model_predictive_agent_proposes_over_opcua(tmp_path, tiny_checkpoin
                 log = read_decisions(path)
                 if sum(1 for i in log["inputs"] if "expected_d43_um" in i) >= 5:
                     break
+        url = f"http://127.0.0.1:{metrics_port}/metrics"  # the daemon's metrics, over HTTP
+        scraped.append(await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode()))
         stop.set()
 
     with plant_server(speed=300.0, shed_timeout_s=2000.0) as plant:
         report = run_in_process(
             agent_overrides(plant, tmp_path, "agent.strategy=model_predictive", "agent.mode=automatic",
-                            "agent.start_batch=true", f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu"),
-            during=until_proposals_are_used, timeout_s=120.0)
+                            "agent.start_batch=true", f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu",
+                            f"agent.metrics_port={metrics_port}"),
+            during=until_proposals_are_used, timeout_s=120.0, metrics_server=True)
     log = read_decisions(path)
     used = [i for i in log["inputs"] if "expected_d43_um" in i]
     assert len(used) >= 5 and len(report.proposal_s) >= 2, report.summary()
@@ -218,3 +247,9 @@ def test_the_model_predictive_agent_proposes_over_opcua(tmp_path, tiny_checkpoin
     assert report.cycles == len(log) and report.write_failures == 0
     sp = [w["reactor_temperature_setpoint_c"] for w in log["written"] if "reactor_temperature_setpoint_c" in w]
     assert sp and all(20.0 - 1e-6 <= v <= 55.0 + 1e-6 for v in sp)  # between the recipe's ends
+    text = scraped[0]
+    for name in ("xtalpilot_cycle_duration_seconds_count", "xtalpilot_proposal_duration_seconds_count",
+                 "xtalpilot_guard_verdicts_total", "xtalpilot_predicted_kinetics",
+                 'xtalpilot_mode{mode="automatic",reactor="R101"} 1.0'):
+        assert name in text, name
+    assert 'xtalpilot_plant_connected{reactor="R101"} 1.0' in text

@@ -50,13 +50,18 @@ def test_both_clients_read_the_same_plant(plant, tagmap):
 @pytest.mark.parametrize("protocol", ["opcua", "modbus"])
 def test_writes_go_through_and_unwritable_tags_never_leave_the_agent(plant, tagmap, protocol):
     async def main():
-        io = OpcUaIO(tagmap, plant.opcua_url) if protocol == "opcua" else ModbusIO(tagmap, plant.host,
-                                                                                  plant.modbus_port)
+        io = (OpcUaIO(tagmap, plant.opcua_url, subscribe=True) if protocol == "opcua"
+              else ModbusIO(tagmap, plant.host, plant.modbus_port))
         await io.connect()
         try:
             out = await io.write({"agent_heartbeat": 7, "reactor_temperature_c": 20.0, "no_such_tag": 1.0,
                                   "agent_mode": 9})
-            snap = await io.read()
+            # OPC UA reads come from the subscription: a write shows at the next notification
+            deadline = asyncio.get_running_loop().time() + 3.0
+            while (snap := await io.read()).readings["agent_heartbeat"].value != 7:
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.01)
         finally:
             await io.close()
         return out, snap
@@ -82,3 +87,28 @@ def test_a_dead_peer_is_a_clear_error_and_backoff_spaces_retries(tagmap, protoco
     assert delays == [0.5, 1.0, 2.0, 2.0, 2.0] and not backoff.ready(1.9) and backoff.ready(2.0)
     backoff.succeeded()
     assert backoff.ready(0.0)
+
+
+def test_the_opcua_client_reads_and_writes_over_an_encrypted_session(plant_server_factory, secure_material, tagmap):
+    """Basic256Sha256 SignAndEncrypt with the client certificate and a user, as `agent.*` sets it."""
+    m = secure_material
+    security = f"Basic256Sha256,SignAndEncrypt,{m['client_cert']},{m['client_key']}"
+
+    async def main(url: str):
+        wrong = OpcUaIO(tagmap, url, security=security, username=m["user"], password="wrong")
+        with pytest.raises(PlantIOError, match="cannot connect"):
+            await wrong.connect()
+        io = OpcUaIO(tagmap, url, security=security, username=m["user"], password=m["password"], subscribe=True)
+        await io.connect()
+        try:
+            out = await io.write({"agent_heartbeat": 11})
+            snap = await io.read()
+        finally:
+            await io.close()
+        return out, snap
+
+    with plant_server_factory(security="sign_encrypt", cert_dir=m["cert_dir"], users_file=m["users_file"],
+                              speed=0.001) as server:
+        out, snap = run(main(server.opcua_url))
+    assert out["agent_heartbeat"].accepted
+    assert math.isfinite(snap.plant_time_s) and snap.readings["reactor_temperature_c"].good
