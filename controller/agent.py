@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -626,6 +627,11 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         _log.info("agent %s on %s in %s mode, control interval %.0f s plant time, decision log %s%s",
                   strategy.name, a.protocol.value, a.mode.value, a.control_interval_s, a.decision_log,
                   f", metrics on http://{cfg.host}:{a.metrics_port}/metrics" if server is not None else "")
+        # Everything loaded so far (torch, BoTorch, the model) lives as long as the daemon: move it
+        # out of the collector's sight, or gen-2 collections stall the loop (the plant measured
+        # ~175 ms pauses before doing the same, plant_sim/serve.py).
+        gc.collect()
+        gc.freeze()
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
                       measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s)
         report = await agent.run(stop)
