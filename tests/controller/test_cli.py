@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,6 +86,7 @@ def test_agent_with_a_bad_mode_names_the_allowed_values():
     assert out.returncode == 2 and "automatic" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.integration
 def test_demo_runs_both_batches_and_prints_the_summary(tmp_path, tiny_checkpoint):
     """The demo end to end on a fast clock with the tiny checkpoint (figures meaningless here;
     `make demo` runs it with the real model at 300x)."""
@@ -99,6 +102,7 @@ def test_demo_runs_both_batches_and_prints_the_summary(tmp_path, tiny_checkpoint
     assert (tmp_path / "model_predictive" / "decisions.sqlite").exists()
 
 
+@pytest.mark.integration
 def test_bench_loop_prints_the_keys_per_protocol(tmp_path, tiny_checkpoint):
     out = xtalpilot("bench", "loop", f"agent.checkpoint={tiny_checkpoint}", f"bench_loop.output_dir={tmp_path}",
                     "bench_loop.speed=200", "bench_loop.interval_s=10", "bench_loop.window_plant_s=300",
