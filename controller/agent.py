@@ -192,6 +192,8 @@ class Agent:
         self._said: dict[str, str] = {}
         self._backoff = Backoff()
         self._connected = False
+        self._speed_ref: tuple[float, float] | None = None  # (wall, plant) clocks of the last cycle
+        self._speed = 1.0
 
     def _reports(self) -> tuple[AgentReport, ...]:
         return (self.report, self.window) if self._in_window else (self.report,)
@@ -484,10 +486,9 @@ class Agent:
     def _speed_estimate(self, now: float) -> float:
         """Plant seconds per wall second, from the last two cycles' clocks."""
         wall = time.monotonic()
-        prev = getattr(self, "_speed_ref", None)
-        self._speed_ref = (wall, now)
+        prev, self._speed_ref = self._speed_ref, (wall, now)
         if prev is None or wall <= prev[0] or now <= prev[1]:
-            return getattr(self, "_speed", 1.0)
+            return self._speed
         self._speed = (now - prev[1]) / (wall - prev[0])
         return self._speed
 

@@ -44,13 +44,11 @@ __all__ = ["run_loop_benchmark"]
 def _one_protocol(cfg, overrides: Sequence[str], protocol: Protocol, out_dir: Path, subscribe: bool = False,
                   label: str | None = None) -> dict:
     from controller.agent import run_agent
-    from controller.demo import _plant_overrides
-    from plant_sim.bench import _free_port, served_plant
+    from controller.demo import _plant_overrides, free_port_pair
+    from plant_sim.bench import served_plant
 
     b = cfg.bench_loop
-    opcua_port, modbus_port = _free_port(), _free_port()
-    while modbus_port == opcua_port:
-        modbus_port = _free_port()
+    opcua_port, modbus_port = free_port_pair()
     seeded_s = cfg.scenario.seeding.at_min * 60.0
     log_path = out_dir / f"{label or protocol.value}_decisions.sqlite"
     for suffix in ("", "-wal", "-shm"):

@@ -181,25 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from plant_sim.plant import PlantConfigError
     from plant_sim.tagmap import TagMapError
 
+    # Errors a user can fix: one line, exit code 2.
+    prefixes = {ConfigError: "invalid configuration: ", TagMapError: "invalid tag map: ",
+                PlantConfigError: "cannot build the plant: ", PlantIOError: "plant connection: ",
+                SetupError: "", DecisionLogError: "decision log: "}
     try:
         return handler(rest)
-    except ConfigError as exc:
-        _log.error("invalid configuration: %s", exc)
-        return 2
-    except TagMapError as exc:
-        _log.error("invalid tag map: %s", exc)
-        return 2
-    except PlantConfigError as exc:
-        _log.error("cannot build the plant: %s", exc)
-        return 2
-    except PlantIOError as exc:
-        _log.error("plant connection: %s", exc)
-        return 2
-    except SetupError as exc:
-        _log.error("%s", exc)
-        return 2
-    except DecisionLogError as exc:
-        _log.error("decision log: %s", exc)
+    except tuple(prefixes) as exc:
+        prefix = next(p for kind, p in prefixes.items() if isinstance(exc, kind))
+        _log.error("%s%s", prefix, exc)
         return 2
 
 

@@ -88,6 +88,16 @@ def ensure_checkpoint(cfg, overrides: Sequence[str]) -> str:
     return str(quick)
 
 
+def free_port_pair() -> tuple[int, int]:
+    """Two distinct free loopback ports (OPC UA, Modbus) for a plant of our own."""
+    from plant_sim.bench import _free_port
+
+    opcua_port, modbus_port = _free_port(), _free_port()
+    while modbus_port == opcua_port:
+        modbus_port = _free_port()
+    return opcua_port, modbus_port
+
+
 def _root_overrides(overrides: Sequence[str]) -> list[str]:
     """The user's overrides minus those the demo sets itself."""
     own = ("opcua_port=", "modbus_port=", "autostart=", "batch_report_dir=", "speed=", "shed_timeout_s=")
@@ -103,7 +113,7 @@ def _plant_overrides(overrides: Sequence[str]) -> list[str]:
 def run_batch(cfg, overrides: Sequence[str], strategy: StrategyName, out_dir: Path, checkpoint: str) -> dict:
     """Serve a fresh plant, run one strategy's batch in automatic mode, return what happened."""
     from controller.agent import run_agent
-    from plant_sim.bench import _free_port, served_plant
+    from plant_sim.bench import served_plant
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("batch_*.json"):
@@ -111,9 +121,7 @@ def run_batch(cfg, overrides: Sequence[str], strategy: StrategyName, out_dir: Pa
     log_path = out_dir / "decisions.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(str(log_path) + suffix).unlink(missing_ok=True)
-    opcua_port, modbus_port = _free_port(), _free_port()
-    while modbus_port == opcua_port:
-        modbus_port = _free_port()
+    opcua_port, modbus_port = free_port_pair()
     d = cfg.demo
     plant_args = [*_plant_overrides(overrides), f"opcua_port={opcua_port}", f"modbus_port={modbus_port}",
                   f"speed={d.speed}", f"shed_timeout_s={d.shed_timeout_s}", "autostart=false",

@@ -254,10 +254,6 @@ class ModelPredictive:
         self._integrate(view, temperature, concentration, laws)
         inputs.update(self._population_summary())
 
-        if not self._seeded:
-            # Before the seeds are in, the recipe decides (nothing to steer yet).
-            return Advice(recipe_sp, view.plant_time_s, uncertainty=est.uncertainty, predictions=predictions,
-                          inputs=inputs)
         plan = BatchPlan(
             time_left_s=max((self.recipe.duration_min - batch_min) * 60.0, 0.0),
             cooling_left_s=max((self.recipe.cooling_end_min - batch_min) * 60.0, 0.0),
