@@ -141,26 +141,39 @@ def test_bad_data_holds_the_setpoint_with_a_reason(tmp_path):
 
 def test_the_agent_rides_out_a_plant_restart(tmp_path):
     """The plant dies and comes back on the same ports: the agent holds, reconnects, goes on."""
+    log_path = tmp_path / "decisions.sqlite"
     with contextlib.ExitStack() as stack:
         plant = stack.enter_context(plant_server(speed=1000.0, shed_timeout_s=2000.0))
         ports = (plant.opcua_port, plant.modbus_port)
 
         async def restart(stop):
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(4.0)  # the first plant's clock passes ~5000 s
             plant.process.kill()
             plant.process.wait()
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(stack.enter_context, plant_server(speed=1000.0, ports=ports))
-            await asyncio.sleep(3.0)
+            # the second plant runs 5x slower, so its clock reads less than the first's when the agent is back
+            await asyncio.to_thread(stack.enter_context, plant_server(speed=200.0, ports=ports))
+            # wait for the agent to log from the new plant: its retries back off (1, 2, 4, 8 ... s), and
+            # on a loaded machine the plant's start-up alone can outlast a fixed sleep
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline and not await asyncio.to_thread(_clock_started_over, log_path):
+                await asyncio.sleep(0.5)
             stop.set()
 
         # the subscription client: a lost session must surface as a failed read
         report = run_in_process(agent_overrides(plant, tmp_path, "agent.mode=advisory", "agent.opcua_subscribe=true"),
                                 during=restart)
     assert report.reconnects >= 1 and report.stopped_by == "stop requested"
-    log = read_decisions(tmp_path / "decisions.sqlite")
-    times = log["plant_time_s"].to_numpy()
-    assert (times[1:] < times[:-1]).any()  # the second plant's clock started over
+    assert _clock_started_over(log_path), "no decision logged from the restarted plant"
+
+
+def _clock_started_over(path: Path) -> bool:
+    """Whether the decision log holds rows from a second plant whose clock started over."""
+    try:
+        times = read_decisions(path)["plant_time_s"].to_numpy()
+    except Exception:  # not created yet, or caught mid-write
+        return False
+    return bool((times[1:] < times[:-1]).any())
 
 
 def _agent_subprocess(overrides: list[str]) -> subprocess.Popen:
