@@ -34,6 +34,7 @@ and values. It may change the values to be stored, or return an ``ExcCodes`` to 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -44,6 +45,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from plant_sim.tagmap import ModbusTable, Signal, TagMap, decode_registers, encode_registers
+
+# Set while this process's own publish writes the datastore (the access hook sees those too).
+_PUBLISHING: contextvars.ContextVar[bool] = contextvars.ContextVar("modbus_publishing", default=False)
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +96,6 @@ class PlantModbusServer:
         self.port = port
         self.device_id = self.tagmap.modbus_device_id
         self._server: ModbusTcpServer | None = None
-        self._publishing = False
         self._signals = {t: [s for s in self.tagmap if s.modbus.table is t] for t in ModbusTable}
         self._runs = {t: _runs(self._signals[t]) for t in ModbusTable}
         # holding address -> signal, for write decoding
@@ -173,7 +176,9 @@ class PlantModbusServer:
             return
         if values is None:
             values = self.plant.values()
-        self._publishing = True
+        # Per task, not per server: a client request served while this publish awaits the
+        # datastore runs in its own task and is validated like any other write.
+        token = _PUBLISHING.set(True)
         try:
             for table, runs in self._runs.items():
                 for first, signals in runs:
@@ -184,7 +189,7 @@ class PlantModbusServer:
                     if rc:
                         raise RuntimeError(f"Modbus datastore refused publish at {table.value} {first}: {rc!r}")
         finally:
-            self._publishing = False
+            _PUBLISHING.reset(token)
 
     # ------------------------------------------------------------------ client access
 
@@ -198,8 +203,8 @@ class PlantModbusServer:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """pymodbus hook, called on every access before the datastore is read or written."""
-        if self._publishing:
-            return None
+        if _PUBLISHING.get():
+            return None  # our own publish, not a client
         if function_code not in _HOLDING_FCS and function_code not in _INPUT_FCS:
             return ExcCodes.ILLEGAL_ADDRESS  # no coils or discrete inputs on this device
         if set_values is None:

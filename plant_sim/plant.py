@@ -4,8 +4,10 @@
 (:mod:`plant_sim.sensors`) in what a distributed control system adds around a crystallizer:
 
 - **Batch state machine** (ISA-88 / MTP style): Idle, Execute, Held, Completed, Aborted, driven
-  by the ``batch_command`` tag (start, hold, resume, abort, reset). Invalid transitions are
-  rejected. The recipe clock runs only in Execute; Completed follows the recipe's last step.
+  by the ``batch_command`` tag (start, hold, resume, abort, reset, complete). Invalid transitions
+  are rejected. The recipe clock runs only in Execute; Completed follows the recipe's last step,
+  or an earlier ``complete`` (MTP's Complete command: the supervisor ends the batch when its
+  product is done).
 - **Setpoint protection, as a DCS does it:** writes that are not finite, outside the engineering
   range or of the wrong type are rejected; accepted writes are clamped to the plant limits; the
   working setpoint moves towards its target no faster than ``max_rate_per_min``.
@@ -62,6 +64,7 @@ class BatchCommand(enum.IntEnum):
     RESUME = 3
     ABORT = 4
     RESET = 5
+    COMPLETE = 6
 
 
 class AgentMode(enum.IntEnum):
@@ -87,6 +90,7 @@ _TRANSITIONS: dict[tuple[BatchState, BatchCommand], BatchState] = {
     (BatchState.HELD, BatchCommand.RESUME): BatchState.EXECUTE,
     (BatchState.EXECUTE, BatchCommand.ABORT): BatchState.ABORTED,
     (BatchState.HELD, BatchCommand.ABORT): BatchState.ABORTED,
+    (BatchState.EXECUTE, BatchCommand.COMPLETE): BatchState.COMPLETED,
     (BatchState.COMPLETED, BatchCommand.RESET): BatchState.IDLE,
     (BatchState.ABORTED, BatchCommand.RESET): BatchState.IDLE,
 }

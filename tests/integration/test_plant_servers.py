@@ -564,6 +564,50 @@ def test_servers_publish_quality_and_survive_plant_errors(free_tcp_port):
     run(body())
 
 
+class _RejectingPlant(_TinyPlant):
+    """Refuses every write, as a plant refuses an out-of-range setpoint."""
+
+    def write(self, name: str, value: float) -> Any:
+        return _FakeWriteResult("rejected_out_of_range", None)
+
+
+def test_a_modbus_write_landing_during_a_publish_is_still_validated(free_tcp_port):
+    """The server's own publish passes its access hook unchecked; a client write served while a
+    publish awaits the datastore must not (it would reach the registers unvalidated)."""
+    from plant_sim import modbus_server
+    from plant_sim.modbus_server import PlantModbusServer
+
+    async def body():
+        async with PlantModbusServer(_RejectingPlant(), port=free_tcp_port) as srv:
+            context = srv._server.context
+            original = context.async_setValues
+            entered, release = asyncio.Event(), asyncio.Event()
+
+            async def slow_publish(*args, **kwargs):
+                if modbus_server._PUBLISHING.get():
+                    entered.set()
+                    await release.wait()
+                return await original(*args, **kwargs)
+
+            context.async_setValues = slow_publish
+            publishing = asyncio.create_task(srv.publish())
+            await asyncio.wait_for(entered.wait(), 5)
+            client = AsyncModbusTcpClient("127.0.0.1", port=free_tcp_port, timeout=3, retries=1, reconnect_delay=0)
+            assert await client.connect()
+            sp = TAGMAP["reactor_temperature_setpoint_c"]
+            try:
+                rr = await client.write_registers(sp.modbus.address, encode_registers(sp, 60.0),
+                                                  device_id=TAGMAP.modbus_device_id)
+            finally:
+                client.close()
+                release.set()
+                await publishing
+            assert rr.isError(), "a write during a publish skipped the plant's validation"
+            assert srv.writes_rejected >= 1 and srv.writes_accepted == 0
+
+    run(body())
+
+
 # ----------------------------------------------------------------------------- the `xtalpilot plant` process
 
 

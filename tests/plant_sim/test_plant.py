@@ -34,7 +34,7 @@ def command(plant: Plant, cmd: BatchCommand):
 def test_state_machine_accepts_the_isa88_cycle_and_rejects_the_rest(cfg):
     plant = make_plant(cfg)
     assert plant.state is BatchState.IDLE
-    for bad in (BatchCommand.HOLD, BatchCommand.RESUME, BatchCommand.ABORT, BatchCommand.RESET):
+    for bad in (BatchCommand.HOLD, BatchCommand.RESUME, BatchCommand.ABORT, BatchCommand.RESET, BatchCommand.COMPLETE):
         result = command(plant, bad)
         assert result.status is WriteStatus.rejected_invalid_state
         assert "Idle" in result.message
@@ -48,6 +48,20 @@ def test_state_machine_accepts_the_isa88_cycle_and_rejects_the_rest(cfg):
     assert command(plant, BatchCommand.RESUME).status is WriteStatus.rejected_invalid_state
     assert command(plant, BatchCommand.RESET).accepted and plant.state is BatchState.IDLE
     assert command(plant, BatchCommand.NONE).accepted and plant.state is BatchState.IDLE
+
+
+def test_complete_ends_an_executing_batch_early_with_its_report(cfg):
+    plant = make_plant(cfg)
+    command(plant, BatchCommand.START)
+    plant.advance(600.0)
+    assert command(plant, BatchCommand.HOLD).accepted
+    assert command(plant, BatchCommand.COMPLETE).status is WriteStatus.rejected_invalid_state  # resume first
+    command(plant, BatchCommand.RESUME)
+    assert command(plant, BatchCommand.COMPLETE).accepted and plant.state is BatchState.COMPLETED
+    plant.advance(60.0)
+    report = plant.last_batch_report
+    assert report is not None and report["batch_state"] == "completed"
+    assert report["batch_time_h"] < recipe_duration_min(cfg.scenario.recipe, cfg.scenario.initial_temperature_c) / 60
 
 
 def test_write_validation_statuses(cfg):
