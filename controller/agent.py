@@ -38,7 +38,7 @@ from controller.guard import GuardInput, GuardSettings, Mode, Reason, SetpointLi
 from controller.plant_io import Backoff, PlantIO, PlantIOError
 from controller.settings import AgentSettings
 from controller.state import SignalTracker, ValidationSettings
-from controller.strategy import TEMPERATURE_SP, PlantView, Strategy
+from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, PlantView, Strategy
 from plant_sim.tagmap import SignalKind, TagMap
 
 __all__ = ["Agent", "AgentReport", "guard_settings", "validation_settings"]
@@ -48,7 +48,7 @@ _log = logging.getLogger("xtalpilot.agent")
 MODE_CODES = {Mode.manual: 0, Mode.advisory: 1, Mode.automatic: 2}
 CODE_MODES = {v: k for k, v in MODE_CODES.items()}
 BATCH_IDLE, BATCH_EXECUTE, BATCH_COMPLETED = 0, 1, 3
-BATCH_START = 1  # batch_command code
+BATCH_START, BATCH_COMPLETE = 1, 6  # batch_command codes
 # Signals the proposals rest on: without them valid the guard holds.
 REQUIRED = ("reactor_temperature_c", "concentration_g_per_kg")
 # Signals that carry sensor noise, so a frozen value means a stuck instrument.
@@ -166,7 +166,8 @@ class Agent:
         self.io, self.strategy, self.settings = io, strategy, settings
         self.decision_log, self.metrics, self.proposer = log, metrics, proposer
         self.poll_interval_s = poll_interval_s
-        self.guard = guard_settings(io.tagmap, settings)
+        self.guard = guard_settings(io.tagmap, settings, tuple(getattr(strategy, "setpoints", (TEMPERATURE_SP,))))
+        self._complete_sent = False
         self.trackers = {n: SignalTracker(v) for n, v in validation_settings(io.tagmap, settings).items()}
         self._status_names = tuple(s.name for s in io.tagmap if s.kind is SignalKind.status)
         self._fbrm_bins = tuple(f"fbrm_counts_bin{k}_per_s" for k in range(1, len(settings.fbrm_bin_edges_um)))
@@ -342,6 +343,7 @@ class Agent:
             self._say("batch", f"batch completed (plant time {now:.0f} s)")
         if batch_state != BATCH_EXECUTE and batch_state != 2:  # not executing nor held
             self._batch_start_s = None
+            self._complete_sent = False
         self._last_batch_state = batch_state
         start = {}
         if (self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE
@@ -400,6 +402,12 @@ class Agent:
                   logging.WARNING if holds else logging.INFO)
 
         values: dict[str, float] = {**start, **verdict.write}
+        if (advice.complete_batch and executing and self.mode is Mode.automatic and not verdict.held
+                and not self._complete_sent and "batch_command" in self.io.tagmap
+                and self.io.tagmap["batch_command"].writable):
+            values["batch_command"] = float(BATCH_COMPLETE)
+            self._complete_sent = True
+            self._say("batch", f"completing the batch: its product is done (plant time {now:.0f} s)")
         if verdict.heartbeat:
             self._heartbeat = (self._heartbeat + 1) % 65536
             values["agent_heartbeat"] = float(self._heartbeat)
@@ -419,8 +427,11 @@ class Agent:
                 outcome = outcomes.get(name)
                 if outcome is not None and outcome.accepted:
                     written[name] = value
-                elif name == "batch_command":
-                    self._start_sent = False  # try again next cycle
+                elif name == "batch_command":  # try again next cycle
+                    if value == BATCH_START:
+                        self._start_sent = False
+                    else:
+                        self._complete_sent = False
                 elif name in verdict.write:
                     self.report.write_failures += 1
                     self._say("write", f"write of {name} failed: {outcome.detail if outcome else 'no answer'}",
@@ -447,8 +458,9 @@ class Agent:
             decision = Decision(
                 plant_time_s=now, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
                 held=verdict.held,
-                # every validated measurement (NaN where not ok), so a batch can be replayed from the log
-                inputs={**{n: v.value for n, v in validated.items()}, **self._chords(validated),
+                # every validated measurement (NaN where not ok) and status tag, so a batch can be
+                # replayed from the log
+                inputs={**{n: v.value for n, v in validated.items()}, **status, **self._chords(validated),
                         **dict(advice.inputs),
                         "batch_time_s": view.batch_time_s, "strategy": self.strategy.name},
                 signal_status={n: v.status.value for n, v in validated.items()},
@@ -577,10 +589,16 @@ def make_strategy(cfg, service=None):
     sp = tagmap[TEMPERATURE_SP]
     max_rate = sp.max_rate_per_min if sp.max_rate_per_min is not None else 1.0
     low = sp.limits[0] if sp.limits is not None else sp.low
-    return ModelPredictive(recipe, service, MaterialConstants.for_material(material), p, a.stirring_rpm,
+    max_antisolvent = 0.0
+    if ANTISOLVENT_SP in tagmap and tagmap[ANTISOLVENT_SP].writable:
+        anti = tagmap[ANTISOLVENT_SP]
+        max_antisolvent = max(anti.limits[1] if anti.limits is not None else anti.high, 0.0)
+    constants = MaterialConstants.for_material(material,
+                                               antisolvent_coefficient=p.antisolvent_solubility_coefficient)
+    return ModelPredictive(recipe, service, constants, p, a.stirring_rpm,
                            # no heating moves: the moment model has no dissolution, so it cannot judge them
                            max_cooling_k_per_min=min(max_rate, 1.0), max_heating_k_per_min=0.0,
-                           setpoint_low_c=low)
+                           setpoint_low_c=low, max_antisolvent_kg_per_min=max_antisolvent)
 
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,

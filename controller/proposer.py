@@ -1,21 +1,30 @@
-"""The BoTorch proposer: the next few temperature-setpoint moves, chosen by rolling the batch forward.
+"""The BoTorch proposer: the next few setpoint moves, chosen by rolling the batch forward.
 
-Decision variables x = (dT_1, ..., dT_H), the setpoint change over each of H move intervals;
-after them the setpoint cools linearly to the final temperature by the end of cooling
-(:func:`controller.rollout.setpoint_path`). Bounds: the allowed cooling and heating rates over
-one move interval.
+Decision variables x = (dT_1, ..., dT_H [, F_1, ..., F_H] [, s]):
+
+- dT_j, the temperature-setpoint change over each of H move intervals; after them the setpoint
+  cools linearly to the final temperature by the end of cooling
+  (:func:`controller.rollout.setpoint_path`). Bounds: the allowed cooling and heating rates
+  over one move interval.
+- F_j, the antisolvent rate over each move interval (kg/min), where the plant has a writable
+  antisolvent setpoint and ``settings.antisolvent``. Bounds: 0 and the setpoint's limit.
+- s, the share of the recipe's remaining cooling time the cooling takes (batch time: the
+  recipe's final hold follows the end of cooling, and the agent completes the batch then),
+  when ``settings.weight_batch_time_per_h`` > 0. Bounds: ``min_cooling_scale`` (and no faster
+  than the allowed cooling rate, and not inside the moves) to 1 (the recipe's own end).
 
 Each candidate is scored by :func:`controller.rollout.rollout` with every ensemble member's
 kinetic laws (DESIGN.md, "Proposals"). The rollout is wrapped as a BoTorch
 ``EnsembleModel`` whose outputs per member are
 
     y_0 = -cost = -(w_size ((d43 - target)/target)^2 + w_cv CV + w_fines fines
-                    + w_yield (1 - yield) + w_prox |x - x_ref|^2 / H)
+                    + w_yield (1 - yield) + w_anti (antisolvent added, kg/kg water)
+                    + w_time (batch time left, h) + w_prox |dT - dT_ref|^2 / H)
     y_1 = peak sigma - metastable limit          (feasible when <= 0)
 
 and ``qSimpleRegret`` with a ``ConstrainedMCObjective`` turns them into the expected
 objective weighted by the probability of feasibility over the members (a sigmoid of y_1 of
-width ``feasibility_eta``). x_ref is the plain linear continuation to the final temperature,
+width ``feasibility_eta``). dT_ref is the plain linear continuation to the final temperature,
 so the proximal term keeps the agent near what an operator would do unless the model says
 otherwise. ``optimize_acqf`` (L-BFGS-B from Sobol raw samples, gradients through the rollout)
 runs with a wall-time budget.
@@ -57,6 +66,8 @@ class Problem:
         settings: proposer settings.
         max_cooling_k_per_min / max_heating_k_per_min: allowed setpoint rates.
         setpoint_low_c: lowest setpoint the agent may write.
+        max_antisolvent_kg_per_min: the antisolvent setpoint's upper limit (0: the plant has
+            none the agent may write, and the rate is no decision variable).
     """
 
     plant_time_s: float
@@ -69,6 +80,26 @@ class Problem:
     max_cooling_k_per_min: float = 1.0
     max_heating_k_per_min: float = 0.2
     setpoint_low_c: float = -math.inf
+    max_antisolvent_kg_per_min: float = 0.0
+
+    @property
+    def uses_antisolvent(self) -> bool:
+        return self.settings.antisolvent and self.max_antisolvent_kg_per_min > 0
+
+    @property
+    def scale_bounds(self) -> tuple[float, float] | None:
+        """Bounds of the cooling-time scale, or None when batch time is no decision variable.
+
+        Not below ``min_cooling_scale``, not so short that the ramp after the moves must cool
+        faster than allowed, and not ending inside the moves."""
+        s, p = self.settings, self.plan
+        horizon_s = s.moves * p.move_interval_s
+        if s.weight_batch_time_per_h <= 0 or p.cooling_left_s <= horizon_s:
+            return None
+        span_k = max(self.state.path_start_c - p.final_temperature_c, 0.0)
+        fastest_s = span_k / max(self.max_cooling_k_per_min, 1e-9) * 60.0
+        low = max(s.min_cooling_scale, fastest_s / p.cooling_left_s, horizon_s / p.cooling_left_s)
+        return (low, 1.0) if low < 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -80,9 +111,13 @@ class Proposal:
         start_c: temperature the moves start from.
         moves_k: the H setpoint moves (K per move interval).
         move_interval_s: plant seconds per move.
-        expected: mean outcomes over members (d43_um, cv, fines, yield, peak_sigma, cost) and
-            ``feasibility`` (share of members under the metastable limit).
+        expected: mean outcomes over members (d43_um, cv, fines, yield, peak_sigma, cost,
+            antisolvent, batch_time_left_h) and ``feasibility`` (share of members under the
+            metastable limit).
         duration_s: wall seconds the optimisation took.
+        antisolvent_kg_per_min: antisolvent rate per move (empty: not decided).
+        cooling_end_s: plant time at which cooling ends on this plan (the batch ends a final
+            hold later).
     """
 
     plant_time_s: float
@@ -91,6 +126,15 @@ class Proposal:
     move_interval_s: float
     expected: dict = field(default_factory=dict)
     duration_s: float = 0.0
+    antisolvent_kg_per_min: tuple[float, ...] = ()
+    cooling_end_s: float = math.inf
+
+    def antisolvent_at(self, plant_time_s: float) -> float | None:
+        """The proposed antisolvent rate at ``plant_time_s`` (None: not decided); none after the moves."""
+        if not self.antisolvent_kg_per_min:
+            return None
+        j = int(max(plant_time_s - self.plant_time_s, 0.0) // self.move_interval_s)
+        return self.antisolvent_kg_per_min[j] if j < len(self.antisolvent_kg_per_min) else 0.0
 
     def setpoint_at(self, plant_time_s: float) -> float:
         """The proposed temperature setpoint at ``plant_time_s`` (linear within each move)."""
@@ -113,7 +157,7 @@ def reference_moves(problem: Problem) -> np.ndarray:
 
 
 def _outcomes_to_y(problem: Problem, moves, outcomes):
-    """(n, S) outcomes -> (n, S, 2) [-cost, constraint]."""
+    """(n, S) outcomes -> (n, S, 2) [-cost, constraint] and the (n, S) cost. ``moves`` (n, H)."""
     import torch
 
     s = problem.settings
@@ -121,9 +165,32 @@ def _outcomes_to_y(problem: Problem, moves, outcomes):
     size_err = ((outcomes.d43_um - s.target_size_um) / s.target_size_um) ** 2
     prox = ((moves - ref) ** 2).mean(dim=-1, keepdim=True)
     cost = (s.weight_size * size_err + s.weight_cv * outcomes.cv + s.weight_fines * outcomes.fines
-            + s.weight_yield * (1.0 - outcomes.yield_fraction).clamp_min(0.0) + s.proximal_weight * prox)
+            + s.weight_yield * (1.0 - outcomes.yield_fraction).clamp_min(0.0) + s.proximal_weight * prox
+            + s.weight_antisolvent * outcomes.antisolvent_added
+            + s.weight_batch_time_per_h * outcomes.time_left_s[:, None] / 3600.0)
     constraint = outcomes.peak_sigma - (1.0 - s.constraint_margin) * s.metastable_sigma_limit
     return torch.stack([-cost, constraint], dim=-1), cost
+
+
+def _split(problem: Problem, x):
+    """x (n, D) -> (moves (n, H), antisolvent (n, H) or None, cooling scale (n,) or None)."""
+    h = problem.settings.moves
+    moves, rest = x[:, :h], x[:, h:]
+    anti = None
+    if problem.uses_antisolvent:
+        anti, rest = rest[:, :h], rest[:, h:]
+    scale = rest[:, 0] if problem.scale_bounds is not None else None
+    return moves, anti, scale
+
+
+def _evaluate(problem: Problem, x, growth, nucleation):
+    from controller.rollout import rollout
+
+    moves, anti, scale = _split(problem, x)
+    out = rollout(moves, problem.state, growth, nucleation, problem.material, problem.plan,
+                  antisolvent_kg_per_min=anti, cooling_scale=scale)
+    y, cost = _outcomes_to_y(problem, moves, out)
+    return out, y, cost
 
 
 def propose(problem: Problem) -> Proposal:
@@ -134,8 +201,6 @@ def propose(problem: Problem) -> Proposal:
     from botorch.models.ensemble import EnsembleModel
     from botorch.optim import optimize_acqf
     from botorch.sampling.index_sampler import IndexSampler
-
-    from controller.rollout import rollout
 
     import warnings
 
@@ -153,53 +218,67 @@ def propose(problem: Problem) -> Proposal:
     nucleation = torch.as_tensor(problem.nucleation, dtype=dtype)
     members = growth.shape[0]
 
-    def evaluate(moves):  # (n, H) -> (n, S, 2)
-        out = rollout(moves, problem.state, growth, nucleation, problem.material, p)
-        return _outcomes_to_y(problem, moves, out)[0]
+    def evaluate(x):  # (n, D) -> (n, S, 2)
+        return _evaluate(problem, x, growth, nucleation)[1]
 
     class RolloutModel(EnsembleModel):
         _num_outputs = 2
 
-        def forward(self, X):  # (batch, q, H) -> (batch, S, q, 2)
+        def forward(self, X):  # (batch, q, D) -> (batch, S, q, 2)
             batch_shape, q = X.shape[:-2], X.shape[-2]
             y = evaluate(X.reshape(-1, X.shape[-1]))  # (n, S, 2)
             return y.reshape(*batch_shape, q, members, 2).movedim(-2, -3)
 
     move_min = p.move_interval_s / 60.0
-    lower = -s_rate(problem.max_cooling_k_per_min) * move_min
-    upper = s_rate(problem.max_heating_k_per_min) * move_min
-    bounds = torch.tensor([[lower] * s.moves, [upper] * s.moves], dtype=dtype)
+    lower = [-s_rate(problem.max_cooling_k_per_min) * move_min] * s.moves
+    upper = [s_rate(problem.max_heating_k_per_min) * move_min] * s.moves
+    ref = list(np.clip(reference_moves(problem), lower[0], upper[0]))
+    if problem.uses_antisolvent:
+        lower += [0.0] * s.moves
+        upper += [float(problem.max_antisolvent_kg_per_min)] * s.moves
+        ref += [0.0] * s.moves  # the operator's recipe feeds none
+    if problem.scale_bounds is not None:
+        lower.append(problem.scale_bounds[0])
+        upper.append(problem.scale_bounds[1])
+        ref.append(1.0)  # the recipe's own end
+    bounds = torch.tensor([lower, upper], dtype=dtype)
     objective = ConstrainedMCObjective(objective=lambda y, X=None: y[..., 0], constraints=[lambda y: y[..., 1]],
                                        infeasible_cost=INFEASIBLE_COST, eta=s.feasibility_eta)
     acqf = qSimpleRegret(RolloutModel(), sampler=IndexSampler(torch.Size([4 * members]), seed=0),
                          objective=objective)
-    ref = torch.as_tensor(reference_moves(problem), dtype=dtype).clamp(lower, upper)
     candidate, _ = optimize_acqf(
         acqf, bounds=bounds, q=1, num_restarts=s.restarts, raw_samples=s.raw_samples,
         options={"maxiter": 60, "seed": 0}, timeout_sec=s.time_budget_s, retry_on_optimization_warning=False,
     )
     best = candidate.reshape(1, -1)
     # The reference path competes too: the optimiser must beat the operator's plain ramp.
-    both = torch.cat([best, ref.reshape(1, -1)], dim=0)
+    both = torch.cat([best, torch.tensor([ref], dtype=dtype)], dim=0)
     with torch.no_grad():
-        out = rollout(both, problem.state, growth, nucleation, problem.material, p)
-        y, cost = _outcomes_to_y(problem, both, out)
+        out, y, cost = _evaluate(problem, both, growth, nucleation)
         feasible = (y[..., 1] <= 0).to(dtype)
         score = ((-cost + INFEASIBLE_COST) * feasible).mean(dim=-1) - INFEASIBLE_COST
     pick = int(torch.argmax(score))
-    moves = both[pick]
+    if not bool(feasible.any()):
+        # No member finds either path feasible: take the one that overshoots the limit least.
+        pick = int(torch.argmin(out.peak_sigma.max(dim=-1).values))
+    moves, anti, scale = _split(problem, both[pick : pick + 1])
+    cooling_left_s = p.cooling_left_s * (float(scale[0]) if scale is not None else 1.0)
     expected = {
         "d43_um": float(out.d43_um[pick].mean()),
         "cv": float(out.cv[pick].mean()),
         "fines": float(out.fines[pick].mean()),
         "yield": float(out.yield_fraction[pick].mean()),
         "peak_sigma": float(out.peak_sigma[pick].max()),
+        "antisolvent_kg_per_kg": float(out.antisolvent_added[pick].mean()),
+        "batch_time_left_h": float(out.time_left_s[pick]) / 3600.0,
         "cost": float(cost[pick].mean()),
         "feasibility": float(feasible[pick].mean()),
         "chose_reference": pick == 1,
     }
-    return Proposal(problem.plant_time_s, problem.state.path_start_c, tuple(float(m) for m in moves),
-                    p.move_interval_s, expected, time.perf_counter() - wall0)
+    return Proposal(problem.plant_time_s, problem.state.path_start_c, tuple(float(m) for m in moves[0]),
+                    p.move_interval_s, expected, time.perf_counter() - wall0,
+                    antisolvent_kg_per_min=() if anti is None else tuple(float(a) for a in anti[0]),
+                    cooling_end_s=problem.plant_time_s + cooling_left_s)
 
 
 def s_rate(value: float) -> float:

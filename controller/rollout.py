@@ -1,26 +1,39 @@
 """The batch rolled forward: a moment model in torch, batched over candidates and ensemble members.
 
-Two populations per kg of solvent, each by its moments mu_0..mu_5 (um^k per kg): the seeds,
-and the crystals nucleated in the batch (born at size ~0). With size-independent growth G and
-nucleation B (method of moments, Randolph & Larson 1988, ch. 3):
+Two populations, each by its moments mu_0..mu_5 (um^k per kg of the water charged): the
+seeds, and the crystals nucleated in the batch (born at size ~0). The basis is the water, not
+the solvent, because antisolvent fed during the batch adds solvent. With size-independent
+growth G and nucleation B (method of moments, Randolph & Larson 1988, ch. 3), integrated
+exactly over each step with G and B held at their values at its start:
 
-    d mu_0/dt = B (nuclei only),   d mu_k/dt = k G mu_{k-1}  (k = 1..5, both populations)
-    dC/dt = -1000 rho k_v 1e-18 d(mu_3,seeds + mu_3,nuclei)/dt      (g per kg solvent)
+    d mu_0/dt = B (1 + a)  (nuclei only),   d mu_k/dt = k G mu_{k-1}  (k = 1..5, both populations)
+    d s/dt = -1000 rho k_v 1e-18 d(mu_3,seeds + mu_3,nuclei)/dt      (solute, g per kg water)
+    d a/dt = F_as / (60 W)                                           (antisolvent, kg per kg water)
 
-with the kinetics of :class:`controller.kinetics_service.KineticsLaws` per member,
+with a the antisolvent added per kg of water W (F_as in kg/min), the concentration
+C = s / (1 + a) g per kg solvent and the solubility in the mixture
+C* = C*_water(T) exp(-k_as a / (1 + a)) (log-linear cosolvency, as plant_sim.reactor). The
+kinetics of :class:`controller.kinetics_service.KineticsLaws` per member,
 
     G = exp(a + g ln sigma + e (1/T_ref - 1/T)) um/min     (0 when sigma <= 0: no dissolution
                                                              term; the proposer keeps sigma > 0)
     B = 10^(c + b log10 sigma + f (1/T_ref - 1/T)) M_T / M_T,ref   per kg solvent per s
 
-sigma = ln(C / C*(T)) and ln C*(T) a quadratic fitted to the material's solubility curve. The
-reactor temperature follows the setpoint (the plant's PID is much faster than the batch).
+sigma = ln(C / C*) and ln C*_water(T) a quadratic fitted to the material's solubility curve.
+The reactor temperature follows the setpoint (the plant's PID is much faster than the batch).
+
+Decisions rolled out (per candidate): the temperature-setpoint moves, optionally an
+antisolvent rate per move, and optionally a scale on the time left for cooling (batch time:
+the final hold follows the end of cooling, so cooling sooner ends the batch sooner). With a
+scale every candidate keeps the same number of Euler steps and its own step length, which
+keeps the rollout differentiable in the scale.
 
 Outcomes at the end of the batch (per candidate and member): volume-weighted mean size d43,
 CV of the volume distribution, fines (mass share of the nucleated population, which stays
-small), yield (crystallised solute / what the final temperature allows, seeds excluded) and
-the peak supersaturation on the way. Explicit Euler with a fixed step; everything is
-differentiable in the setpoint moves, so ``optimize_acqf`` can use gradients.
+small), yield (crystallised solute / what the final temperature and solvent allow, seeds
+excluded, as the plant's batch record counts it), the peak supersaturation on the way, the
+batch time left and the antisolvent added. Fixed steps; everything is differentiable in
+the setpoint moves, so ``optimize_acqf`` can use gradients.
 """
 
 from __future__ import annotations
@@ -32,7 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BatchPlan", "MaterialConstants", "Outcomes", "PopulationState", "rollout", "seed_moments", "step_moments"]
+__all__ = ["BatchPlan", "MaterialConstants", "Outcomes", "PopulationState", "antisolvent_path", "rollout", "seed_moments",
+           "setpoint_path", "step_moments"]
 
 N_MOMENTS = 6
 T_REF_K = 298.15
@@ -46,15 +60,19 @@ class MaterialConstants:
         density_kg_per_m3: crystal density rho.
         volume_shape_factor: k_v (pi/6: volume-equivalent spheres, as the plant's size axis).
         solubility_ln: coefficients (p0, p1, p2) of ln C*(T) = p0 + p1 T + p2 T^2, T in C,
-            C* in g per kg solvent.
+            C* in g per kg water.
+        antisolvent_coefficient: k_as of C* = C*_water exp(-k_as x_as), x_as the antisolvent
+            mass fraction of the solvent.
     """
 
     density_kg_per_m3: float
     volume_shape_factor: float
     solubility_ln: tuple[float, float, float]
+    antisolvent_coefficient: float = 4.0
 
     @classmethod
-    def for_material(cls, name: str, t_low_c: float = 0.0, t_high_c: float = 80.0) -> "MaterialConstants":
+    def for_material(cls, name: str, t_low_c: float = 0.0, t_high_c: float = 80.0,
+                     antisolvent_coefficient: float = 4.0) -> "MaterialConstants":
         """Fit ln C* of a plant_sim material over [t_low_c, t_high_c]."""
         from plant_sim.materials import get_material
 
@@ -62,12 +80,15 @@ class MaterialConstants:
         t = np.linspace(t_low_c, t_high_c, 41)
         c = np.asarray(m.solubility.g_per_kg(t), dtype=float)
         p2, p1, p0 = np.polyfit(t, np.log(c), 2)
-        return cls(m.density_kg_per_m3, math.pi / 6.0, (float(p0), float(p1), float(p2)))
+        return cls(m.density_kg_per_m3, math.pi / 6.0, (float(p0), float(p1), float(p2)), antisolvent_coefficient)
 
-    def solubility_g_per_kg(self, temperature_c):
+    def solubility_g_per_kg(self, temperature_c, antisolvent_per_water=0.0):
+        """C* in g per kg solvent at a temperature and antisolvent per water (kg/kg)."""
         p0, p1, p2 = self.solubility_ln
-        lib = torch if isinstance(temperature_c, Tensor) else np
-        return lib.exp(p0 + p1 * temperature_c + p2 * temperature_c**2)
+        lib = torch if isinstance(temperature_c, Tensor) or isinstance(antisolvent_per_water, Tensor) else np
+        ln_c = p0 + p1 * temperature_c + p2 * temperature_c**2
+        fraction = antisolvent_per_water / (1.0 + antisolvent_per_water)
+        return lib.exp(ln_c - self.antisolvent_coefficient * fraction)
 
     @property
     def mass_per_um3_kg(self) -> float:
@@ -80,11 +101,13 @@ class PopulationState:
 
     Attributes:
         temperature_c: reactor temperature.
-        concentration_g_per_kg: solute concentration.
-        seeds: moments mu_0..mu_5 of the seed population, um^k per kg.
+        concentration_g_per_kg: solute concentration, g per kg solvent (what the analyser reads).
+        seeds: moments mu_0..mu_5 of the seed population, um^k per kg water.
         nuclei: moments of the nucleated population.
         setpoint_c: the temperature setpoint in force, where a new path starts (None: the
             reactor temperature). Starting from it keeps successive proposals continuous.
+        antisolvent_per_water: antisolvent fed so far, kg per kg water.
+        antisolvent_rate_kg_per_min: the antisolvent rate setpoint in force.
     """
 
     temperature_c: float
@@ -92,6 +115,12 @@ class PopulationState:
     seeds: tuple[float, ...]
     nuclei: tuple[float, ...]
     setpoint_c: float | None = None
+    antisolvent_per_water: float = 0.0
+    antisolvent_rate_kg_per_min: float = 0.0
+
+    @property
+    def solute_g_per_kg_water(self) -> float:
+        return self.concentration_g_per_kg * (1.0 + self.antisolvent_per_water)
 
     @property
     def path_start_c(self) -> float:
@@ -106,11 +135,13 @@ class BatchPlan:
         time_left_s: plant seconds to the end of the batch.
         cooling_left_s: plant seconds to the end of cooling (<= time_left_s).
         final_temperature_c: temperature at the end of cooling.
-        charged_concentration_g_per_kg: concentration at the start of the batch (for yield).
+        charged_concentration_g_per_kg: concentration at the start of the batch (for yield),
+            g per kg water (the charge holds no antisolvent).
         move_interval_s: plant seconds per decision move.
-        step_s: Euler step.
+        step_s: Euler step (at the full time left; a cooling scale shortens it).
         target_size_um: wanted d43.
         suspension_ref_kg_per_kg: M_T at which the nucleation law holds.
+        water_mass_kg: water charged (turns an antisolvent rate into kg per kg water).
     """
 
     time_left_s: float
@@ -121,17 +152,27 @@ class BatchPlan:
     step_s: float
     target_size_um: float
     suspension_ref_kg_per_kg: float = 0.05
+    water_mass_kg: float = 20.0
+
+    @property
+    def final_hold_s(self) -> float:
+        return max(self.time_left_s - self.cooling_left_s, 0.0)
 
 
 @dataclass(frozen=True)
 class Outcomes:
-    """Rollout results, each (n_candidates, n_members)."""
+    """Rollout results: each (n_candidates, n_members) but ``time_left_s`` (n_candidates,).
+
+    ``antisolvent_added`` is the antisolvent fed from now to the end, kg per kg water.
+    """
 
     d43_um: Tensor
     cv: Tensor
     fines: Tensor
     yield_fraction: Tensor
     peak_sigma: Tensor
+    time_left_s: Tensor
+    antisolvent_added: Tensor
 
 
 def seed_moments(mass_kg_per_kg: float, mean_size_um: float, std_size_um: float, material: MaterialConstants
@@ -159,69 +200,122 @@ def _kinetics(temperature_c: Tensor, sigma: Tensor, suspension: Tensor, growth: 
     return g * positive, b * positive
 
 
-def step_moments(temperature_c: Tensor, concentration: Tensor, seeds: Tensor, nuclei: Tensor, growth: Tensor,
-                 nucleation: Tensor, material: MaterialConstants, dt_s: float, suspension_ref: float
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One Euler step. Shapes: temperature/concentration (..., S), moments (..., S, 6).
+_BINOMIAL = [[math.comb(k, j) for j in range(N_MOMENTS)] for k in range(N_MOMENTS)]
+_K_PLUS_ONE = torch.arange(1, N_MOMENTS + 1, dtype=torch.float64)
 
-    Returns (concentration, seeds, nuclei, sigma) after the step (sigma at its start).
+
+def _translate(moments: Tensor, powers: Tensor) -> Tensor:
+    """Moments (..., 6) of a population all grown by L: mu_k' = sum_j C(k, j) L^(k-j) mu_j."""
+    return torch.stack([sum(_BINOMIAL[k][j] * powers[..., k - j] * moments[..., j] for j in range(k + 1))
+                        for k in range(N_MOMENTS)], dim=-1)
+
+
+def step_moments(temperature_c: Tensor, solute: Tensor, seeds: Tensor, nuclei: Tensor, growth: Tensor,
+                 nucleation: Tensor, material: MaterialConstants, dt_s, suspension_ref: float,
+                 antisolvent: Tensor | float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Euler step. Shapes: temperature/solute (..., S), moments (..., S, 6); ``dt_s`` a float
+    or a tensor broadcasting against (..., S); ``antisolvent`` kg per kg water (held over the step).
+
+    ``solute`` is g per kg water; without antisolvent that is the concentration.
+    Returns (solute, seeds, nuclei, sigma) after the step (sigma at its start).
     """
-    csat = material.solubility_g_per_kg(temperature_c)
-    sigma = torch.log(concentration.clamp_min(1e-9) / csat)
-    suspension = material.mass_per_um3_kg * (seeds[..., 3] + nuclei[..., 3])
+    solvent = 1.0 + antisolvent  # kg solvent per kg water
+    csat = material.solubility_g_per_kg(temperature_c, antisolvent)
+    sigma = torch.log((solute / solvent).clamp_min(1e-9) / csat)
+    suspension = material.mass_per_um3_kg * (seeds[..., 3] + nuclei[..., 3]) / solvent
     g, b = _kinetics(temperature_c, sigma, suspension, growth, nucleation, suspension_ref)
-    k = torch.arange(1, N_MOMENTS, dtype=seeds.dtype, device=seeds.device)
-    d_seeds = torch.cat([torch.zeros_like(seeds[..., :1]), k * g[..., None] * seeds[..., :-1]], dim=-1)
-    d_nuclei = torch.cat([b[..., None], k * g[..., None] * nuclei[..., :-1]], dim=-1)
-    seeds = seeds + dt_s * d_seeds
-    nuclei = nuclei + dt_s * d_nuclei
-    d_mass = material.mass_per_um3_kg * (d_seeds[..., 3] + d_nuclei[..., 3]) * dt_s
+    # Exact over the step for G and B held constant: growth translates sizes by L = G dt, so
+    # mu_k -> sum_j C(k, j) L^(k-j) mu_j, and nuclei born during the step add B dt L^k / (k+1).
+    # (Explicit Euler on the moments drifts the variance by O(L^2) a step and loses the CV.)
+    length = g * (dt_s if isinstance(dt_s, Tensor) else torch.as_tensor(dt_s, dtype=g.dtype))  # (..., S) um
+    powers = torch.stack([length**m for m in range(N_MOMENTS)], dim=-1)  # (..., S, 6)
+    births = (b * solvent * dt_s)[..., None] * powers / _K_PLUS_ONE.to(powers.dtype)
+    seeds_new = _translate(seeds, powers)
+    nuclei_new = _translate(nuclei, powers) + births
+    d_mass = material.mass_per_um3_kg * ((seeds_new - seeds)[..., 3] + (nuclei_new - nuclei)[..., 3])
+    seeds, nuclei = seeds_new, nuclei_new
     # The solute cannot go below zero: a step that would take more is cut at what is there.
-    concentration = (concentration - 1000.0 * d_mass).clamp_min(1e-6)
-    return concentration, seeds, nuclei, sigma
+    solute = (solute - 1000.0 * d_mass).clamp_min(1e-6)
+    return solute, seeds, nuclei, sigma
 
 
-def setpoint_path(moves_k: Tensor, start_c: float, plan: BatchPlan) -> Tensor:
-    """Temperature at each rollout step: the moves, then linear to the final temperature, then
-    held. ``moves_k``: (n, H) K per move. Returns (n, n_steps)."""
-    n_steps = max(1, int(math.ceil(plan.time_left_s / plan.step_s)))
-    t = (torch.arange(n_steps, dtype=moves_k.dtype) + 1.0) * plan.step_s
-    h = moves_k.shape[-1]
+def setpoint_path(moves_k: Tensor, start_c: float, plan: BatchPlan, times_s: Tensor | None = None,
+                  cooling_left_s: Tensor | None = None) -> Tensor:
+    """Temperature at each rollout step: the moves, then linear to the final temperature by the
+    end of cooling, then held. ``moves_k``: (n, H) K per move; ``times_s`` (n, steps) the step
+    ends (default: every ``plan.step_s`` to the end); ``cooling_left_s`` (n,) (default: the
+    plan's). Returns (n, n_steps)."""
+    n, h = moves_k.shape
+    if times_s is None:
+        n_steps = max(1, int(math.ceil(plan.time_left_s / plan.step_s)))
+        times_s = ((torch.arange(n_steps, dtype=moves_k.dtype) + 1.0) * plan.step_s).expand(n, n_steps)
+    if cooling_left_s is None:
+        cooling_left_s = torch.full((n,), plan.cooling_left_s, dtype=moves_k.dtype)
+    t = times_s
     knots_t = torch.arange(h + 1, dtype=moves_k.dtype) * plan.move_interval_s
     knots_v = start_c + torch.cat([torch.zeros_like(moves_k[:, :1]), torch.cumsum(moves_k, dim=-1)], dim=-1)
     knots_v = knots_v.clamp_min(plan.final_temperature_c)  # never below the final temperature
     # piecewise linear over the moves
     idx = torch.clamp((t / plan.move_interval_s).floor().long(), max=h - 1)
     frac = ((t - knots_t[idx]) / plan.move_interval_s).clamp(0.0, 1.0)
-    in_moves = knots_v[:, idx] + frac * (knots_v[:, idx + 1] - knots_v[:, idx])
+    lo, hi = knots_v.gather(1, idx), knots_v.gather(1, idx + 1)
+    in_moves = lo + frac * (hi - lo)
     horizon_s = h * plan.move_interval_s
     end_v = knots_v[:, -1:]
-    remaining = max(plan.cooling_left_s - horizon_s, 1e-9)
+    remaining = (cooling_left_s[:, None] - horizon_s).clamp_min(1e-9)
     after = end_v + (plan.final_temperature_c - end_v) * ((t - horizon_s) / remaining).clamp(0.0, 1.0)
     return torch.where(t <= horizon_s, in_moves, after)
 
 
+def antisolvent_path(rates_kg_per_min: Tensor, times_s: Tensor, plan: BatchPlan) -> Tensor:
+    """Antisolvent rate at given times: one rate per move interval, none after the moves.
+    ``rates_kg_per_min`` (n, H), ``times_s`` (n, steps). Returns (n, steps) kg/min."""
+    h = rates_kg_per_min.shape[-1]
+    idx = (times_s / plan.move_interval_s).floor().long().clamp_min(0)
+    inside = idx < h
+    return torch.where(inside, rates_kg_per_min.gather(1, idx.clamp(0, h - 1)), torch.zeros_like(times_s))
+
+
 def rollout(moves_k: Tensor, state: PopulationState, growth: Tensor, nucleation: Tensor,
-            material: MaterialConstants, plan: BatchPlan) -> Outcomes:
+            material: MaterialConstants, plan: BatchPlan, antisolvent_kg_per_min: Tensor | None = None,
+            cooling_scale: Tensor | None = None) -> Outcomes:
     """Roll the batch to its end for n candidates and S members.
 
     Args:
         moves_k: (n, H) setpoint moves (K per move interval).
         state: the estimated state now.
         growth / nucleation: (S, 3) laws per member.
+        antisolvent_kg_per_min: (n, H) antisolvent rate per move interval (None: the rate in
+            force for the first move, then none).
+        cooling_scale: (n,) share of ``plan.cooling_left_s`` the cooling takes (None: all).
     """
     dtype = moves_k.dtype
     n, s = moves_k.shape[0], growth.shape[0]
-    path = setpoint_path(moves_k, state.path_start_c, plan)  # (n, steps)
-    conc = torch.full((n, s), state.concentration_g_per_kg, dtype=dtype)
+    n_steps = max(1, int(math.ceil(plan.time_left_s / plan.step_s)))
+    scale = torch.ones(n, dtype=dtype) if cooling_scale is None else cooling_scale.to(dtype).reshape(n)
+    cooling_left = plan.cooling_left_s * scale
+    time_left = cooling_left + plan.final_hold_s  # (n,)
+    dt = time_left / n_steps
+    times = (torch.arange(n_steps, dtype=dtype) + 1.0) * dt[:, None]  # (n, steps) step ends
+    path = setpoint_path(moves_k, state.path_start_c, plan, times, cooling_left)
+    if antisolvent_kg_per_min is None:
+        antisolvent_kg_per_min = torch.zeros_like(moves_k)
+        antisolvent_kg_per_min[:, 0] = state.antisolvent_rate_kg_per_min
+    # kg per kg water per step: the rate at the step's start
+    feed = antisolvent_path(antisolvent_kg_per_min.to(dtype), times - dt[:, None], plan) * dt[:, None] / (
+        60.0 * plan.water_mass_kg)
+    solute = torch.full((n, s), state.solute_g_per_kg_water, dtype=dtype)
+    anti = torch.full((n, s), state.antisolvent_per_water, dtype=dtype)
     seeds = torch.tensor(state.seeds, dtype=dtype).expand(n, s, N_MOMENTS)
     nuclei = torch.tensor(state.nuclei, dtype=dtype).expand(n, s, N_MOMENTS)
     growth, nucleation = growth.to(dtype), nucleation.to(dtype)
     peak = torch.full((n, s), -1.0, dtype=dtype)
-    for j in range(path.shape[1]):
+    dt_ns = dt[:, None]
+    for j in range(n_steps):
         temp = path[:, j : j + 1].expand(n, s)
-        conc, seeds, nuclei, sigma = step_moments(temp, conc, seeds, nuclei, growth, nucleation, material,
-                                                  plan.step_s, plan.suspension_ref_kg_per_kg)
+        solute, seeds, nuclei, sigma = step_moments(temp, solute, seeds, nuclei, growth, nucleation, material,
+                                                    dt_ns, plan.suspension_ref_kg_per_kg, anti)
+        anti = anti + feed[:, j : j + 1]
         peak = torch.maximum(peak, sigma)
     total = seeds + nuclei
     mu3 = total[..., 3].clamp_min(1e-30)
@@ -229,7 +323,8 @@ def rollout(moves_k: Tensor, state: PopulationState, growth: Tensor, nucleation:
     spread = (total[..., 5] / mu3 - d43**2).clamp_min(1e-12)
     cv = torch.sqrt(spread) / d43.clamp_min(1e-9)
     fines = nuclei[..., 3] / mu3
-    final_csat = float(material.solubility_g_per_kg(plan.final_temperature_c))
-    recoverable = max(plan.charged_concentration_g_per_kg - final_csat, 1e-9)
-    yield_fraction = (plan.charged_concentration_g_per_kg - conc) / recoverable
-    return Outcomes(d43, cv, fines, yield_fraction, peak)
+    # what the final temperature and solvent allow (the plant's batch record counts yield so)
+    final_solute = material.solubility_g_per_kg(torch.full_like(anti, plan.final_temperature_c), anti) * (1.0 + anti)
+    recoverable = (plan.charged_concentration_g_per_kg - final_solute).clamp_min(1e-9)
+    yield_fraction = (plan.charged_concentration_g_per_kg - solute) / recoverable
+    return Outcomes(d43, cv, fines, yield_fraction, peak, time_left, anti - state.antisolvent_per_water)

@@ -50,6 +50,19 @@ class ProposerSettings:
         weight_size, weight_cv, weight_fines, weight_yield: cost weights of the squared relative
             size error, the CV, the fines mass fraction and the lost yield.
         proximal_weight: cost per (K per move)^2 away from the current cooling rate (small moves).
+        antisolvent: decide the antisolvent rate too, where the tag map has a writable
+            ``antisolvent_rate_setpoint_kg_per_min``.
+        weight_antisolvent: cost per kg of antisolvent fed per kg of water (bought, recovered).
+        antisolvent_solubility_coefficient: k_as of the solvent pair, C* = C*_water exp(-k_as x_as)
+            with x_as the antisolvent mass fraction of the solvent (4.0: ethanol-water, as the
+            simulated plant).
+        weight_batch_time_per_h: cost per hour of batch time left; above 0 the end of cooling
+            is a decision too (the agent completes the batch a final hold after it).
+        min_cooling_scale: shortest share of the recipe's remaining cooling time allowed.
+        antisolvent_low_flow_cutoff_kg_per_min: antisolvent flow readings below this count as
+            no flow when the fed amount is totalised (a flow totaliser's low-flow cut-off: the
+            transmitter's noise, clipped at zero, would otherwise add up to antisolvent that was
+            never fed).
         time_budget_s: wall seconds ``optimize_acqf`` may take.
         raw_samples: initial candidates of ``optimize_acqf``.
         restarts: gradient restarts of ``optimize_acqf``.
@@ -76,6 +89,12 @@ class ProposerSettings:
     weight_fines: float = 2.0
     weight_yield: float = 2.0
     proximal_weight: float = 0.02
+    antisolvent: bool = True
+    weight_antisolvent: float = 1.0
+    antisolvent_solubility_coefficient: float = 4.0
+    weight_batch_time_per_h: float = 0.02
+    min_cooling_scale: float = 0.5
+    antisolvent_low_flow_cutoff_kg_per_min: float = 0.01
     time_budget_s: float = 0.5
     raw_samples: int = 64
     restarts: int = 2
@@ -90,7 +109,11 @@ class ProposerSettings:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
                           "time_budget_s", "feasibility_eta", "bias_time_constant_s", "model_refresh_s",
                           "nucleation_suspension_kg_per_kg")
-        validate.non_negative(self, "weight_size", "weight_cv", "weight_fines", "weight_yield", "proximal_weight")
+        validate.non_negative(self, "weight_size", "weight_cv", "weight_fines", "weight_yield", "proximal_weight",
+                              "weight_antisolvent", "antisolvent_solubility_coefficient", "weight_batch_time_per_h",
+                              "antisolvent_low_flow_cutoff_kg_per_min")
+        if not 0.0 < self.min_cooling_scale <= 1.0:
+            raise ValueError(f"min_cooling_scale must be in (0, 1], got {self.min_cooling_scale}")
         if not 0.0 <= self.constraint_margin < 1.0:
             raise ValueError(f"constraint_margin must be in [0, 1), got {self.constraint_margin}")
         if not 1 <= self.moves <= 12:

@@ -4,6 +4,7 @@ A strategy sits behind one small interface, so another (a fixed recipe, supersat
 control, direct nucleation control) can run in the agent's place over the same I/O, guard,
 decision log and metrics::
 
+    strategy.setpoints                  # the setpoints it drives (the guard's)
     advice = strategy.advise(view)      # every cycle, fast, no I/O
     strategy.accept(proposal)           # when a background proposal arrives
 
@@ -19,7 +20,9 @@ the MS-GNN in a background thread and uses its latest answer.
   are in, then estimates the population (moment model driven by the measured temperature and
   concentration, kinetics from the model with a growth bias learnt online from imaging),
   poses a proposal problem each time the worker is free, and writes the latest proposal's
-  trajectory.
+  trajectory (temperature and, where the plant has one, antisolvent rate). When batch time is
+  in its objective it asks the plant to complete the batch once cooling has reached the final
+  temperature and the recipe's final hold has passed.
 """
 
 from __future__ import annotations
@@ -35,9 +38,14 @@ from controller.proposer import Problem, Proposal
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState, seed_moments
 from controller.settings import ProposerSettings
 
-__all__ = ["Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PlantView", "Strategy", "observed_growth"]
+__all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PlantView", "Strategy",
+           "observed_growth"]
 
 TEMPERATURE_SP = "reactor_temperature_setpoint_c"
+ANTISOLVENT_SP = "antisolvent_rate_setpoint_kg_per_min"
+ANTISOLVENT_FLOW = "antisolvent_flow_kg_per_min"
+# The setpoint counts as at the final temperature within this (K): cooling is over.
+FINAL_TEMPERATURE_TOLERANCE_K = 0.05
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class Advice:
         predictions: model outputs (G um/min, log10 B, lambda) and their spread, for the log.
         inputs: summary of what the strategy used (driving force, estimated sizes, ...).
         problem: work for the background proposer, or None.
+        complete_batch: the batch's product is done: ask the plant to complete it.
     """
 
     setpoints: Mapping[str, float] | None
@@ -83,10 +92,12 @@ class Advice:
     predictions: Mapping[str, float] = field(default_factory=dict)
     inputs: Mapping[str, float] = field(default_factory=dict)
     problem: Problem | None = None
+    complete_batch: bool = False
 
 
 class Strategy(Protocol):
     name: str
+    setpoints: tuple[str, ...]
 
     def advise(self, view: PlantView) -> Advice: ...
 
@@ -138,10 +149,30 @@ class BatchRecipe:
     def final_temperature_c(self) -> float:
         return self.steps[-1].temperature_c if self.steps else self.start_temperature_c
 
+    @property
+    def final_hold_min(self) -> float:
+        return self.steps[-1].hold_min if self.steps else 0.0
+
+    @property
+    def uses_antisolvent(self) -> bool:
+        return any(getattr(step, "antisolvent_rate_kg_per_min", 0.0) > 0 for step in self.steps)
+
     def setpoint_c(self, batch_min: float) -> float:
         from plant_sim.scenarios import recipe_setpoint
 
         return recipe_setpoint(self.steps, self.start_temperature_c, batch_min)[0]
+
+    def antisolvent_kg_per_min(self, batch_min: float) -> float:
+        from plant_sim.scenarios import recipe_setpoint
+
+        return recipe_setpoint(self.steps, self.start_temperature_c, batch_min)[1]
+
+    def setpoints(self, batch_min: float, antisolvent: bool) -> dict[str, float]:
+        """The recipe's remote setpoints at a batch time (antisolvent only where driven)."""
+        out = {TEMPERATURE_SP: self.setpoint_c(batch_min)}
+        if antisolvent:
+            out[ANTISOLVENT_SP] = self.antisolvent_kg_per_min(batch_min)
+        return out
 
 
 class LinearCooling:
@@ -152,28 +183,52 @@ class LinearCooling:
     def __init__(self, recipe: BatchRecipe, lead_s: float = 0.0) -> None:
         self.recipe = recipe
         self.lead_s = lead_s  # write where the recipe will be by the next cycle
+        self.setpoints = (TEMPERATURE_SP, ANTISOLVENT_SP) if recipe.uses_antisolvent else (TEMPERATURE_SP,)
 
     def advise(self, view: PlantView) -> Advice:
         if view.batch_time_s is None:
             return Advice(None, None)
-        setpoint = self.recipe.setpoint_c((view.batch_time_s + self.lead_s) / 60.0)
-        return Advice({TEMPERATURE_SP: setpoint}, view.plant_time_s)
+        batch_min = (view.batch_time_s + self.lead_s) / 60.0
+        return Advice(self.recipe.setpoints(batch_min, self.recipe.uses_antisolvent), view.plant_time_s)
 
     def accept(self, proposal: Proposal) -> None:  # no background work
         pass
 
 
 def observed_growth(values: Mapping[str, float], slots: int = 4) -> float:
-    """Volume-equivalent growth rate seen by imaging, G = (2/pi) sum_j a_j R_j (um/min); NaN if
-    no facet slot is usable (the same relation the training data use, models/data.py)."""
-    total, area = 0.0, 0.0
+    """Volume-equivalent growth rate seen by imaging (um/min); NaN if no facet slot is usable.
+
+    G = dL/dt = (2 / (pi L^2)) sum_f A_f R_f (plant_sim.morphology; the training data of
+    models/data.py use the same), with A_f the face areas at unit volume-equivalent size. The
+    probe gives area fractions a_j, so A = S a_j with S the habit's total area at L = 1: from
+    the kinetic Wulff habit of the observed family rates where the slots carry their {hkl}
+    (3.90 for a cube), else a sphere's pi (G = 2 R then). Area fractions alone would make G
+    4-5x too small.
+    """
+    from controller.facet_graph import decode_hkl
+
+    total, area, hkls, rates = 0.0, 0.0, [], []
     for j in range(1, slots + 1):
         a = values.get(f"facet_{j}_area_fraction", math.nan)
         r = values.get(f"facet_{j}_growth_rate_um_per_min", math.nan)
         if math.isfinite(a) and math.isfinite(r) and a > 0:
             total += a * r
             area += a
-    return (2.0 / math.pi) * total / area if area > 0 else math.nan
+            hkl = decode_hkl(values.get(f"facet_{j}_hkl", math.nan))
+            if hkl is not None and r > 0 and hkl not in hkls:
+                hkls.append(hkl)
+                rates.append(r)
+    if area <= 0:
+        return math.nan
+    surface = math.pi
+    if hkls:
+        try:
+            from plant_sim.morphology import kinetic_wulff
+
+            surface = float(np.sum(kinetic_wulff(hkls, rates).face_areas))
+        except ValueError:  # families that close no polyhedron: keep the sphere
+            pass
+    return (2.0 / math.pi) * surface * total / area
 
 
 class ModelPredictive:
@@ -186,6 +241,8 @@ class ModelPredictive:
         settings: proposer settings.
         stirring_rpm: impeller speed (model input).
         max_cooling_k_per_min / max_heating_k_per_min: rates the proposer may use.
+        max_antisolvent_kg_per_min: upper limit of the antisolvent setpoint (0: the plant has
+            none the agent may write).
     """
 
     name = "model_predictive"
@@ -193,10 +250,14 @@ class ModelPredictive:
 
     def __init__(self, recipe: BatchRecipe, service, material: MaterialConstants, settings: ProposerSettings,
                  stirring_rpm: float = 300.0, max_cooling_k_per_min: float = 1.0,
-                 max_heating_k_per_min: float = 0.2, setpoint_low_c: float = -math.inf) -> None:
+                 max_heating_k_per_min: float = 0.2, setpoint_low_c: float = -math.inf,
+                 max_antisolvent_kg_per_min: float = 0.0) -> None:
         self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
         self.stirring_rpm = stirring_rpm
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
+        self.max_antisolvent = max_antisolvent_kg_per_min if settings.antisolvent or recipe.uses_antisolvent else 0.0
+        self.antisolvent = self.max_antisolvent > 0  # drives the antisolvent setpoint
+        self.setpoints = (TEMPERATURE_SP, ANTISOLVENT_SP) if self.antisolvent else (TEMPERATURE_SP,)
         self.proposal: Proposal | None = None
         self.ln_growth_bias = 0.0
         # The MS-GNN answers in a background thread; a cycle takes the latest answer.
@@ -212,6 +273,9 @@ class ModelPredictive:
         self._seeded = False
         self._last_time_s: float | None = None
         self.proposal = None
+        self.antisolvent_per_water = 0.0  # kg fed per kg water since the batch started
+        self._anti_time_s: float | None = None
+        self._cooled_at_s: float | None = None  # plant time the setpoint reached the final temperature
 
     def accept(self, proposal: Proposal) -> None:
         self.proposal = proposal
@@ -220,14 +284,17 @@ class ModelPredictive:
         if view.batch_time_s is None:
             self._reset()
             return Advice(None, None)
+        self._track_antisolvent(view)
         temperature = view.value("reactor_temperature_c")
         concentration = view.value("concentration_g_per_kg")
         data_ok = math.isfinite(temperature) and math.isfinite(concentration)
-        csat = float(self.material.solubility_g_per_kg(temperature)) if data_ok else math.nan
+        anti = self.antisolvent_per_water
+        csat = float(self.material.solubility_g_per_kg(temperature, anti)) if data_ok else math.nan
         sigma = math.log(concentration / csat) if data_ok and concentration > 0 else math.nan
-        inputs = {"sigma": sigma, "solubility_g_per_kg": csat, "growth_bias": math.exp(self.ln_growth_bias)}
+        inputs = {"sigma": sigma, "solubility_g_per_kg": csat, "growth_bias": math.exp(self.ln_growth_bias),
+                  "antisolvent_kg_per_kg_water": anti}
         batch_min = view.batch_time_s / 60.0
-        recipe_sp = {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)}
+        recipe_sp = self.recipe.setpoints(batch_min, self.antisolvent)
         if not data_ok:
             return Advice(recipe_sp, view.plant_time_s, data_ok=False, inputs=inputs)
 
@@ -263,26 +330,61 @@ class ModelPredictive:
             step_s=self.settings.rollout_step_s,
             target_size_um=self.settings.target_size_um,
             suspension_ref_kg_per_kg=self.settings.nucleation_suspension_kg_per_kg,
+            water_mass_kg=self.recipe.solvent_mass_kg,
         )
+        active = view.value("reactor_temperature_setpoint_active_c")
+        cooled = self._cooling_over(view, active)
         problem = None
-        if plan.cooling_left_s > 0:
-            active = view.value("reactor_temperature_setpoint_active_c")
+        if plan.cooling_left_s > 0 and not cooled:
+            flow = view.value(ANTISOLVENT_FLOW)
             state = PopulationState(temperature, concentration, self.seeds, self.nuclei,
-                                    setpoint_c=active if math.isfinite(active) else None)
+                                    setpoint_c=active if math.isfinite(active) else None,
+                                    antisolvent_per_water=anti,
+                                    antisolvent_rate_kg_per_min=flow if math.isfinite(flow) else 0.0)
             problem = Problem(view.plant_time_s, state, plan, self.material, laws.growth, laws.nucleation,
-                              self.settings, self.max_cooling, self.max_heating, self.setpoint_low_c)
-        if self.proposal is None or plan.cooling_left_s <= 0:
-            setpoints = recipe_sp if self.proposal is None else {TEMPERATURE_SP: self.recipe.final_temperature_c}
-            when = view.plant_time_s
+                              self.settings, self.max_cooling, self.max_heating, self.setpoint_low_c,
+                              self.max_antisolvent)
+        if self.proposal is None and not cooled:
+            setpoints, when = recipe_sp, view.plant_time_s
+        elif plan.cooling_left_s <= 0 or cooled:
+            setpoints, when = {TEMPERATURE_SP: self.recipe.final_temperature_c}, view.plant_time_s
+            if self.antisolvent:
+                setpoints[ANTISOLVENT_SP] = 0.0
         else:
             setpoints = {TEMPERATURE_SP: max(self.proposal.setpoint_at(view.plant_time_s),
                                              self.recipe.final_temperature_c)}
+            rate = self.proposal.antisolvent_at(view.plant_time_s)
+            if self.antisolvent:
+                setpoints[ANTISOLVENT_SP] = rate if rate is not None else recipe_sp[ANTISOLVENT_SP]
             when = self.proposal.plant_time_s
             # what the proposal in use expects of the batch (for the log and the operator)
             inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
                            if isinstance(v, (int, float))})
+        complete = (self.settings.weight_batch_time_per_h > 0 and self._cooled_at_s is not None
+                    and view.plant_time_s - self._cooled_at_s >= self.recipe.final_hold_min * 60.0)
         return Advice(setpoints, when, uncertainty=est.uncertainty, predictions=predictions, inputs=inputs,
-                      problem=problem)
+                      problem=problem, complete_batch=complete)
+
+    def _cooling_over(self, view: PlantView, active_setpoint_c: float) -> bool:
+        """Whether cooling has ended: the plant's active setpoint reached the final temperature
+        on the agent's own plan (batch time in the objective), or the recipe's cooling is over."""
+        if self._cooled_at_s is None and self.settings.weight_batch_time_per_h > 0 and self.proposal is not None:
+            if (math.isfinite(active_setpoint_c)
+                    and active_setpoint_c <= self.recipe.final_temperature_c + FINAL_TEMPERATURE_TOLERANCE_K):
+                self._cooled_at_s = view.plant_time_s
+        return self._cooled_at_s is not None
+
+    def _track_antisolvent(self, view: PlantView) -> None:
+        """Antisolvent fed so far, totalised from the flowmeter (kg per kg water), with a
+        low-flow cut-off. While the flowmeter is not valid nothing is added: the estimate then
+        lags the plant, which the log shows."""
+        last, self._anti_time_s = self._anti_time_s, view.plant_time_s
+        flow = view.value(ANTISOLVENT_FLOW)
+        if (last is None or not math.isfinite(flow) or view.plant_time_s <= last
+                or flow < self.settings.antisolvent_low_flow_cutoff_kg_per_min):
+            return
+        dt_s = min(view.plant_time_s - last, 600.0)
+        self.antisolvent_per_water += max(flow, 0.0) * dt_s / 60.0 / self.recipe.solvent_mass_kg
 
     # ------------------------------------------------------------------ estimation
     def _latest_kinetics(self, view: PlantView, temperature: float, sigma: float):
@@ -344,11 +446,12 @@ class ModelPredictive:
         seeds = torch.tensor([self.seeds], dtype=torch.float64)
         nuclei = torch.tensor([self.nuclei], dtype=torch.float64)
         n_sub = max(1, int(math.ceil(dt / 60.0)))
+        anti = self.antisolvent_per_water
+        solute = torch.tensor([concentration * (1.0 + anti)], dtype=torch.float64)  # g per kg water
         for _ in range(n_sub):
-            _, seeds, nuclei, _ = step_moments(torch.tensor([temperature], dtype=torch.float64),
-                                               torch.tensor([concentration], dtype=torch.float64), seeds, nuclei,
-                                               growth, nucleation, self.material, dt / n_sub,
-                                               self.settings.nucleation_suspension_kg_per_kg)
+            _, seeds, nuclei, _ = step_moments(torch.tensor([temperature], dtype=torch.float64), solute, seeds,
+                                               nuclei, growth, nucleation, self.material, dt / n_sub,
+                                               self.settings.nucleation_suspension_kg_per_kg, anti)
         self.seeds = tuple(float(v) for v in seeds[0])
         self.nuclei = tuple(float(v) for v in nuclei[0])
 

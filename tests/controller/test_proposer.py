@@ -18,7 +18,7 @@ GROWTH = np.array([[math.log(60.0), 1.2, 2000.0], [math.log(40.0), 1.0, 2000.0]]
 NUCLEATION = np.array([[4.0, 2.0, 0.0], [3.5, 2.0, 0.0]])
 
 
-def problem(**settings) -> Problem:
+def problem(max_antisolvent_kg_per_min: float = 0.0, **settings) -> Problem:
     csat50 = float(KCL.solubility_g_per_kg(50.0))
     state = PopulationState(47.0, float(KCL.solubility_g_per_kg(47.5)), seed_moments(4e-3, 100.0, 20.0, KCL),
                             (0.0,) * 6)
@@ -27,7 +27,7 @@ def problem(**settings) -> Problem:
                      target_size_um=300.0)
     s = dataclasses.replace(ProposerSettings(time_budget_s=2.0), **settings)
     return Problem(1000.0, state, plan, KCL, GROWTH, NUCLEATION, s, max_cooling_k_per_min=1.0,
-                   max_heating_k_per_min=0.2)
+                   max_heating_k_per_min=0.2, max_antisolvent_kg_per_min=max_antisolvent_kg_per_min)
 
 
 def test_setpoint_at_interpolates_within_each_move_and_holds_after():
@@ -55,13 +55,12 @@ def test_proposal_stays_within_the_rate_bounds_and_is_deterministic():
 
 
 def test_the_supersaturation_limit_holds_back_what_the_objective_wants():
-    # A small size target rewards nucleation, so without a real limit the best is to crash-cool.
-    wants_fines = dict(proximal_weight=0.0, weight_fines=0.0, weight_cv=0.0, target_size_um=150.0)
-    loose = propose(problem(metastable_sigma_limit=0.5, **wants_fines))
-    tight = propose(problem(metastable_sigma_limit=0.05, **wants_fines))
-    assert loose.expected["peak_sigma"] > 0.05
-    assert tight.expected["peak_sigma"] <= 0.05 and tight.expected["feasibility"] == 1.0
-    assert sum(tight.moves_k) > sum(loose.moves_k) + 1.0  # it cools less over its moves
+    # Batch time is dear here, so without a real limit the best is to cool as fast as allowed.
+    loose = propose(problem(metastable_sigma_limit=0.5, weight_batch_time_per_h=0.5))
+    tight = propose(problem(metastable_sigma_limit=0.08, weight_batch_time_per_h=0.5))
+    assert loose.expected["peak_sigma"] > 0.08
+    assert tight.expected["peak_sigma"] <= 0.8 * 0.08 and tight.expected["feasibility"] == 1.0  # with the margin
+    assert tight.cooling_end_s > loose.cooling_end_s + 1000.0  # it cools for longer
 
 
 def test_the_worker_process_answers_like_the_function():
@@ -77,3 +76,38 @@ def test_the_worker_process_answers_like_the_function():
 
     remote = asyncio.run(go())
     assert remote.moves_k == propose(pr).moves_k
+
+
+def test_antisolvent_rates_stay_in_bounds_and_cost_what_they_cost():
+    free = propose(problem(max_antisolvent_kg_per_min=1.0, weight_antisolvent=0.0, metastable_sigma_limit=0.5))
+    assert len(free.antisolvent_kg_per_min) == 3
+    assert all(0.0 <= f <= 1.0 for f in free.antisolvent_kg_per_min)
+    dear = propose(problem(max_antisolvent_kg_per_min=1.0, weight_antisolvent=100.0, metastable_sigma_limit=0.5))
+    assert dear.antisolvent_kg_per_min == (0.0, 0.0, 0.0) or max(dear.antisolvent_kg_per_min) < 1e-3
+    assert dear.expected["antisolvent_kg_per_kg"] < 1e-3
+    # no writable antisolvent setpoint, or switched off: the rate is no decision variable
+    assert propose(problem()).antisolvent_kg_per_min == ()
+    assert propose(problem(max_antisolvent_kg_per_min=1.0, antisolvent=False)).antisolvent_kg_per_min == ()
+
+
+def test_batch_time_in_the_objective_ends_cooling_sooner():
+    pr = problem(weight_batch_time_per_h=0.0, metastable_sigma_limit=0.5)
+    recipe_end = pr.plant_time_s + pr.plan.cooling_left_s
+    assert propose(pr).cooling_end_s == pytest.approx(recipe_end)  # not a decision: the recipe's end
+    hurried = propose(problem(weight_batch_time_per_h=0.5, metastable_sigma_limit=0.5))
+    assert hurried.cooling_end_s < recipe_end - 1800.0
+    assert hurried.expected["batch_time_left_h"] < pr.plan.time_left_s / 3600.0 - 0.5
+    # never faster than the allowed cooling rate: 27 K at 1 K/min
+    assert hurried.cooling_end_s - pr.plant_time_s >= 27.0 * 60.0 - 1e-6
+
+
+def test_when_nothing_is_feasible_the_smaller_overshoot_is_chosen():
+    pr = problem(metastable_sigma_limit=1e-4)  # below what any path can keep
+    out = propose(pr)
+    assert out.expected["feasibility"] == 0.0
+    from controller.proposer import _evaluate
+    import torch
+
+    ref = torch.tensor([list(reference_moves(pr)) + [1.0]], dtype=torch.float64)
+    ref_out, _, _ = _evaluate(pr, ref, torch.as_tensor(GROWTH), torch.as_tensor(NUCLEATION))
+    assert out.expected["peak_sigma"] <= float(ref_out.peak_sigma.max()) + 1e-12

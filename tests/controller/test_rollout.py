@@ -107,3 +107,78 @@ def test_rollout_is_differentiable_in_the_moves():
     out = rollout(moves, seeded_state(), GROWTH, NUCLEATION, KCL, plan())
     out.peak_sigma.sum().backward()
     assert moves.grad is not None and torch.isfinite(moves.grad).all() and moves.grad.abs().sum() > 0
+
+
+def test_antisolvent_lowers_the_solubility_as_the_plant_models_it():
+    from plant_sim.reactor import ReactorSettings
+
+    k_as = ReactorSettings().antisolvent_solubility_coefficient
+    material = MaterialConstants.for_material("KCl", antisolvent_coefficient=k_as)
+    a = 0.25  # kg antisolvent per kg water: mass fraction 0.2 of the solvent
+    ratio = material.solubility_g_per_kg(30.0, a) / material.solubility_g_per_kg(30.0)
+    assert ratio == pytest.approx(math.exp(-k_as * 0.2))
+
+
+def test_a_step_with_antisolvent_conserves_solute_per_kg_water():
+    state = seeded_state()
+    temp = torch.full((1, 2), 45.0, dtype=torch.float64)
+    solute = torch.full((1, 2), state.solute_g_per_kg_water, dtype=torch.float64)
+    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 2, 6)
+    nuclei = torch.zeros(1, 2, 6, dtype=torch.float64)
+    plain = step_moments(temp, solute, seeds, nuclei, GROWTH, NUCLEATION, KCL, 60.0, 0.05)
+    anti = step_moments(temp, solute, seeds, nuclei, GROWTH, NUCLEATION, KCL, 60.0, 0.05, antisolvent=0.2)
+    assert (anti[3] > plain[3]).all()  # less soluble in the mixture: higher driving force
+    crystal = 1000.0 * KCL.mass_per_um3_kg * ((anti[1] + anti[2])[..., 3] - (seeds + nuclei)[..., 3])
+    torch.testing.assert_close(solute - anti[0], crystal)
+
+
+def test_antisolvent_fed_over_the_moves_raises_yield_and_is_accounted():
+    p = plan(water_mass_kg=20.0)
+    moves = torch.tensor([[-1.0] * 3] * 2, dtype=torch.float64)
+    rates = torch.tensor([[0.0] * 3, [0.5] * 3], dtype=torch.float64)  # kg/min over 30 min
+    out = rollout(moves, seeded_state(), GROWTH, NUCLEATION, KCL, p, antisolvent_kg_per_min=rates)
+    torch.testing.assert_close(out.antisolvent_added[1], torch.full((2,), 0.5 * 30.0 / 20.0, dtype=torch.float64))
+    assert (out.antisolvent_added[0] == 0).all()
+    assert (out.peak_sigma[1] > out.peak_sigma[0]).all()
+
+
+def test_a_shorter_cooling_ends_the_batch_sooner_and_drives_harder():
+    p = plan()
+    moves = torch.tensor([[-1.0] * 3] * 2, dtype=torch.float64)
+    scale = torch.tensor([1.0, 0.6], dtype=torch.float64, requires_grad=True)
+    out = rollout(moves, seeded_state(), GROWTH, NUCLEATION, KCL, p, cooling_scale=scale)
+    hold_s = p.time_left_s - p.cooling_left_s
+    torch.testing.assert_close(out.time_left_s.detach(),
+                               torch.tensor([p.time_left_s, 0.6 * p.cooling_left_s + hold_s], dtype=torch.float64))
+    assert (out.peak_sigma[1] > out.peak_sigma[0]).all()
+    out.peak_sigma.sum().backward()
+    assert scale.grad is not None and torch.isfinite(scale.grad).all() and scale.grad[1] != 0
+
+
+def test_the_scaled_path_reaches_the_final_temperature_at_its_own_end_of_cooling():
+    p = plan()
+    moves = torch.tensor([[-1.0] * 3], dtype=torch.float64)
+    cooling = torch.tensor([0.5 * p.cooling_left_s], dtype=torch.float64)
+    times = torch.arange(1, 200, dtype=torch.float64)[None, :] * 60.0
+    path = setpoint_path(moves, 49.0, p, times, cooling)
+    assert torch.allclose(path[times >= cooling], torch.tensor(20.0, dtype=torch.float64))
+    assert (path[times < cooling - 60.0] > 20.0).all()
+
+
+def test_growth_alone_translates_the_distribution_exactly_however_long_the_step():
+    """Size-independent growth shifts every crystal by the same length L = G dt: the number
+    mean moves by L and the number variance stays, even over a step of hours."""
+    no_nucleation = torch.tensor([[-30.0, 0.0, 0.0]], dtype=torch.float64)
+    state = seeded_state()
+    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 1, 6)
+    temp = torch.full((1, 1), 40.0, dtype=torch.float64)
+    solute = torch.full((1, 1), state.concentration_g_per_kg, dtype=torch.float64)
+    _, grown, nuclei, sigma = step_moments(temp, solute, seeds, torch.zeros_like(seeds), GROWTH[:1], no_nucleation,
+                                           KCL, 3600.0, 0.05)
+    inv_t = 1.0 / 298.15 - 1.0 / (40.0 + 273.15)
+    g_um_per_s = math.exp(GROWTH[0, 0] + GROWTH[0, 1] * math.log(float(sigma)) + GROWTH[0, 2] * inv_t) / 60.0
+    mean = lambda m: float(m[..., 1] / m[..., 0])  # noqa: E731
+    var = lambda m: float(m[..., 2] / m[..., 0]) - mean(m) ** 2  # noqa: E731
+    assert mean(grown) - mean(seeds) == pytest.approx(g_um_per_s * 3600.0, rel=1e-9)
+    assert var(grown) == pytest.approx(var(seeds), rel=1e-6)
+    assert float(nuclei[..., 0]) < 1e-20  # B = 1e-30: no nuclei to speak of

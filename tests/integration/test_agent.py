@@ -31,15 +31,18 @@ def agent_overrides(plant, tmp_path: Path, *extra: str) -> list[str]:
             f"agent.decision_log={tmp_path / 'decisions.sqlite'}", "agent.strategy=linear_cooling", *extra]
 
 
-def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None, metrics_server: bool = False):
-    """``run_agent`` until it stops by itself (plant time limit); ``during(stop)`` runs beside it."""
+def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None, metrics_server: bool = False,
+                   strategy=None):
+    """``run_agent`` until it stops by itself (plant time limit); ``during(stop)`` runs beside it.
+    ``strategy(cfg)`` builds a strategy in place of the configured one."""
     from conf.schema import load_config
 
     cfg = load_config(overrides)
 
     async def go():
         stop = asyncio.Event()
-        task = asyncio.create_task(run_agent(cfg, stop, metrics_server=metrics_server))
+        task = asyncio.create_task(run_agent(cfg, stop, metrics_server=metrics_server,
+                                             strategy=None if strategy is None else strategy(cfg)))
         if during is not None:
             await during(stop)
         return await asyncio.wait_for(task, timeout_s)
@@ -110,6 +113,63 @@ def test_manual_and_advisory_write_nothing(tmp_path, mode):
     executing = log[log["mode"] == mode]
     assert any(p for p in executing["proposal"])  # it still advised
     assert report.verdicts[mode] > 0
+
+
+class _EarlyFinish:
+    """The recipe, plus an antisolvent feed from 1000 s and a request to complete at 3000 s of
+    batch time (what the model-predictive strategy asks for when batch time is in its objective)."""
+
+    name = "early_finish"
+
+    def __init__(self, cfg) -> None:
+        from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, BatchRecipe, LinearCooling
+
+        self.recipe = LinearCooling(BatchRecipe.from_scenario(cfg.scenario))
+        self.setpoints = (TEMPERATURE_SP, ANTISOLVENT_SP)
+        self.antisolvent = ANTISOLVENT_SP
+
+    def advise(self, view):
+        import dataclasses
+
+        advice = self.recipe.advise(view)
+        if advice.setpoints is None:
+            return advice
+        rate = 0.1 if view.batch_time_s >= 1000.0 else 0.0
+        return dataclasses.replace(advice, setpoints={**advice.setpoints, self.antisolvent: rate},
+                                   complete_batch=view.batch_time_s >= 3000.0)
+
+    def accept(self, proposal) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["automatic", "advisory"])
+def test_the_agent_feeds_antisolvent_and_completes_the_batch_only_in_automatic(tmp_path, mode):
+    async def operator_starts(stop):  # in advisory the operator starts the batch
+        if mode == "advisory":
+            io = ModbusIO(load_tagmap(), plant.host, plant.modbus_port)
+            await io.connect()
+            await io.write({"batch_command": 1.0})
+            await io.close()
+
+    with plant_server(speed=1000.0, shed_timeout_s=600.0) as plant:
+        report = run_in_process(agent_overrides(plant, tmp_path, "agent.protocol=modbus", f"agent.mode={mode}",
+                                                "agent.start_batch=true", "agent.stop_after_batch=true",
+                                                "agent.max_plant_time_s=6000"), strategy=_EarlyFinish,
+                                during=operator_starts)
+        state = asyncio.run(read_plant(plant, "batch_state", "batch_time_s"))["batch_state"]
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    commands = [w["batch_command"] for w in log["written"] if "batch_command" in w]
+    flow = [i.get("antisolvent_flow_kg_per_min") for i in log["inputs"]]
+    if mode == "advisory":
+        assert commands == [] and state == 1 and not report.batch_completed  # still executing
+        assert any(bool(p.get("antisolvent_rate_setpoint_kg_per_min")) for p in log["proposal"])  # advised
+        assert max(f for f in flow if f is not None) < 0.05  # nothing was fed
+        return
+    assert commands == [1.0, 6.0]  # start, then complete once
+    assert report.batch_completed and state == 3
+    assert any(f is not None and f > 0.05 for f in flow)  # the plant fed what the agent wrote
+    batch = log[log["inputs"].map(lambda i: i.get("batch_time_s") is not None)]
+    assert batch["inputs"].map(lambda i: i["batch_time_s"]).max() < 3300.0  # long before the recipe's end
 
 
 def test_bad_data_holds_the_setpoint_with_a_reason(tmp_path):
