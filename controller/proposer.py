@@ -112,8 +112,8 @@ class Proposal:
         moves_k: the H setpoint moves (K per move interval).
         move_interval_s: plant seconds per move.
         expected: mean outcomes over members (d43_um, cv, fines, yield, peak_sigma, cost,
-            antisolvent, batch_time_left_h) and ``feasibility`` (share of members under the
-            metastable limit).
+            antisolvent_kg_per_kg, batch_time_left_h), ``feasibility`` (share of members under
+            the metastable limit) and ``chose_reference``.
         duration_s: wall seconds the optimisation took.
         antisolvent_kg_per_min: antisolvent rate per move (empty: not decided).
         cooling_end_s: plant time at which cooling ends on this plan (the batch ends a final
