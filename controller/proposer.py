@@ -118,6 +118,7 @@ class Proposal:
         antisolvent_kg_per_min: antisolvent rate per move (empty: not decided).
         cooling_end_s: plant time at which cooling ends on this plan (the batch ends a final
             hold later).
+        final_temperature_c: where cooling ends (after the moves the path ramps to it).
     """
 
     plant_time_s: float
@@ -128,6 +129,7 @@ class Proposal:
     duration_s: float = 0.0
     antisolvent_kg_per_min: tuple[float, ...] = ()
     cooling_end_s: float = math.inf
+    final_temperature_c: float = math.nan
 
     def antisolvent_at(self, plant_time_s: float) -> float | None:
         """The proposed antisolvent rate at ``plant_time_s`` (None: not decided); none after the moves."""
@@ -137,7 +139,9 @@ class Proposal:
         return self.antisolvent_kg_per_min[j] if j < len(self.antisolvent_kg_per_min) else 0.0
 
     def setpoint_at(self, plant_time_s: float) -> float:
-        """The proposed temperature setpoint at ``plant_time_s`` (linear within each move)."""
+        """The proposed temperature setpoint at ``plant_time_s``: linear within each move, then
+        (when ``final_temperature_c`` is known) linear to it by ``cooling_end_s`` as the rollout
+        assumed, then held; without it the last move's end is held."""
         elapsed = max(plant_time_s - self.plant_time_s, 0.0)
         value = self.start_c
         for move in self.moves_k:
@@ -145,7 +149,12 @@ class Proposal:
             value += part * move
             elapsed -= self.move_interval_s
             if elapsed <= 0:
-                break
+                return value
+        if math.isfinite(self.final_temperature_c) and math.isfinite(self.cooling_end_s):
+            horizon_end_s = self.plant_time_s + len(self.moves_k) * self.move_interval_s
+            span_s = self.cooling_end_s - horizon_end_s
+            part = min(elapsed / span_s, 1.0) if span_s > 0 else 1.0
+            value += part * (self.final_temperature_c - value)
         return value
 
 
@@ -278,7 +287,7 @@ def propose(problem: Problem) -> Proposal:
     return Proposal(problem.plant_time_s, problem.state.path_start_c, tuple(float(m) for m in moves[0]),
                     p.move_interval_s, expected, time.perf_counter() - wall0,
                     antisolvent_kg_per_min=() if anti is None else tuple(float(a) for a in anti[0]),
-                    cooling_end_s=problem.plant_time_s + cooling_left_s)
+                    cooling_end_s=problem.plant_time_s + cooling_left_s, final_temperature_c=p.final_temperature_c)
 
 
 def s_rate(value: float) -> float:

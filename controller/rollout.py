@@ -25,7 +25,7 @@ The reactor temperature follows the setpoint (the plant's PID is much faster tha
 Decisions rolled out (per candidate): the temperature-setpoint moves, optionally an
 antisolvent rate per move, and optionally a scale on the time left for cooling (batch time:
 the final hold follows the end of cooling, so cooling sooner ends the batch sooner). With a
-scale every candidate keeps the same number of Euler steps and its own step length, which
+scale every candidate keeps the same number of steps and its own step length, which
 keeps the rollout differentiable in the scale.
 
 Outcomes at the end of the batch (per candidate and member): volume-weighted mean size d43,
@@ -138,7 +138,7 @@ class BatchPlan:
         charged_concentration_g_per_kg: concentration at the start of the batch (for yield),
             g per kg water (the charge holds no antisolvent).
         move_interval_s: plant seconds per decision move.
-        step_s: Euler step (at the full time left; a cooling scale shortens it).
+        step_s: rollout step (at the full time left; a cooling scale shortens it).
         target_size_um: wanted d43.
         suspension_ref_kg_per_kg: M_T at which the nucleation law holds.
         water_mass_kg: water charged (turns an antisolvent rate into kg per kg water).
@@ -213,7 +213,8 @@ def _translate(moments: Tensor, powers: Tensor) -> Tensor:
 def step_moments(temperature_c: Tensor, solute: Tensor, seeds: Tensor, nuclei: Tensor, growth: Tensor,
                  nucleation: Tensor, material: MaterialConstants, dt_s, suspension_ref: float,
                  antisolvent: Tensor | float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One Euler step. Shapes: temperature/solute (..., S), moments (..., S, 6); ``dt_s`` a float
+    """One step, exact for G and B held at their start values. Shapes: temperature/solute (..., S),
+    moments (..., S, 6); ``dt_s`` a float
     or a tensor broadcasting against (..., S); ``antisolvent`` kg per kg water (held over the step).
 
     ``solute`` is g per kg water; without antisolvent that is the concentration.

@@ -41,7 +41,7 @@ class ProposerSettings:
         moves: future temperature-setpoint moves decided each time (the decision variables).
         move_interval_min: plant minutes per move; after the last move the rollout cools
             linearly to ``final_temperature_c`` by the end of the cooling time.
-        rollout_step_s: Euler step of the moment-model rollout (plant seconds).
+        rollout_step_s: step of the moment-model rollout (plant seconds).
         target_size_um: volume-weighted mean size wanted at the end of the batch.
         metastable_sigma_limit: supersaturation ln(C/C*) the batch must stay below (primary
             nucleation above it); the constraint of the proposal.

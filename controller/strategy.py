@@ -366,8 +366,9 @@ class ModelPredictive:
                       problem=problem, complete_batch=complete)
 
     def _cooling_over(self, view: PlantView, active_setpoint_c: float) -> bool:
-        """Whether cooling has ended: the plant's active setpoint reached the final temperature
-        on the agent's own plan (batch time in the objective), or the recipe's cooling is over."""
+        """Whether cooling has ended on the agent's own plan: with batch time in the objective,
+        once the plant's active setpoint reached the final temperature (latched for the batch).
+        The end of the recipe's cooling is the caller's other test."""
         if self._cooled_at_s is None and self.settings.weight_batch_time_per_h > 0 and self.proposal is not None:
             if (math.isfinite(active_setpoint_c)
                     and active_setpoint_c <= self.recipe.final_temperature_c + FINAL_TEMPERATURE_TOLERANCE_K):

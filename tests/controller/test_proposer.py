@@ -37,6 +37,11 @@ def test_setpoint_at_interpolates_within_each_move_and_holds_after():
     assert p.setpoint_at(700.0) == pytest.approx(38.0)
     assert p.setpoint_at(1000.0) == pytest.approx(37.5)
     assert p.setpoint_at(5000.0) == pytest.approx(37.0)
+    # with the end of cooling known, after the moves it ramps on to the final temperature as rolled out
+    ramp = Proposal(100.0, 40.0, (-2.0, -1.0), 600.0, cooling_end_s=2300.0, final_temperature_c=20.0)
+    assert ramp.setpoint_at(1300.0) == pytest.approx(37.0)
+    assert ramp.setpoint_at(1800.0) == pytest.approx(37.0 - 17.0 * 500.0 / 1000.0)
+    assert ramp.setpoint_at(2300.0) == pytest.approx(20.0) and ramp.setpoint_at(9000.0) == pytest.approx(20.0)
 
 
 def test_reference_moves_are_the_linear_ramp_to_the_final_temperature():
