@@ -27,7 +27,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from controller.settings import AgentSettings, BenchLoopSettings, DemoSettings, ProposerSettings
+from controller.settings import AgentSettings, BenchLoopSettings, DemoSettings, ProposerSettings, ReplaySettings
 from models.settings import (
     DataSettings,
     ModelBenchSettings,
@@ -128,6 +128,7 @@ class XtalpilotConfig:
     agent: AgentSettings = field(default_factory=AgentSettings)
     proposer: ProposerSettings = field(default_factory=ProposerSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
     bench_loop: BenchLoopSettings = field(default_factory=BenchLoopSettings)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ import gc
 import logging
 import math
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 from controller.decision_log import Decision, DecisionLog, DecisionLogError
@@ -158,12 +159,18 @@ class Agent:
         measure_from_batch_s: also count cycles from this batch time on in ``window`` (a
             benchmark's measurement window); None: no window.
         stop_at_batch_s: stop once the batch time reaches this (benchmarks); None: never.
+        replay: recorded data as fast as they can be read (``xtalpilot replay``): no waiting
+            between instants, the model's answer and each proposal awaited before the next
+            cycle (what happens within one control interval on a live plant), and the end of
+            the recording ends the run.
     """
 
     def __init__(self, io: PlantIO, strategy: Strategy, settings: AgentSettings, log: DecisionLog | None = None,
                  metrics=None, proposer=None, poll_interval_s: float = 0.01,
-                 measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None) -> None:
+                 measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
+                 replay: bool = False) -> None:
         self.io, self.strategy, self.settings = io, strategy, settings
+        self.replay = replay
         self.decision_log, self.metrics, self.proposer = log, metrics, proposer
         self.poll_interval_s = poll_interval_s
         self.guard = guard_settings(io.tagmap, settings, tuple(getattr(strategy, "setpoints", (TEMPERATURE_SP,))))
@@ -282,6 +289,10 @@ class Agent:
             try:
                 snap = await self.io.read()
             except PlantIOError as exc:
+                if self.replay and getattr(self.io, "exhausted", False):
+                    self.report.stopped_by = "end of recording"
+                    done.set()
+                    return
                 self._lost(exc)
                 continue
             now = snap.plant_time_s
@@ -299,7 +310,8 @@ class Agent:
             if next_due is None:
                 next_due = now
             if now < next_due:
-                await asyncio.sleep(self.poll_interval_s)
+                if not self.replay:
+                    await asyncio.sleep(self.poll_interval_s)
                 continue
             missed = int((now - next_due) // interval)
             if missed > 0:
@@ -375,6 +387,8 @@ class Agent:
         view = PlantView(now, batch_time_s, {**status, **{n: v.value for n, v in validated.items()}},
                          {**{n: math.isfinite(v) for n, v in status.items()}, **{n: v.ok for n, v in validated.items()}})
         t1 = time.perf_counter()
+        if self.replay and hasattr(self.strategy, "wait_for_model"):
+            self.strategy.wait_for_model()  # live, the model answers well within a control interval
         try:
             advice = self.strategy.advise(view)
         except Exception as exc:  # a strategy bug must not end the daemon: hold on it
@@ -385,7 +399,10 @@ class Agent:
         stages["strategy"] = time.perf_counter() - t1
         if advice.problem is not None and self.proposer is not None and not self._proposing:
             self._proposing = True
-            self._tg.create_task(self._propose(advice.problem))
+            if self.replay:  # the proposal applies from the next cycle, as it would live
+                await self._propose(advice.problem)
+            else:
+                self._tg.create_task(self._propose(advice.problem))
 
         data_ok = advice.data_ok and all(validated[n].ok for n in REQUIRED if n in validated)
         current = {s.name: _number(raw.get(s.name)) for s in self.guard.setpoints}
@@ -396,6 +413,12 @@ class Agent:
             uncertainty=advice.uncertainty, plant_shed=shed, plant_executing=executing,
         )
         verdict = decide(inp, self.guard)
+        shadow: dict = {}
+        if self.replay and self.mode is not Mode.automatic:
+            # What the guard would have let through in automatic (shadow mode's answer).
+            would = decide(dataclasses.replace(inp, mode=Mode.automatic, previous_mode=Mode.automatic), self.guard)
+            shadow = {"shadow_reasons": ",".join(r.value for r in would.reasons),
+                      **{f"would_write_{k}": v for k, v in would.write.items()}}
         holds = [r.value for r in verdict.reasons if r in (Reason.data_bad, Reason.model_failed,
                                                              Reason.uncertainty_high, Reason.proposal_stale)]
         self._say("hold", f"holding setpoints: {', '.join(holds)}" if holds else "not holding",
@@ -462,7 +485,7 @@ class Agent:
                 # replayed from the log
                 inputs={**{n: v.value for n, v in validated.items()}, **status, **self._chords(validated),
                         **dict(advice.inputs),
-                        "batch_time_s": view.batch_time_s, "strategy": self.strategy.name},
+                        "batch_time_s": view.batch_time_s, "strategy": self.strategy.name, **shadow},
                 signal_status={n: v.status.value for n, v in validated.items()},
                 predictions=dict(advice.predictions),
                 proposal=dict(advice.setpoints or {}),
@@ -602,11 +625,13 @@ def make_strategy(cfg, service=None):
 
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,
-                    measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None
-                    ) -> AgentReport:
+                    measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
+                    io: PlantIO | None = None) -> AgentReport:
     """``xtalpilot agent``: wire I/O, strategy, proposer, decision log and metrics, and run.
 
-    SIGTERM and SIGINT set ``stop``; the agent then writes nothing more and returns.
+    SIGTERM and SIGINT set ``stop``; the agent then writes nothing more and returns. A given
+    ``io`` replaces the configured plant connection; a recording (``RecordedIO``) runs the agent
+    in replay mode (see :class:`Agent`).
     """
     import signal
 
@@ -619,7 +644,8 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    io = make_io(cfg)
+    io = io if io is not None else make_io(cfg)
+    replay = hasattr(io, "exhausted")  # recorded data
     strategy = strategy or make_strategy(cfg)
     metrics = AgentMetrics(io.tagmap.reactor)
     version = getattr(getattr(strategy, "service", None), "version", "") or "none"
@@ -652,7 +678,8 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         gc.collect()
         gc.freeze()
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
-                      measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s)
+                      measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s,
+                      replay=replay, poll_interval_s=0.0 if replay else 0.01)
         report = await agent.run(stop)
         if agent.window is not None:
             report.window = agent.window.summary()

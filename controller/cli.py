@@ -4,6 +4,7 @@
     xtalpilot plant simulate [overrides]    run a scenario offline, write data and a plot
     xtalpilot agent [overrides]             the control agent (OPC UA or Modbus) until SIGTERM
     xtalpilot demo [overrides]              plant + agent, one batch beside linear cooling, JSON
+    xtalpilot replay [overrides]            the agent in shadow mode over a recorded batch, report
     xtalpilot bench plant [overrides]       physics and server benchmark, JSON on stdout
     xtalpilot bench model [overrides]       MS-GNN vs flat baselines, BHPO vs random, JSON
     xtalpilot bench loop [overrides]        agent cycle, loop lag and proposal timings, JSON
@@ -16,6 +17,7 @@ Examples::
     xtalpilot plant speed=1000 scenario=impurity_pulse
     xtalpilot agent agent.mode=automatic agent.protocol=modbus modbus_port=5020
     xtalpilot plant simulate scenario=unseeded_cooling simulate.format=csv
+    xtalpilot replay replay.recording=historian_export.csv agent.strategy=linear_cooling
     xtalpilot plant kinetics=kno3_miller_rawlings_1994
     xtalpilot plant security=sign_encrypt users_file=certs/users.yaml
     xtalpilot train train.epochs=40 split.name=heldout_families split.family=bcc
@@ -127,6 +129,14 @@ def cmd_demo(overrides: Sequence[str]) -> int:
     return 0
 
 
+def cmd_replay(overrides: Sequence[str]) -> int:
+    """The agent in shadow mode over a recorded batch; summary JSON and report."""
+    from controller.replay import run_replay
+
+    print(json.dumps(run_replay(_load(overrides)), indent=2, default=str))
+    return 0
+
+
 def cmd_certs(overrides: Sequence[str]) -> int:
     """Make OPC UA certificates in cert_dir; with username=NAME also add a user to users_file."""
     from plant_sim.security import certs_command
@@ -152,6 +162,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": cmd_train,
     "tune": cmd_tune,
     "demo": cmd_demo,
+    "replay": cmd_replay,
     "certs": cmd_certs,
 }
 

@@ -24,7 +24,8 @@ __all__ = ["batch_frame", "write_report"]
 
 def batch_frame(decision_log: str | Path):
     """A decision log flattened to one row per cycle: plant and batch time, every logged input,
-    prediction and written value (``written_<name>``), mode and reasons."""
+    prediction, proposed and written value (``proposal_<name>``, ``written_<name>``), mode and
+    reasons."""
     import pandas as pd
 
     from controller.decision_log import read_decisions
@@ -36,6 +37,7 @@ def batch_frame(decision_log: str | Path):
                "held": rec.held}
         row.update({k: v for k, v in rec.inputs.items() if not isinstance(v, (dict, list))})
         row.update({f"pred_{k}": v for k, v in rec.predictions.items()})
+        row.update({f"proposal_{k}": v for k, v in rec.proposal.items()})
         row.update({f"written_{k}": v for k, v in rec.written.items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Settings of the agent (``xtalpilot agent``, ``demo``, ``bench loop``), importable without torch.
+"""Settings of the agent (``xtalpilot agent``, ``demo``, ``replay``, ``bench loop``), importable without torch.
 
 Frozen dataclasses; Hydra composes them under ``agent.*`` and ``proposer.*`` (conf/schema.py).
 """
@@ -13,7 +13,8 @@ from typing import Optional
 from controller.guard import Mode
 from plant_sim import validate
 
-__all__ = ["AgentSettings", "BenchLoopSettings", "DemoSettings", "SetupError", "Protocol", "ProposerSettings", "StrategyName"]
+__all__ = ["AgentSettings", "BenchLoopSettings", "DemoSettings", "Protocol", "ProposerSettings", "ReplaySettings",
+           "SetupError", "StrategyName"]
 
 
 class SetupError(RuntimeError):
@@ -220,6 +221,19 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         validate.positive(self, "speed", "shed_timeout_s")
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """``xtalpilot replay``: the agent in shadow mode over a recorded batch (controller/replay.py).
+
+    Attributes:
+        recording: the historian export to replay (CSV or Parquet; controller/recorded_io.py).
+        output_dir: where the decision log, the summary and the report go.
+    """
+
+    recording: Optional[str] = None
+    output_dir: str = "runs/replay"
 
 
 @dataclass(frozen=True)
