@@ -35,10 +35,10 @@ import numpy as np
 
 from controller.guard import Mode
 from controller.settings import SetupError
+from controller.strategy import TEMPERATURE_SP
 
 __all__ = ["record_simulated_batch", "run_replay"]
 
-TEMPERATURE_SP = "reactor_temperature_setpoint_c"
 ACTIVE_SP = "reactor_temperature_setpoint_active_c"
 
 
@@ -75,6 +75,8 @@ def _recorded_io(cfg, path: Path):
 def run_replay(cfg) -> dict:
     """Replay ``cfg.replay.recording`` (or a simulated batch) in shadow mode; returns the summary."""
     from controller.agent import run_agent
+    from controller.decision_log import read_decisions
+    from controller.report import batch_frame
 
     r = cfg.replay
     out = Path(r.output_dir)
@@ -92,25 +94,22 @@ def run_replay(cfg) -> dict:
     agent = dataclasses.replace(cfg.agent, mode=Mode.advisory, start_batch=False, stop_after_batch=False,
                                 decision_log=str(log_path), metrics_port=0)
     report = asyncio.run(run_agent(dataclasses.replace(cfg, agent=agent), io=io, metrics_server=False))
-    summary = replay_summary(cfg, log_path, report.summary(), source, io)
-    frame = _frame(log_path)
+    decisions = read_decisions(log_path)  # read once: the summary, the CSV and the plots share it
+    frame = batch_frame(decisions)
+    summary = replay_summary(cfg, frame, decisions["signal_status"], report.summary(), source, io)
     frame.to_csv(out / "decisions.csv", index=False)
     summary["report"] = str(write_replay_report(out / "report.png", frame, cfg))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def _frame(log_path: Path):
-    from controller.report import batch_frame
+def replay_summary(cfg, frame, signal_statuses, agent_summary: dict, source: str, io) -> dict:
+    """What the agent would have done over the recording, against what the plant did.
 
-    return batch_frame(log_path)
-
-
-def replay_summary(cfg, log_path: Path, agent_summary: dict, source: str, io) -> dict:
-    """What the agent would have done over the recording, against what the plant did."""
+    ``frame``: :func:`controller.report.batch_frame` of the decision log; ``signal_statuses``
+    its ``signal_status`` column."""
     from controller.rollout import MaterialConstants
 
-    frame = _frame(log_path)
     material = MaterialConstants.for_material(cfg.agent.material or cfg.scenario.material)
     proposed = _would_write(frame)
     recorded_sp = np.asarray(frame.get(ACTIVE_SP, np.full(len(frame), math.nan)), dtype=float)
@@ -121,7 +120,7 @@ def replay_summary(cfg, log_path: Path, agent_summary: dict, source: str, io) ->
     sigma = np.full(len(frame), math.nan)
     sigma[ok] = np.log(conc[ok] / material.solubility_g_per_kg(temperature[ok]))
     statuses: Counter = Counter()
-    for st in _statuses(log_path):
+    for st in signal_statuses:
         statuses.update(s for s in st.values() if s != "ok")
     expected = {k[len("expected_"):]: float(frame[k].dropna().iloc[-1]) for k in frame.columns
                 if k.startswith("expected_") and frame[k].notna().any() and k != "expected_chose_reference"}
@@ -160,12 +159,6 @@ def _would_write(frame) -> np.ndarray:
     """The temperature setpoint the guard would have written each cycle (NaN where none)."""
     column = f"would_write_{TEMPERATURE_SP}"
     return np.asarray(frame[column], dtype=float) if column in frame else np.full(len(frame), math.nan)
-
-
-def _statuses(log_path: Path):
-    from controller.decision_log import read_decisions
-
-    return read_decisions(log_path)["signal_status"]
 
 
 def write_replay_report(path: Path, frame, cfg) -> Path:

@@ -22,15 +22,15 @@ import numpy as np
 __all__ = ["batch_frame", "write_report"]
 
 
-def batch_frame(decision_log: str | Path):
+def batch_frame(decision_log):
     """A decision log flattened to one row per cycle: plant and batch time, every logged input,
     prediction, proposed and written value (``proposal_<name>``, ``written_<name>``), mode and
-    reasons."""
+    reasons. ``decision_log``: its path, or what :func:`read_decisions` already read from it."""
     import pandas as pd
 
     from controller.decision_log import read_decisions
 
-    raw = read_decisions(decision_log)
+    raw = decision_log if isinstance(decision_log, pd.DataFrame) else read_decisions(decision_log)
     rows = []
     for rec in raw.itertuples():
         row = {"plant_time_s": rec.plant_time_s, "mode": rec.mode, "reasons": ",".join(rec.reasons),

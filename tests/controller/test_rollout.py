@@ -38,6 +38,15 @@ def seeded_state(temperature_c: float = 49.0) -> PopulationState:
     return PopulationState(temperature_c, float(KCL.solubility_g_per_kg(50.0)), seeds, (0.0,) * 6)
 
 
+def step_inputs(temperature_c: float, members: int = 2):
+    """(temperature, solute, seeds, nuclei) of the seeded state for one candidate and ``members``."""
+    state = seeded_state()
+    temp = torch.full((1, members), temperature_c, dtype=torch.float64)
+    solute = torch.full((1, members), state.solute_g_per_kg_water, dtype=torch.float64)
+    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, members, 6)
+    return temp, solute, seeds, torch.zeros(1, members, 6, dtype=torch.float64)
+
+
 def test_solubility_fit_matches_the_material_curve():
     m = get_material("KCl")
     t = np.array([5.0, 20.0, 35.0, 50.0, 70.0])
@@ -52,11 +61,7 @@ def test_seed_moments_carry_the_seed_mass_and_mean_size():
 
 
 def test_one_step_conserves_solute_plus_crystal_mass():
-    state = seeded_state()
-    temp = torch.full((1, 2), 45.0, dtype=torch.float64)
-    conc = torch.full((1, 2), state.concentration_g_per_kg, dtype=torch.float64)
-    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 2, 6)
-    nuclei = torch.zeros(1, 2, 6, dtype=torch.float64)
+    temp, conc, seeds, nuclei = step_inputs(45.0)
     conc2, seeds2, nuclei2, sigma = step_moments(temp, conc, seeds, nuclei, GROWTH, NUCLEATION, KCL, 60.0, 0.05)
     assert (sigma > 0).all()
     crystal = 1000.0 * KCL.mass_per_um3_kg * ((seeds2 + nuclei2)[..., 3] - (seeds + nuclei)[..., 3])
@@ -120,11 +125,7 @@ def test_antisolvent_lowers_the_solubility_as_the_plant_models_it():
 
 
 def test_a_step_with_antisolvent_conserves_solute_per_kg_water():
-    state = seeded_state()
-    temp = torch.full((1, 2), 45.0, dtype=torch.float64)
-    solute = torch.full((1, 2), state.solute_g_per_kg_water, dtype=torch.float64)
-    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 2, 6)
-    nuclei = torch.zeros(1, 2, 6, dtype=torch.float64)
+    temp, solute, seeds, nuclei = step_inputs(45.0)
     plain = step_moments(temp, solute, seeds, nuclei, GROWTH, NUCLEATION, KCL, 60.0, 0.05)
     anti = step_moments(temp, solute, seeds, nuclei, GROWTH, NUCLEATION, KCL, 60.0, 0.05, antisolvent=0.2)
     assert (anti[3] > plain[3]).all()  # less soluble in the mixture: higher driving force
@@ -169,12 +170,8 @@ def test_growth_alone_translates_the_distribution_exactly_however_long_the_step(
     """Size-independent growth shifts every crystal by the same length L = G dt: the number
     mean moves by L and the number variance stays, even over a step of hours."""
     no_nucleation = torch.tensor([[-30.0, 0.0, 0.0]], dtype=torch.float64)
-    state = seeded_state()
-    seeds = torch.tensor(state.seeds, dtype=torch.float64).expand(1, 1, 6)
-    temp = torch.full((1, 1), 40.0, dtype=torch.float64)
-    solute = torch.full((1, 1), state.concentration_g_per_kg, dtype=torch.float64)
-    _, grown, nuclei, sigma = step_moments(temp, solute, seeds, torch.zeros_like(seeds), GROWTH[:1], no_nucleation,
-                                           KCL, 3600.0, 0.05)
+    temp, solute, seeds, nuclei0 = step_inputs(40.0, members=1)
+    _, grown, nuclei, sigma = step_moments(temp, solute, seeds, nuclei0, GROWTH[:1], no_nucleation, KCL, 3600.0, 0.05)
     inv_t = 1.0 / 298.15 - 1.0 / (40.0 + 273.15)
     g_um_per_s = math.exp(GROWTH[0, 0] + GROWTH[0, 1] * math.log(float(sigma)) + GROWTH[0, 2] * inv_t) / 60.0
     mean = lambda m: float(m[..., 1] / m[..., 0])  # noqa: E731
