@@ -438,8 +438,32 @@ class Agent:
                 values["agent_mode"] = float(MODE_CODES[Mode.automatic])
         elif self.previous_mode is Mode.automatic and self.mode is not Mode.automatic:
             values["agent_mode"] = float(MODE_CODES[self.mode])  # hand the loop back, once
+        # Record before write: the decision and what it is about to write are committed first,
+        # so no write is ever made that the log does not hold. A log that cannot be written
+        # refuses automatic: nothing is written (the plant sheds on the missing heartbeat).
+        decision = Decision(
+            plant_time_s=now, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
+            held=verdict.held,
+            # every validated measurement (NaN where not ok) and status tag, so a batch can be
+            # replayed from the log
+            inputs={**{n: v.value for n, v in validated.items()}, **status, **self._chords(validated),
+                    **dict(advice.inputs),
+                    "batch_time_s": view.batch_time_s, "strategy": self.strategy.name, **shadow},
+            signal_status={n: v.status.value for n, v in validated.items()},
+            predictions=dict(advice.predictions),
+            proposal=dict(advice.setpoints or {}),
+            intent=dict(values),
+        )
+        decision_id = await self._record(decision)
+        if decision_id is None and values:
+            values = {}
+            if self.mode is Mode.automatic:
+                self.mode = Mode.advisory
+                self._say("mode", "decision log cannot be written: automatic refused, agent now advisory; "
+                          "fix the log (disk, permissions) and request automatic again", logging.ERROR)
         t2 = time.perf_counter()
         written: dict[str, float] = {}
+        failed: dict[str, str] = {}
         if values:
             try:
                 outcomes = await self.io.write(values)
@@ -450,19 +474,24 @@ class Agent:
                 outcome = outcomes.get(name)
                 if outcome is not None and outcome.accepted:
                     written[name] = value
-                elif name == "batch_command":  # try again next cycle
+                    continue
+                failed[name] = outcome.detail if outcome else "no answer"
+                if name == "batch_command":  # try again next cycle
                     if value == BATCH_START:
                         self._start_sent = False
                     else:
                         self._complete_sent = False
                 elif name in verdict.write:
                     self.report.write_failures += 1
-                    self._say("write", f"write of {name} failed: {outcome.detail if outcome else 'no answer'}",
-                              logging.WARNING)
+                    self._say("write", f"write of {name} failed: {failed[name]}", logging.WARNING)
             if any(n in written for n in verdict.write):
                 self._last_write_time_s = now
                 for rep in self._reports():
                     rep.writes += 1
+            if decision_id is not None:
+                await self._record_outcome(decision_id, written, failed)
+        if hasattr(self.strategy, "written"):
+            self.strategy.written({k: v for k, v in written.items() if k in verdict.write}, now)
         stages["write"] = time.perf_counter() - t2
         cycle_s = time.perf_counter() - t0
         self.previous_mode = self.mode
@@ -477,25 +506,6 @@ class Agent:
             for rep in self._reports():
                 rep.overruns += 1
 
-        if self.decision_log is not None:
-            decision = Decision(
-                plant_time_s=now, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
-                held=verdict.held,
-                # every validated measurement (NaN where not ok) and status tag, so a batch can be
-                # replayed from the log
-                inputs={**{n: v.value for n, v in validated.items()}, **status, **self._chords(validated),
-                        **dict(advice.inputs),
-                        "batch_time_s": view.batch_time_s, "strategy": self.strategy.name, **shadow},
-                signal_status={n: v.status.value for n, v in validated.items()},
-                predictions=dict(advice.predictions),
-                proposal=dict(advice.setpoints or {}),
-                written={k: v for k, v in written.items()},
-            )
-            try:
-                # one committed transaction (fsync) per decision: off the loop, still in order
-                await asyncio.to_thread(self.decision_log.append, decision)
-            except DecisionLogError as exc:
-                self._say("log", f"decision log: {exc}", logging.ERROR)
         if self.metrics is not None:
             m = self.metrics
             m.observe_cycle(cycle_s, stages, overrun)
@@ -506,6 +516,26 @@ class Agent:
                                  {k[len("spread_"):]: v for k, v in advice.predictions.items() if k.startswith("spread_")})
             m.record_verdict(verdict.reasons, advice.setpoints, {k: v for k, v in written.items() if k in verdict.write})
             m.set_mode(self.mode)
+
+    async def _record(self, decision: Decision) -> int | None:
+        """Commit a decision (off the loop, still in order); None when it could not be stored, or
+        when there is no log (benchmarks: writes are then not gated on it)."""
+        if self.decision_log is None:
+            return 0
+        try:
+            # one committed transaction (fsync) per decision
+            return await asyncio.to_thread(self.decision_log.append, decision)
+        except DecisionLogError as exc:
+            self._say("log", f"decision log: {exc}", logging.ERROR)
+            return None
+
+    async def _record_outcome(self, decision_id: int, written: dict, failed: dict) -> None:
+        if self.decision_log is None:
+            return
+        try:
+            await asyncio.to_thread(self.decision_log.record_outcome, decision_id, written, failed)
+        except DecisionLogError as exc:
+            self._say("log", f"decision log: {exc}", logging.ERROR)
 
     def _chords(self, validated) -> dict[str, float]:
         """CSD figures from the FBRM bins (state.chord_statistics); empty without the bins."""

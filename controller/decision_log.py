@@ -3,8 +3,11 @@
 One SQLite database in WAL mode, one row and one transaction per control cycle. A decision is
 committed (``synchronous=FULL``) before :meth:`DecisionLog.append` returns, so a process killed
 at any moment (SIGKILL included) loses at most the decision it was writing, never one it had
-logged. Structured parts (signal statuses, predictions, proposal, written values) are JSON text
-columns; non-finite numbers are stored as null.
+logged. The agent logs a decision *before* it writes to the plant (``intent``: what it is about
+to write), then what the plant accepted as an outcome row of its own
+(:meth:`DecisionLog.record_outcome`, a second append-only table): a write is never made that
+the log does not know of. Structured parts (signal statuses, predictions, proposal, intent,
+written values) are JSON text columns; non-finite numbers are stored as null.
 
 Read it with :func:`read_decisions` (a ``pandas.DataFrame``, JSON columns parsed) or any SQLite
 tool while the agent runs (WAL lets readers in while the writer works).
@@ -34,10 +37,17 @@ CREATE TABLE IF NOT EXISTS decisions (
     signal_status TEXT NOT NULL,
     predictions TEXT NOT NULL,
     proposal TEXT NOT NULL,
-    written TEXT NOT NULL
-)
+    written TEXT NOT NULL,
+    intent TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    decision_id INTEGER NOT NULL REFERENCES decisions(id),
+    written TEXT NOT NULL,
+    failed TEXT NOT NULL
+);
 """
-_JSON_COLUMNS = ("inputs", "signal_status", "predictions", "proposal", "written")
+_JSON_COLUMNS = ("inputs", "signal_status", "predictions", "proposal", "written", "intent")
+_ROW_COLUMNS = ("inputs", "signal_status", "predictions", "proposal", "written", "intent")
 
 
 class DecisionLogError(RuntimeError):
@@ -57,7 +67,9 @@ class Decision:
         signal_status: status per signal.
         predictions: model outputs with uncertainty.
         proposal: the proposer's setpoints (empty if none).
-        written: values written to the plant (empty if none).
+        written: values written to the plant (empty if none; an outcome row recorded after the
+            write takes precedence when read back).
+        intent: values the agent was about to write when it logged the decision.
     """
 
     plant_time_s: float
@@ -69,6 +81,7 @@ class Decision:
     predictions: Mapping[str, Any] = field(default_factory=dict)
     proposal: Mapping[str, Any] = field(default_factory=dict)
     written: Mapping[str, Any] = field(default_factory=dict)
+    intent: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _clean(obj: Any) -> Any:
@@ -101,7 +114,10 @@ class DecisionLog:
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute(_SCHEMA)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(decisions)")}
+            if columns and "intent" not in columns:  # a log written by an older agent
+                self._conn.execute("ALTER TABLE decisions ADD COLUMN intent TEXT NOT NULL DEFAULT '{}'")
+            self._conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise DecisionLogError(f"cannot open the decision log {self.path}: {exc}; "
                                    "check the path and its permissions (decision_log=...)") from None
@@ -114,13 +130,24 @@ class DecisionLog:
             str(getattr(d.mode, "value", d.mode)),
             ",".join(str(getattr(r, "value", r)) for r in d.reasons),
             int(bool(d.held)),
-            *(json.dumps(_clean(getattr(d, c)), allow_nan=False) for c in _JSON_COLUMNS),
+            *(json.dumps(_clean(getattr(d, c)), allow_nan=False) for c in _ROW_COLUMNS),
         )
+        return self._commit(
+            "INSERT INTO decisions (plant_time_s, wall_time_unix_s, mode, reasons, held, inputs, signal_status,"
+            " predictions, proposal, written, intent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row,
+            f"decision at plant time {d.plant_time_s}")
+
+    def record_outcome(self, decision_id: int, written: Mapping[str, Any], failed: Mapping[str, Any]) -> None:
+        """Commit what the plant accepted (``written``) and refused (``failed``: the reason) of a
+        logged decision's intent. Raises DecisionLogError if it was not stored."""
+        row = (int(decision_id), json.dumps(_clean(written), allow_nan=False), json.dumps(_clean(failed), allow_nan=False))
+        self._commit("INSERT INTO outcomes (decision_id, written, failed) VALUES (?, ?, ?)", row,
+                     f"outcome of decision {decision_id}")
+
+    def _commit(self, sql: str, row: tuple, what: str) -> int:
         try:
-            cur = self._conn.execute("BEGIN IMMEDIATE")
-            cur = self._conn.execute(
-                "INSERT INTO decisions (plant_time_s, wall_time_unix_s, mode, reasons, held, inputs, signal_status,"
-                " predictions, proposal, written) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._conn.execute("BEGIN IMMEDIATE")
+            cur = self._conn.execute(sql, row)
             self._conn.execute("COMMIT")
             return int(cur.lastrowid)
         except sqlite3.Error as exc:
@@ -128,7 +155,7 @@ class DecisionLog:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            raise DecisionLogError(f"decision at plant time {d.plant_time_s} not logged to {self.path}: {exc}") from None
+            raise DecisionLogError(f"{what} not logged to {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -141,15 +168,31 @@ class DecisionLog:
 
 
 def read_decisions(path: str | Path):
-    """All logged decisions as a ``pandas.DataFrame`` (JSON columns parsed to dicts)."""
+    """All logged decisions as a ``pandas.DataFrame`` (JSON columns parsed to dicts).
+
+    ``written`` is what the plant accepted: the decision's outcome row where there is one, and
+    ``failed`` what it refused (empty where nothing was refused or no write was made)."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise DecisionLogError(f"decision log {path} not found")
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        frame = pd.read_sql_query("SELECT * FROM decisions ORDER BY id", conn)
-    for column in _JSON_COLUMNS:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "outcomes" in tables:
+            frame = pd.read_sql_query(
+                "SELECT d.*, o.written AS outcome_written, o.failed AS failed FROM decisions d"
+                " LEFT JOIN outcomes o ON o.decision_id = d.id ORDER BY d.id", conn)
+            has = frame["outcome_written"].notna()
+            frame.loc[has, "written"] = frame.loc[has, "outcome_written"]
+            frame = frame.drop(columns=["outcome_written"])
+            frame["failed"] = frame["failed"].fillna("{}")
+        else:
+            frame = pd.read_sql_query("SELECT * FROM decisions ORDER BY id", conn)
+            frame["failed"] = "{}"
+        if "intent" not in frame:
+            frame["intent"] = "{}"
+    for column in (*_JSON_COLUMNS, "failed"):
         frame[column] = frame[column].map(json.loads)
     frame["reasons"] = frame["reasons"].map(lambda s: tuple(s.split(",")) if s else ())
     frame["held"] = frame["held"].astype(bool)

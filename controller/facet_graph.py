@@ -16,7 +16,9 @@ needs has one node per face:
 
 The result is a :class:`models.data.Query` without conditions or targets, ready for
 :meth:`models.msgnn.KineticsPredictor.query`. Nothing usable in the reading gives ``None``
-(the caller holds).
+(the caller falls back to the material's own habit, or holds). Slots whose signals are not
+valid this cycle are dropped before (:func:`imaging_from_values` with ``ok``), so a stale
+last-good value never reaches the model.
 """
 
 from __future__ import annotations
@@ -41,10 +43,34 @@ def decode_hkl(code: float) -> tuple[int, int, int] | None:
     return (c // 100, (c // 10) % 10, c % 10)
 
 
-def imaging_from_values(values: Mapping[str, float], slots: int = 4) -> list[tuple[float, float, float]]:
-    """(hkl code, area fraction, growth rate um/min) per slot from the plant's tag values."""
-    return [(values.get(f"facet_{j}_hkl", math.nan), values.get(f"facet_{j}_area_fraction", math.nan),
-             values.get(f"facet_{j}_growth_rate_um_per_min", math.nan)) for j in range(1, slots + 1)]
+def imaging_from_values(values: Mapping[str, float], ok: Mapping[str, bool] | None = None, *,
+                        slots: int = 4) -> list[tuple[float, float, float]]:
+    """(hkl code, area fraction, growth rate um/min) per slot from the plant's tag values.
+
+    A validated signal that is not ok keeps its last good value in ``values`` (the state
+    estimator holds it and says how old it is); fed to the model, a stale facet reading would
+    describe crystals that are no longer there. So with ``ok``, a slot any of whose three
+    signals is not ok, or is missing from ``ok``, is dropped: the model then sees the families
+    that are measured now, or none (and the caller falls back, e.g. to the material's habit).
+
+    Args:
+        values: tag name -> value, with ``facet_{j}_hkl``, ``facet_{j}_area_fraction`` and
+            ``facet_{j}_growth_rate_um_per_min`` for j = 1..slots.
+        ok: tag name -> whether the signal is valid this cycle; None keeps every slot (the
+            caller vouches for the values).
+        slots: number of facet slots of the probe.
+
+    Returns:
+        One (hkl code, area fraction, growth rate um/min) per slot kept, in slot order
+        (at most ``slots``; missing values are NaN).
+    """
+    readings = []
+    for j in range(1, slots + 1):
+        names = (f"facet_{j}_hkl", f"facet_{j}_area_fraction", f"facet_{j}_growth_rate_um_per_min")
+        if ok is not None and not all(ok.get(n, False) for n in names):
+            continue
+        readings.append(tuple(float(values.get(n, math.nan)) for n in names))
+    return readings
 
 
 def facet_graph_from_imaging(

@@ -4,7 +4,7 @@ Each control cycle it is asked once, with the current facet graph (from imaging)
 current conditions. It answers
 
 - the kinetics at the current conditions: ensemble mean and spread of log10 G, log10 B and
-  lambda (the spread is the uncertainty the guard checks);
+  lambda, and every member's log10 G and log10 B there (for the agent's online correction);
 - local kinetic laws per ensemble member, fitted by least squares to one batched query over a
   small grid of temperatures and driving forces around the operating point (DESIGN.md,
   "Keeping scoring cheap"):
@@ -13,17 +13,33 @@ current conditions. It answers
       log10 B_s = c_s + b_s log10 sigma + f_s (1/T_ref - 1/T)       (B per kg solvent per s)
 
   so the proposer rolls the batch forward with these laws and never calls the network inside
-  its optimiser.
+  its optimiser;
+- two uncertainties: the guard's (spread of log10 G at the middle of the fitted range) and
+  the constraint's (spread of the desupersaturation rate near the metastable limit, from
+  log10 G and log10 B together; :func:`constraint_uncertainty`).
 
-Levels 1-2 (atoms, clusters) of the material are embedded once and cached by the predictor;
-a cycle runs only level 3 and the heads. The material graph is the pristine defect state of
-the material as :func:`models.data.generate` builds it.
+The fitted range matters. A power law cannot follow classical nucleation, whose log10 B bends
+steeply upwards where primary nucleation sets in: a grid reaching past the metastable limit
+fits an exponent near 8 and puts log10 B at the operating point one to two decades above the
+network's own answer. So the grid spans the driving forces the batch visits
+(:func:`batch_sigma_range`: a fraction of the current sigma up to just past the metastable
+limit), is centred on the current sigma (:func:`query_grid`), and the laws are pinned to the
+network's answer at the current condition (:func:`fit_laws` with ``anchor``).
+
+The facet graph comes from imaging (:func:`controller.facet_graph.facet_graph_from_imaging`).
+When imaging gives none (an unseeded batch before nuclei show, a clear solution, a plant
+without facet signals), it is the material's own habit: the pristine defect state's kinetic
+Wulff habit at the training reference condition, exactly the facet graph
+:func:`models.data.generate` gives that material (:attr:`KineticsEstimate.facet_source` says
+which). Levels 1-2 (atoms, clusters) of the material are embedded once and cached by the
+predictor; a cycle runs only level 3 and the heads.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,13 +49,26 @@ import torch
 from controller.facet_graph import facet_graph_from_imaging
 from controller.settings import SetupError
 
-__all__ = ["KineticsEstimate", "KineticsLaws", "KineticsService", "ModelUnavailable"]
+__all__ = ["FacetSource", "KineticsEstimate", "KineticsLaws", "KineticsService", "ModelUnavailable",
+           "batch_sigma_range", "constraint_uncertainty", "fit_laws", "query_grid"]
 
 T_REF_K = 298.15
+LN10 = math.log(10.0)
+#: Exponent of G in the mass deposited by crystals nucleated during the batch, ~ B G^3 t^4
+#: (a population born at rate B, each crystal growing at G: third moment, Randolph & Larson
+#: 1988, ch. 3); see :func:`constraint_uncertainty`.
+NUCLEATED_MASS_GROWTH_EXPONENT = 3.0
 
 
 class ModelUnavailable(SetupError):
     """The model cannot answer (no checkpoint, no usable facet graph, non-finite output)."""
+
+
+class FacetSource(str, enum.Enum):
+    """Where the facet graph of an estimate came from."""
+
+    imaging = "imaging"
+    material_habit = "material_habit"
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,18 @@ class KineticsEstimate:
         morphology_lambda: mean lambda.
         spread: ensemble standard deviation per target (log10 G, log10 B, lambda).
         laws: local kinetic laws per member.
+        uncertainty_log10_growth: spread of log10 G of the laws at the middle of the fitted
+            range (the guard's measure, :attr:`uncertainty`).
+        uncertainty_constraint: spread of the desupersaturation rate in decades at the
+            constraint's operating point, from log10 G and log10 B of each member
+            (:func:`constraint_uncertainty`); NaN if not computed.
+        member_log10_growth_um_per_min: every member's log10 G at the current condition, (S,).
+        member_log10_nucleation: every member's log10 B at the current condition, (S,).
+        query_sigma: driving force the current-condition answer is for: the current one,
+            clamped into ``sigma_range`` (the network is not asked outside it).
+        sigma_range: (low, high) driving forces the laws were fitted over.
+        constraint_sigma: driving force of :attr:`uncertainty_constraint`.
+        facet_source: where the facet graph came from (imaging, or the material's habit).
     """
 
     growth_um_per_min: float
@@ -98,6 +139,13 @@ class KineticsEstimate:
     laws: KineticsLaws
 
     uncertainty_log10_growth: float = math.nan
+    uncertainty_constraint: float = math.nan
+    member_log10_growth_um_per_min: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    member_log10_nucleation: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    query_sigma: float = math.nan
+    sigma_range: tuple[float, float] = (math.nan, math.nan)
+    constraint_sigma: float = math.nan
+    facet_source: FacetSource = FacetSource.imaging
 
     @property
     def uncertainty(self) -> float:
@@ -110,23 +158,143 @@ class KineticsEstimate:
         return self.spread["log10_G"]
 
 
-def fit_laws(temperatures_c: np.ndarray, sigmas: np.ndarray, members: np.ndarray) -> KineticsLaws:
+def batch_sigma_range(sigma: float, metastable_sigma_limit: float, low_fraction: float = 0.25,
+                      limit_margin: float = 0.1) -> tuple[float, float]:
+    """The driving forces a cooling batch visits from here: where to fit the local laws.
+
+    From ``low_fraction`` of the current sigma (desupersaturation takes sigma down; the
+    current sigma is first clipped into [low_fraction x limit, limit], so that near
+    saturation or when undersaturated the range does not reach down to sigma -> 0, where a
+    power law in sigma means nothing) up to ``limit_margin`` past the metastable limit (the
+    proposals' peak stays below the limit; the margin covers the constraint's slope there,
+    and no further, since past it primary nucleation bends log10 B away from any power law).
+
+    Args:
+        sigma: current driving force ln(C/C*) (NaN or <= 0 allowed: then as at the floor).
+        metastable_sigma_limit: the proposals' supersaturation limit (> 0).
+        low_fraction: share of the (clipped) current sigma where the range starts, in (0, 1).
+        limit_margin: share of the limit (or of the current sigma, when above it) the range
+            reaches past it, >= 0.
+
+    Returns:
+        (low, high) with 0 < low < high.
+    """
+    if not (metastable_sigma_limit > 0 and 0 < low_fraction < 1 and limit_margin >= 0):
+        raise ValueError(f"need metastable_sigma_limit > 0, 0 < low_fraction < 1, limit_margin >= 0; got "
+                         f"{metastable_sigma_limit}, {low_fraction}, {limit_margin}")
+    floor = low_fraction * metastable_sigma_limit
+    here = min(max(sigma, floor), metastable_sigma_limit) if math.isfinite(sigma) else floor
+    top = max(metastable_sigma_limit, sigma) if math.isfinite(sigma) else metastable_sigma_limit
+    return low_fraction * here, (1.0 + limit_margin) * top
+
+
+def query_grid(temperature_c: float, sigma: float, sigma_range: tuple[float, float], temperatures: int = 3,
+               sigmas_per_side: int = 2) -> tuple[np.ndarray, np.ndarray, float]:
+    """The conditions the network is asked at to fit the local laws, centred on the current one.
+
+    Driving forces: the current sigma (clamped into the range: the anchor), ``sigmas_per_side``
+    log-spaced below it down to the low end and as many above it up to the high end (all on
+    one side when the anchor sits on an end). Temperatures: ``temperatures`` from 10 K below
+    to 5 K above the current one (a cooling batch spends its time below). The grid is their
+    product.
+
+    Args:
+        temperature_c: current temperature.
+        sigma: current driving force (NaN: the low end).
+        sigma_range: (low, high), 0 < low < high.
+        temperatures: number of grid temperatures.
+        sigmas_per_side: grid driving forces on each side of the anchor.
+
+    Returns:
+        (grid temperatures C, (n,); grid driving forces, (n,); anchor sigma), n =
+        temperatures x (2 sigmas_per_side + 1).
+    """
+    low, high = (float(v) for v in sigma_range)
+    if not 0 < low < high:
+        raise ValueError(f"sigma_range must be (low, high) with 0 < low < high, got {sigma_range}")
+    anchor = min(max(sigma, low), high) if math.isfinite(sigma) else low
+    k = sigmas_per_side
+    below_n = 0 if anchor <= low else (k if anchor < high else 2 * k)
+    above_n = 2 * k - below_n
+    below = np.geomspace(low, anchor, below_n + 1)[:-1] if below_n else np.zeros(0)
+    above = np.geomspace(anchor, high, above_n + 1)[1:] if above_n else np.zeros(0)
+    sigmas = np.concatenate([below, [anchor], above])
+    temps = np.linspace(temperature_c - 10.0, temperature_c + 5.0, temperatures)
+    grid_t, grid_s = (a.ravel() for a in np.meshgrid(temps, sigmas, indexing="ij"))
+    return grid_t, grid_s, anchor
+
+
+def fit_laws(temperatures_c: np.ndarray, sigmas: np.ndarray, members: np.ndarray,
+             anchor: int | None = None) -> KineticsLaws:
     """Least-squares power laws per member.
+
+    With ``anchor`` the laws pass exactly through each member's output at that row (the
+    current condition, where the rollout starts and where the agent compares the model with
+    the plant) and least squares fits only the slopes in ln sigma and 1/T.
 
     Args:
         temperatures_c: (n,) grid temperatures.
         sigmas: (n,) grid driving forces (> 0).
         members: (S, n, 3) member outputs log10 G, log10 B, lambda.
+        anchor: row the laws must reproduce exactly; None for plain least squares.
+
+    Returns:
+        The laws, (S, 3) each.
     """
     inv_t = 1.0 / T_REF_K - 1.0 / (np.asarray(temperatures_c, dtype=float) + 273.15)
     ln_sigma = np.log(np.asarray(sigmas, dtype=float))
-    design_g = np.stack([np.ones_like(ln_sigma), ln_sigma, inv_t], axis=1)
-    design_b = np.stack([np.ones_like(ln_sigma), ln_sigma / math.log(10.0), inv_t], axis=1)
-    ln_g = members[..., 0] * math.log(10.0)  # (S, n)
+    design_g = np.stack([np.ones_like(ln_sigma), ln_sigma, inv_t], axis=1)  # (n, 3)
+    design_b = np.stack([np.ones_like(ln_sigma), ln_sigma / LN10, inv_t], axis=1)
+    ln_g = members[..., 0] * LN10  # (S, n)
     log_b = members[..., 1]
-    growth = np.linalg.lstsq(design_g, ln_g.T, rcond=None)[0].T
-    nucleation = np.linalg.lstsq(design_b, log_b.T, rcond=None)[0].T
-    return KineticsLaws(growth, nucleation)
+    if anchor is None:
+        growth = np.linalg.lstsq(design_g, ln_g.T, rcond=None)[0].T
+        nucleation = np.linalg.lstsq(design_b, log_b.T, rcond=None)[0].T
+        return KineticsLaws(growth, nucleation)
+    return KineticsLaws(_anchored_fit(design_g, ln_g, anchor), _anchored_fit(design_b, log_b, anchor))
+
+
+def _anchored_fit(design: np.ndarray, y: np.ndarray, anchor: int) -> np.ndarray:
+    """Coefficients (S, 3) of y ~ design whose line passes through row ``anchor``.
+
+    Args:
+        design: (n, 3), first column ones.
+        y: (S, n).
+    """
+    slopes = np.linalg.lstsq(design[:, 1:] - design[anchor, 1:], (y - y[:, anchor:anchor + 1]).T, rcond=None)[0].T
+    intercept = y[:, anchor] - slopes @ design[anchor, 1:]
+    return np.column_stack([intercept, slopes])
+
+
+def constraint_uncertainty(log10_growth: np.ndarray, log10_nucleation: np.ndarray) -> float:
+    """Ensemble spread of the desupersaturation rate, in decades, from growth and nucleation.
+
+    The proposal's constraint is the peak supersaturation, set by how fast the crystals take
+    the solute up against the cooling: the faster, the lower the peak. Two limits bound that
+    rate. Growth on a fixed surface (a seeded batch) takes solute up at a rate ~ G. Crystals
+    nucleated in the batch hold a mass ~ B G^3 t^4, so the time to take up a given excess
+    goes as (B G^3)^(-1/4) and the rate as (B G^3)^(1/4). The measure is the larger of the two
+    ensemble spreads, taken member by member (a member that predicts more nuclei and slower
+    growth can agree with one that predicts the opposite):
+
+        max( std_s log10 G_s,  std_s (log10 B_s + 3 log10 G_s) / 4 )
+
+    It is in decades of a rate, like the guard's spread of log10 G, which it equals where
+    growth dominates, so one limit serves both.
+
+    Args:
+        log10_growth: (S,) log10 G per member at the operating point.
+        log10_nucleation: (S,) log10 B per member there.
+
+    Returns:
+        The spread (0 for one member).
+    """
+    log10_g = np.asarray(log10_growth, dtype=float)
+    log10_b = np.asarray(log10_nucleation, dtype=float)
+    if log10_g.size < 2:
+        return 0.0
+    nucleated = (log10_b + NUCLEATED_MASS_GROWTH_EXPONENT * log10_g) / (NUCLEATED_MASS_GROWTH_EXPONENT + 1.0)
+    return float(max(log10_g.std(ddof=0), nucleated.std(ddof=0)))
 
 
 class KineticsService:
@@ -135,23 +303,30 @@ class KineticsService:
     Args:
         predictor: a :class:`models.msgnn.KineticsPredictor`.
         material: plant_sim material name.
-        grid_sigmas: (low, high) driving forces of the query grid.
-        grid_temperatures: temperatures in the grid (spread over +-10 K around the current).
+        grid_sigmas: (low, high) driving forces of the query grid when :meth:`estimate` is not
+            given a ``sigma_range`` (kept for callers that do not know the metastable limit).
+        grid_temperatures: temperatures in the grid (spread over -10..+5 K around the current).
+        habit_fallback: without a facet graph from imaging, answer on the material's own habit
+            (True) or raise :class:`ModelUnavailable` (False).
     """
 
     def __init__(self, predictor, material: str, grid_sigmas: tuple[float, float] = (0.003, 0.04),
-                 grid_temperatures: int = 3) -> None:
+                 grid_temperatures: int = 3, habit_fallback: bool = True) -> None:
         from models.data import DataSettings, facet_family_properties, generate
 
         self.predictor = predictor
         self.material = material
-        graph = generate(DataSettings(materials=(material,), variants_per_material=1,
-                                      conditions_per_variant=1, label_noise=0.0)).materials[0]
-        self.material_graph = graph
-        self.embedding = predictor.embed_material(graph)
+        # The pristine defect state (variant 0) with its one sample: the material graph, and the
+        # facet graph of its habit at the reference condition, built as every training sample's.
+        pristine = generate(DataSettings(materials=(material,), variants_per_material=1,
+                                         conditions_per_variant=1, label_noise=0.0))
+        self.material_graph = pristine.materials[0]
+        self.material_facets = pristine.queries[0]
+        self.embedding = predictor.embed_material(self.material_graph)
         self.family_properties = facet_family_properties(material)
         self.grid_sigmas = grid_sigmas
         self.grid_temperatures = grid_temperatures
+        self.habit_fallback = habit_fallback
         self.version = str(predictor.ensemble.info.get("version", "")) if hasattr(predictor.ensemble, "info") else ""
 
     @classmethod
@@ -177,25 +352,47 @@ class KineticsService:
         return service
 
     def estimate(self, imaging: Sequence[tuple[float, float, float]], temperature_c: float, sigma: float,
-                 impurity_ppm: float = 0.0, stirring_rpm: float = 300.0) -> KineticsEstimate:
+                 impurity_ppm: float = 0.0, stirring_rpm: float = 300.0, *,
+                 sigma_range: tuple[float, float] | None = None,
+                 constraint_sigma: float | None = None) -> KineticsEstimate:
         """Kinetics at the current conditions and local laws around them.
+
+        Args:
+            imaging: (hkl code, area fraction, growth rate um/min) per usable slot (may be
+                empty: then the material's habit stands in, see ``habit_fallback``).
+            temperature_c: current reactor temperature.
+            sigma: current driving force ln(C/C*).
+            impurity_ppm: impurity in the liquid.
+            stirring_rpm: agitator speed.
+            sigma_range: (low, high) driving forces to fit the laws over, e.g.
+                :func:`batch_sigma_range`; default the service's ``grid_sigmas``.
+            constraint_sigma: driving force where the proposal's constraint bites (the
+                metastable limit) for :attr:`KineticsEstimate.uncertainty_constraint`;
+                default the top of ``sigma_range``.
+
+        Returns:
+            The estimate; its laws reproduce each member's answer at the current condition.
 
         Raises:
             ModelUnavailable: no usable facet graph, or the model's output is not finite.
         """
-        facets = facet_graph_from_imaging(imaging, self.family_properties, self.embedding_directions)
-        if facets is None:
-            raise ModelUnavailable("no usable imaging facet statistics for the facet graph")
         if not math.isfinite(temperature_c):
             raise ModelUnavailable("reactor temperature unknown")
-        lo, hi = self.grid_sigmas
-        temps = np.linspace(temperature_c - 10.0, temperature_c + 5.0, self.grid_temperatures)
-        sigmas = np.geomspace(lo, hi, 5)
-        grid_t, grid_s = (a.ravel() for a in np.meshgrid(temps, sigmas, indexing="ij"))
-        current_sigma = min(max(sigma, lo), hi) if math.isfinite(sigma) else lo
+        facets = facet_graph_from_imaging(imaging, self.family_properties, self.embedding_directions)
+        source = FacetSource.imaging
+        if facets is None:
+            if not self.habit_fallback:
+                raise ModelUnavailable("no usable imaging facet statistics for the facet graph")
+            facets, source = self.material_facets, FacetSource.material_habit
+        low, high = sigma_range if sigma_range is not None else self.grid_sigmas
+        grid_t, grid_s, anchor_sigma = query_grid(temperature_c, sigma, (low, high), self.grid_temperatures)
+        top = high if constraint_sigma is None else float(constraint_sigma)
+        if not (math.isfinite(top) and top > 0):
+            raise ValueError(f"constraint_sigma must be a positive driving force, got {constraint_sigma}")
+        # Row 0 is the current condition (the anchor of the fit), the rest the grid.
         rows = np.column_stack([
             np.concatenate([[temperature_c], grid_t]),
-            np.concatenate([[current_sigma], grid_s]),
+            np.concatenate([[anchor_sigma], grid_s]),
             np.full(grid_t.size + 1, impurity_ppm),
             np.full(grid_t.size + 1, stirring_rpm),
         ])
@@ -204,11 +401,11 @@ class KineticsService:
         members = pred.graph_members.detach().cpu().double().numpy()  # (S, 1 + n, 3)
         if not np.all(np.isfinite(members)):
             raise ModelUnavailable("the model returned non-finite kinetics")
-        now = members[:, 0, :]
-        laws = fit_laws(grid_t, grid_s, members[:, 1:, :])
+        now = members[:, 0, :]  # (S, 3)
+        laws = fit_laws(rows[:, 0], rows[:, 1], members, anchor=0)
         spread = now.std(axis=0, ddof=0) if now.shape[0] > 1 else np.zeros(3)
-        reference_sigma = math.sqrt(lo * hi)
-        log10_g_ref = np.log10(laws.growth_um_per_min(temperature_c, reference_sigma))
+        log10_g_ref = np.log10(laws.growth_um_per_min(temperature_c, math.sqrt(low * high)))
+        log10_g_top = np.log10(laws.growth_um_per_min(temperature_c, top))
         return KineticsEstimate(
             growth_um_per_min=float(10.0 ** now[:, 0].mean()),
             log10_nucleation=float(now[:, 1].mean()),
@@ -216,6 +413,13 @@ class KineticsService:
             spread={"log10_G": float(spread[0]), "log10_B": float(spread[1]), "lambda": float(spread[2])},
             laws=laws,
             uncertainty_log10_growth=float(log10_g_ref.std(ddof=0)) if log10_g_ref.size > 1 else 0.0,
+            uncertainty_constraint=constraint_uncertainty(log10_g_top, laws.log10_nucleation(temperature_c, top)),
+            member_log10_growth_um_per_min=now[:, 0].copy(),
+            member_log10_nucleation=now[:, 1].copy(),
+            query_sigma=float(anchor_sigma),
+            sigma_range=(float(low), float(high)),
+            constraint_sigma=top,
+            facet_source=source,
         )
 
     @property

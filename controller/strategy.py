@@ -6,6 +6,7 @@ decision log and metrics::
 
     strategy.setpoints                  # the setpoints it drives (the guard's)
     advice = strategy.advise(view)      # every cycle, fast, no I/O
+    strategy.written(values, t)         # what the guard let through this cycle
     strategy.accept(proposal)           # when a background proposal arrives
 
 :class:`Advice` carries the setpoints for this cycle (or None), what they rest on (predictions
@@ -17,29 +18,39 @@ the MS-GNN in a background thread and uses its latest answer.
 
 - :class:`LinearCooling`: the batch recipe (ramps and holds) as remote setpoints.
 - :class:`ModelPredictive`: the MS-GNN + BoTorch agent. It follows the recipe until the seeds
-  are in, then estimates the population (moment model driven by the measured temperature and
-  concentration, kinetics from the model with a growth bias learnt online from imaging),
-  poses a proposal problem each time the worker is free, and writes the latest proposal's
-  trajectory (temperature and, where the plant has one, antisolvent rate). When batch time is
-  in its objective it asks the plant to complete the batch once cooling has reached the final
-  temperature and the recipe's final hold has passed.
+  are in, then estimates the population (controller/estimator.py: moments reconciled with the
+  measured mass balance, growth and nucleation corrected online), poses a proposal problem from
+  this cycle's setpoint each time the worker is free, and follows the latest proposal's
+  trajectory bumplessly (temperature and, where the plant has one, antisolvent rate); the
+  recipe when the model cannot answer. When batch time is in its objective it asks the plant to
+  complete the batch once cooling has reached the final temperature and the recipe's final hold
+  has passed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import json
+import logging
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Protocol
 
 import numpy as np
 
+from controller import estimator
+from controller.estimator import EstimatorSettings, Measurement, PopulationEstimate
 from controller.proposer import Problem, Proposal
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState, seed_moments
 from controller.settings import ProposerSettings
 
-__all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PlantView", "Strategy",
-           "observed_growth"]
+__all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PathFollower", "PlantView",
+           "Strategy", "observed_growth"]
+
+_log = logging.getLogger("xtalpilot.strategy")
 
 TEMPERATURE_SP = "reactor_temperature_setpoint_c"
 ANTISOLVENT_SP = "antisolvent_rate_setpoint_kg_per_min"
@@ -55,7 +66,8 @@ class PlantView:
     Attributes:
         plant_time_s: plant time of the cycle.
         batch_time_s: plant seconds since the batch started executing (None: not executing).
-        values: filtered value per signal (NaN when the signal is not ok).
+        values: filtered value per signal (NaN when the signal is not ok); status tags as read
+            (``batch_state`` among them: Held freezes a strategy, Idle/Completed/Aborted reset it).
         ok: whether each signal passed validation this cycle.
     """
 
@@ -102,6 +114,8 @@ class Strategy(Protocol):
     def advise(self, view: PlantView) -> Advice: ...
 
     def accept(self, proposal: Proposal) -> None: ...
+
+    def written(self, values: Mapping[str, float], plant_time_s: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -194,6 +208,9 @@ class LinearCooling:
     def accept(self, proposal: Proposal) -> None:  # no background work
         pass
 
+    def written(self, values: Mapping[str, float], plant_time_s: float) -> None:  # a fixed path
+        pass
+
 
 def observed_growth(values: Mapping[str, float], slots: int = 4) -> float:
     """Volume-equivalent growth rate seen by imaging (um/min); NaN if no facet slot is usable.
@@ -231,8 +248,63 @@ def observed_growth(values: Mapping[str, float], slots: int = 4) -> float:
     return (2.0 / math.pi) * surface * total / area
 
 
+class PathFollower:
+    """One continuous setpoint path from successive plans (pure; time passed in).
+
+    A plan is a path of plant time (a proposal's trajectory, or the recipe). When the plan
+    changes, the offset between the path in use and the new one at that instant is blended out
+    over ``blend_s``, so a new plan never steps the setpoint: the first value after a switch is
+    the one the old plan gave. When the guard wrote something else than advised (a hold, a rate
+    limit), the path restarts from what was written and blends back to the plan the same way.
+    """
+
+    def __init__(self, blend_s: float) -> None:
+        self.blend_s = max(float(blend_s), 1e-9)
+        self._key: object = None
+        self._path = None
+        self._offset = 0.0
+        self._switch_s = 0.0
+
+    def _current(self, now_s: float) -> float:
+        weight = max(0.0, 1.0 - (now_s - self._switch_s) / self.blend_s)
+        return self._path(now_s) + self._offset * weight
+
+    def value(self, key: object, path, now_s: float) -> float:
+        """The setpoint at ``now_s`` on the plan ``key`` (``path``: plant time -> value)."""
+        if key != self._key or self._path is None:
+            old = self._current(now_s) if self._path is not None else None
+            self._key, self._path, self._switch_s = key, path, now_s
+            self._offset = 0.0 if old is None or not math.isfinite(old) else old - path(now_s)
+        return self._current(now_s)
+
+    def rebase(self, written: float, now_s: float) -> None:
+        """The plant got ``written`` instead of the advised value: continue from it."""
+        if self._path is not None and math.isfinite(written):
+            self._offset, self._switch_s = written - self._path(now_s), now_s
+
+    def reset(self) -> None:
+        self._key, self._path, self._offset = None, None, 0.0
+
+
+# ISA-88 batch states as the plant reports them (tag map ``batch_state``).
+BATCH_IDLE, BATCH_EXECUTE, BATCH_HELD, BATCH_COMPLETED, BATCH_ABORTED = 0, 1, 2, 3, 4
+
+
 class ModelPredictive:
     """The agent's strategy: MS-GNN kinetics, population estimate, BoTorch proposals.
+
+    Each cycle, once the seeds are in: the population estimate advances one step
+    (:mod:`controller.estimator`: moments reconciled with the measured mass balance, growth and
+    nucleation corrected online), a proposal problem is posed from *this cycle's* setpoint (what
+    is written now, not what was read back from the last write), and the latest proposal is
+    followed through a :class:`PathFollower` (bumpless when a plan switches). At the end of
+    cooling the setpoint ramps to the final temperature at the plan's rate. When the model cannot
+    answer (no checkpoint answer yet, nothing it can use) the recipe is followed instead
+    (``inputs["fallback"]``), so a batch the model cannot see still cools.
+
+    Batch states: Held freezes everything (no advice, the estimate and the antisolvent
+    totaliser stop); only Idle, Completed and Aborted reset. With ``state_path`` the estimate is
+    saved every cycle and restored by an agent restarted within the same batch.
 
     Args:
         recipe: the batch plan.
@@ -243,85 +315,189 @@ class ModelPredictive:
         max_cooling_k_per_min / max_heating_k_per_min: rates the proposer may use.
         max_antisolvent_kg_per_min: upper limit of the antisolvent setpoint (0: the plant has
             none the agent may write).
+        estimator_settings: how the estimate follows the measurements.
+        state_path: JSON file for the estimate (None: not persisted).
+        blend_s: plant seconds over which a plan switch is blended.
     """
 
     name = "model_predictive"
-    MIN_SIGMA_FOR_BIAS = 0.002
 
     def __init__(self, recipe: BatchRecipe, service, material: MaterialConstants, settings: ProposerSettings,
                  stirring_rpm: float = 300.0, max_cooling_k_per_min: float = 1.0,
                  max_heating_k_per_min: float = 0.2, setpoint_low_c: float = -math.inf,
-                 max_antisolvent_kg_per_min: float = 0.0) -> None:
+                 max_antisolvent_kg_per_min: float = 0.0, estimator_settings: EstimatorSettings | None = None,
+                 state_path: str | None = None, blend_s: float | None = None) -> None:
         self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
         self.stirring_rpm = stirring_rpm
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
         self.max_antisolvent = max_antisolvent_kg_per_min if settings.antisolvent or recipe.uses_antisolvent else 0.0
         self.antisolvent = self.max_antisolvent > 0  # drives the antisolvent setpoint
         self.setpoints = (TEMPERATURE_SP, ANTISOLVENT_SP) if self.antisolvent else (TEMPERATURE_SP,)
+        self.estimator_settings = estimator_settings or EstimatorSettings(
+            suspension_ref_kg_per_kg=settings.nucleation_suspension_kg_per_kg)
+        self.state_path = Path(state_path) if state_path else None
+        self.follower = PathFollower(blend_s if blend_s is not None else settings.move_interval_min * 60.0)
         self.proposal: Proposal | None = None
-        self.ln_growth_bias = 0.0
         # The MS-GNN answers in a background thread; a cycle takes the latest answer.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msgnn")
         self._pending: concurrent.futures.Future | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self._estimate, self._model_error = None, None
-        self._asked_at_s = self._estimate_asked_s = -math.inf
-        self.seeds = (0.0,) * 6
-        self.nuclei = (0.0,) * 6
-        self._seeded = False
-        self._last_time_s: float | None = None
+        self._kinetics, self._model_error = None, None
+        self._asked_at_s = self._kinetics_asked_s = -math.inf
+        self.estimate: PopulationEstimate | None = None
         self.proposal = None
         self.antisolvent_per_water = 0.0  # kg fed per kg water since the batch started
         self._anti_time_s: float | None = None
         self._cooled_at_s: float | None = None  # plant time the setpoint reached the final temperature
+        self._batch_start_s: float | None = None
+        self._advised: dict[str, float] = {}
+        self._advised_at_s: float | None = None
+        self._restored = False
+        self.follower.reset()
 
+    # ------------------------------------------------------------------ interface
     def accept(self, proposal: Proposal) -> None:
-        self.proposal = proposal
+        # A proposal posed before this batch started belongs to the last one.
+        if self._batch_start_s is not None and proposal.plant_time_s >= self._batch_start_s - 1e-6:
+            self.proposal = proposal
+
+    def written(self, values: Mapping[str, float], plant_time_s: float) -> None:
+        """What the guard let through this cycle: where the path continues from."""
+        value = values.get(TEMPERATURE_SP)
+        advised = self._advised.get(TEMPERATURE_SP)
+        if value is not None and advised is not None and abs(value - advised) > 1e-6:
+            self.follower.rebase(float(value), plant_time_s)
+            self._advised[TEMPERATURE_SP] = float(value)
+        if ANTISOLVENT_SP in values:
+            self._advised[ANTISOLVENT_SP] = float(values[ANTISOLVENT_SP])
 
     def advise(self, view: PlantView) -> Advice:
+        state = view.values.get("batch_state", math.nan) if view.ok.get("batch_state", False) else math.nan
+        if state == BATCH_HELD:
+            # Held is a freeze: nothing moves, nothing is forgotten; the totaliser restarts its
+            # clock on resume so the held time feeds nothing.
+            self._anti_time_s = None
+            return Advice(None, None, inputs={"batch_held": 1.0})
         if view.batch_time_s is None:
-            self._reset()
+            if state in (BATCH_IDLE, BATCH_COMPLETED, BATCH_ABORTED) or not math.isfinite(state):
+                self._reset()
             return Advice(None, None)
+        self._batch_start_s = view.plant_time_s - view.batch_time_s
+        if not self._restored:
+            self._restore()
         self._track_antisolvent(view)
         temperature = view.value("reactor_temperature_c")
         concentration = view.value("concentration_g_per_kg")
         data_ok = math.isfinite(temperature) and math.isfinite(concentration)
         anti = self.antisolvent_per_water
-        csat = float(self.material.solubility_g_per_kg(temperature, anti)) if data_ok else math.nan
+        csat = float(self.material.solubility_g_per_kg(temperature, anti)) if math.isfinite(temperature) else math.nan
         sigma = math.log(concentration / csat) if data_ok and concentration > 0 else math.nan
-        inputs = {"sigma": sigma, "solubility_g_per_kg": csat, "growth_bias": math.exp(self.ln_growth_bias),
-                  "antisolvent_kg_per_kg_water": anti}
+        inputs: dict = {"sigma": sigma, "solubility_g_per_kg": csat, "antisolvent_kg_per_kg_water": anti}
         batch_min = view.batch_time_s / 60.0
-        recipe_sp = self.recipe.setpoints(batch_min, self.antisolvent)
         if not data_ok:
-            return Advice(recipe_sp, view.plant_time_s, data_ok=False, inputs=inputs)
+            return self._advice(view, self._recipe_path_key(), inputs, data_ok=False)
+        if self.estimate is None and batch_min < self.recipe.seed_at_min:
+            # Before the seeds are in the recipe decides: there is nothing to steer yet.
+            return self._advice(view, self._recipe_path_key(), inputs)
+        if self.estimate is None:
+            self.estimate = estimator.seed(view.plant_time_s, self._seed_moments(), self._seed_mass(),
+                                           concentration * (1.0 + anti))
 
-        if not self._seeded and batch_min < self.recipe.seed_at_min:
-            # Before the seeds are in the recipe decides: there is nothing to steer yet, and no
-            # crystals for imaging to see, so the model is not asked.
-            self._last_time_s = view.plant_time_s
-            return Advice(recipe_sp, view.plant_time_s, inputs=inputs)
+        kinetics = self._latest_kinetics(view, temperature, sigma)
+        laws = kinetics.laws if kinetics is not None and self._model_error is None else None
+        measurement = Measurement(view.plant_time_s, temperature, concentration, csat, anti,
+                                  view.value("fbrm_counts_total_per_s"))
+        self.estimate = estimator.step(self.estimate, measurement, laws, self.material.mass_per_um3_kg,
+                                       self.estimator_settings)
+        inputs.update(self.estimate.summary(self.material.mass_per_um3_kg))
+        self._save()
+        if laws is None:
+            inputs["fallback"] = "recipe"
+            inputs["model_error"] = self._model_error or "waiting for the model's first answer"
+            return self._advice(view, self._recipe_path_key(), inputs)
+        corrected = _corrected(laws, self.estimate)
+        g_members = corrected.growth_um_per_min(temperature, sigma)
+        predictions = {"G_um_per_min": float(np.exp(np.log(g_members).mean())) if sigma > 0 else 0.0,
+                       "G_model_um_per_min": float(kinetics.growth_um_per_min),
+                       "log10_B": float(corrected.log10_nucleation(temperature, sigma).mean()),
+                       "log10_B_model": float(kinetics.log10_nucleation),
+                       "lambda": kinetics.morphology_lambda, "model_age_s": view.plant_time_s - self._kinetics_asked_s,
+                       **{f"spread_{k}": v for k, v in kinetics.spread.items()}}
+        plan = self._plan(batch_min)
+        key = ("proposal", self.proposal.plant_time_s) if self.proposal is not None else self._recipe_path_key()
+        # The gate is on what the constraint depends on: growth and nucleation near the limit.
+        uncertainty = float(getattr(kinetics, "uncertainty_constraint", kinetics.uncertainty))
+        predictions["uncertainty_log10_G"] = float(kinetics.uncertainty)
+        predictions["uncertainty_constraint"] = uncertainty
+        inputs["facet_source"] = getattr(getattr(kinetics, "facet_source", None), "value", "imaging")
+        advice = self._advice(view, key, inputs, uncertainty=uncertainty, predictions=predictions)
+        if plan.cooling_left_s > 0 and self._cooled_at_s is None:
+            setpoint_now = advice.setpoints[TEMPERATURE_SP]
+            anti_now = advice.setpoints.get(ANTISOLVENT_SP, 0.0)
+            state_now = PopulationState(temperature, concentration, self.estimate.seeds, self.estimate.nuclei,
+                                        setpoint_c=setpoint_now, antisolvent_per_water=anti,
+                                        antisolvent_rate_kg_per_min=anti_now)
+            problem = Problem(view.plant_time_s, state_now, plan, self.material, corrected.growth, corrected.nucleation,
+                              self.settings, self.max_cooling, self.max_heating, self.setpoint_low_c,
+                              self.max_antisolvent)
+            advice = dataclasses.replace(advice, problem=problem)
+        if self.proposal is not None:
+            inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
+                           if isinstance(v, (int, float))})
+        complete = (self.settings.weight_batch_time_per_h > 0 and self._cooled_at_s is not None
+                    and view.plant_time_s - self._cooled_at_s >= self.recipe.final_hold_min * 60.0)
+        return dataclasses.replace(advice, complete_batch=complete)
 
-        est = self._latest_kinetics(view, temperature, sigma)
-        if est is None or self._model_error is not None:
-            inputs["model_error"] = self._model_error or "waiting for the model's first answer"  # type: ignore[assignment]
-            self._last_time_s = view.plant_time_s
-            return Advice(recipe_sp, view.plant_time_s, model_ok=False, inputs=inputs)
-        # kinetics now: the latest answer's laws at the current conditions (geometric mean over members)
-        g_members = est.laws.growth_um_per_min(temperature, sigma)
-        g_model = float(np.exp(np.log(g_members).mean())) if sigma > 0 else 0.0
-        predictions = {"G_um_per_min": g_model * math.exp(self.ln_growth_bias), "G_model_um_per_min": g_model,
-                       "log10_B": float(est.laws.log10_nucleation(temperature, sigma).mean()),
-                       "lambda": est.morphology_lambda, "model_age_s": view.plant_time_s - self._estimate_asked_s,
-                       **{f"spread_{k}": v for k, v in est.spread.items()}}
-        self._update_bias(view, g_model, sigma)
-        laws = est.laws.with_growth_bias(self.ln_growth_bias)
-        self._integrate(view, temperature, concentration, laws)
-        inputs.update(self._population_summary())
+    # ------------------------------------------------------------------ setpoints
+    def _recipe_path_key(self):
+        return ("recipe", self._batch_start_s)
 
-        plan = BatchPlan(
+    def _path(self, key):
+        if key[0] == "recipe":
+            start = self._batch_start_s or 0.0
+            return lambda t: self.recipe.setpoint_c((t - start) / 60.0)
+        proposal = self.proposal
+        final = self.recipe.final_temperature_c
+        return lambda t: max(proposal.setpoint_at(t), final)
+
+    def _advice(self, view: PlantView, key, inputs: dict, **kwargs) -> Advice:
+        """This cycle's setpoints on the plan ``key``, remembered as what is written now."""
+        now = view.plant_time_s
+        batch_min = view.batch_time_s / 60.0
+        final = self.recipe.final_temperature_c
+        previous, previous_s = self._advised.get(TEMPERATURE_SP), self._advised_at_s
+        cooling_over = batch_min * 60.0 >= self.recipe.cooling_end_min * 60.0 or self._cooled_at_s is not None
+        if cooling_over and key[0] == "proposal" and previous is not None and previous_s is not None:
+            # Cooling is over on the plan: ramp on to the final temperature at the plan's rate
+            # (never a step: the reactor would undershoot and the supersaturation overshoot).
+            rate = max(self._plan_rate_k_per_s(key, now), self._recipe_final_rate_k_per_s())
+            temperature = max(final, previous - rate * max(now - previous_s, 0.0))
+        else:
+            temperature = self.follower.value(key, self._path(key), now)
+        setpoints = {TEMPERATURE_SP: float(temperature)}
+        if self.antisolvent:
+            rate = self.proposal.antisolvent_at(now) if key[0] == "proposal" and self.proposal is not None else None
+            setpoints[ANTISOLVENT_SP] = rate if rate is not None and not cooling_over else (
+                0.0 if cooling_over and key[0] == "proposal" else self.recipe.antisolvent_kg_per_min(batch_min))
+        self._advised, self._advised_at_s = dict(setpoints), now
+        if (self._cooled_at_s is None and key[0] == "proposal" and self.settings.weight_batch_time_per_h > 0
+                and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K):
+            self._cooled_at_s = now
+        return Advice(setpoints, now, inputs=inputs, **kwargs)
+
+    def _plan_rate_k_per_s(self, key, now: float) -> float:
+        """Cooling rate of the plan in use just before ``now`` (K/s, >= 0)."""
+        path = self._path(key)
+        span = 60.0
+        return max((path(now - span) - path(now)) / span, 0.0)
+
+    def _recipe_final_rate_k_per_s(self) -> float:
+        return max(self.recipe.steps[-1].rate_k_per_min, 0.0) / 60.0 if self.recipe.steps else 1.0 / 60.0
+
+    def _plan(self, batch_min: float) -> BatchPlan:
+        return BatchPlan(
             time_left_s=max((self.recipe.duration_min - batch_min) * 60.0, 0.0),
             cooling_left_s=max((self.recipe.cooling_end_min - batch_min) * 60.0, 0.0),
             final_temperature_c=self.recipe.final_temperature_c,
@@ -332,48 +508,13 @@ class ModelPredictive:
             suspension_ref_kg_per_kg=self.settings.nucleation_suspension_kg_per_kg,
             water_mass_kg=self.recipe.solvent_mass_kg,
         )
-        active = view.value("reactor_temperature_setpoint_active_c")
-        cooled = self._cooling_over(view, active)
-        problem = None
-        if plan.cooling_left_s > 0 and not cooled:
-            flow = view.value(ANTISOLVENT_FLOW)
-            state = PopulationState(temperature, concentration, self.seeds, self.nuclei,
-                                    setpoint_c=active if math.isfinite(active) else None,
-                                    antisolvent_per_water=anti,
-                                    antisolvent_rate_kg_per_min=flow if math.isfinite(flow) else 0.0)
-            problem = Problem(view.plant_time_s, state, plan, self.material, laws.growth, laws.nucleation,
-                              self.settings, self.max_cooling, self.max_heating, self.setpoint_low_c,
-                              self.max_antisolvent)
-        if self.proposal is None and not cooled:
-            setpoints, when = recipe_sp, view.plant_time_s
-        elif plan.cooling_left_s <= 0 or cooled:
-            setpoints, when = {TEMPERATURE_SP: self.recipe.final_temperature_c}, view.plant_time_s
-            if self.antisolvent:
-                setpoints[ANTISOLVENT_SP] = 0.0
-        else:
-            setpoints = {TEMPERATURE_SP: max(self.proposal.setpoint_at(view.plant_time_s),
-                                             self.recipe.final_temperature_c)}
-            rate = self.proposal.antisolvent_at(view.plant_time_s)
-            if self.antisolvent:
-                setpoints[ANTISOLVENT_SP] = rate if rate is not None else recipe_sp[ANTISOLVENT_SP]
-            when = self.proposal.plant_time_s
-            # what the proposal in use expects of the batch (for the log and the operator)
-            inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
-                           if isinstance(v, (int, float))})
-        complete = (self.settings.weight_batch_time_per_h > 0 and self._cooled_at_s is not None
-                    and view.plant_time_s - self._cooled_at_s >= self.recipe.final_hold_min * 60.0)
-        return Advice(setpoints, when, uncertainty=est.uncertainty, predictions=predictions, inputs=inputs,
-                      problem=problem, complete_batch=complete)
 
-    def _cooling_over(self, view: PlantView, active_setpoint_c: float) -> bool:
-        """Whether cooling has ended on the agent's own plan: with batch time in the objective,
-        once the plant's active setpoint reached the final temperature (latched for the batch).
-        The end of the recipe's cooling is the caller's other test."""
-        if self._cooled_at_s is None and self.settings.weight_batch_time_per_h > 0 and self.proposal is not None:
-            if (math.isfinite(active_setpoint_c)
-                    and active_setpoint_c <= self.recipe.final_temperature_c + FINAL_TEMPERATURE_TOLERANCE_K):
-                self._cooled_at_s = view.plant_time_s
-        return self._cooled_at_s is not None
+    def _seed_mass(self) -> float:
+        return self.recipe.seed_mass_g / 1000.0 / self.recipe.solvent_mass_kg
+
+    def _seed_moments(self) -> tuple[float, ...]:
+        return seed_moments(self._seed_mass(), self.recipe.seed_mean_size_um, self.recipe.seed_std_size_um,
+                            self.material)
 
     def _track_antisolvent(self, view: PlantView) -> None:
         """Antisolvent fed so far, totalised from the flowmeter (kg per kg water), with a
@@ -387,25 +528,65 @@ class ModelPredictive:
         dt_s = min(view.plant_time_s - last, 600.0)
         self.antisolvent_per_water += max(flow, 0.0) * dt_s / 60.0 / self.recipe.solvent_mass_kg
 
-    # ------------------------------------------------------------------ estimation
+    # ------------------------------------------------------------------ persistence
+    def _save(self) -> None:
+        if self.state_path is None or self.estimate is None:
+            return
+        record = {"batch_start_s": self._batch_start_s, "estimate": self.estimate.to_dict(),
+                  "antisolvent_per_water": self.antisolvent_per_water, "cooled_at_s": self._cooled_at_s}
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.state_path)  # atomic: a crash leaves the old or the new file
+        except OSError as exc:
+            _log.warning("cannot save the estimator state to %s: %s", self.state_path, exc)
+
+    def _restore(self) -> None:
+        """The saved estimate, when it belongs to this batch (same start within a minute)."""
+        self._restored = True
+        if self.state_path is None or not self.state_path.is_file() or self._batch_start_s is None:
+            return
+        try:
+            record = json.loads(self.state_path.read_text())
+            start = float(record["batch_start_s"])
+            estimate = PopulationEstimate.from_dict(record["estimate"])
+            anti = float(record["antisolvent_per_water"])
+            cooled = record.get("cooled_at_s")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _log.warning("ignoring the estimator state in %s (%s): starting the estimate afresh", self.state_path, exc)
+            return
+        if abs(start - self._batch_start_s) > 60.0:
+            return  # another batch's
+        self.estimate, self.antisolvent_per_water = estimate, anti
+        self._cooled_at_s = float(cooled) if cooled is not None else None
+        _log.info("estimator state restored from %s (batch started at plant time %.0f s)", self.state_path, start)
+
+    # ------------------------------------------------------------------ the model
     def _latest_kinetics(self, view: PlantView, temperature: float, sigma: float):
         """The latest MS-GNN answer; asks again in the background every ``model_refresh_s``."""
         from controller.facet_graph import imaging_from_values
 
         if self._pending is not None and self._pending.done():
             try:
-                self._estimate, self._model_error = self._pending.result(), None
-                self._estimate_asked_s = self._asked_at_s
-            except Exception as exc:  # ModelUnavailable, or a model bug: hold until it answers
+                self._kinetics, self._model_error = self._pending.result(), None
+                self._kinetics_asked_s = self._asked_at_s
+            except Exception as exc:  # ModelUnavailable, or a model bug: the recipe until it answers
                 self._model_error = f"{type(exc).__name__}: {exc}"
             self._pending = None
-        due = (self._estimate is None or self._model_error is not None
+        due = (self._kinetics is None or self._model_error is not None
                or view.plant_time_s - self._asked_at_s >= self.settings.model_refresh_s)
         if self._pending is None and due:
-            self._pending = self._executor.submit(self.service.estimate, imaging_from_values(view.values),
-                                                  temperature, sigma, stirring_rpm=self.stirring_rpm)
+            from controller.kinetics_service import batch_sigma_range
+
+            # Stale imaging slots are masked, not carried at their last good values; the laws are
+            # fitted over the supersaturations the batch visits (up to the metastable limit).
+            limit = self.settings.metastable_sigma_limit
+            self._pending = self._executor.submit(self.service.estimate, imaging_from_values(view.values, view.ok),
+                                                  temperature, sigma, stirring_rpm=self.stirring_rpm,
+                                                  sigma_range=batch_sigma_range(sigma, limit), constraint_sigma=limit)
             self._asked_at_s = view.plant_time_s
-        return self._estimate
+        return self._kinetics
 
     def close(self) -> None:
         """Stop the model thread (a pending query is dropped)."""
@@ -416,49 +597,12 @@ class ModelPredictive:
         if self._pending is not None:
             concurrent.futures.wait([self._pending], timeout=timeout_s)
 
-    def _update_bias(self, view: PlantView, g_model: float, sigma: float) -> None:
-        """Online model-plant correction: filtered ln(G imaging / G model)."""
-        observed = observed_growth({k: view.value(k) for k in view.values if k.startswith("facet_")})
-        if not (math.isfinite(observed) and observed > 0 and sigma > self.MIN_SIGMA_FOR_BIAS and g_model > 0):
-            return
-        dt = view.plant_time_s - self._last_time_s if self._last_time_s is not None else 0.0
-        alpha = 1.0 - math.exp(-max(dt, 0.0) / self.settings.bias_time_constant_s) if dt > 0 else 0.2
-        residual = math.log(observed / g_model)
-        self.ln_growth_bias = float(np.clip(self.ln_growth_bias + alpha * (residual - self.ln_growth_bias), -3, 3))
 
-    def _integrate(self, view: PlantView, temperature: float, concentration: float, laws) -> None:
-        import torch
+def _corrected(laws, estimate: PopulationEstimate):
+    """The model's laws with the estimator's online growth and nucleation corrections."""
+    from controller.kinetics_service import KineticsLaws
 
-        from controller.rollout import step_moments
-
-        batch_min = view.batch_time_s / 60.0
-        if not self._seeded and batch_min >= self.recipe.seed_at_min:
-            mass = self.recipe.seed_mass_g / 1000.0 / self.recipe.solvent_mass_kg
-            self.seeds = seed_moments(mass, self.recipe.seed_mean_size_um, self.recipe.seed_std_size_um, self.material)
-            self._seeded = True
-        last, self._last_time_s = self._last_time_s, view.plant_time_s
-        if last is None or not self._seeded:
-            return
-        dt = min(max(view.plant_time_s - last, 0.0), 600.0)
-        if dt <= 0:
-            return
-        growth = torch.as_tensor(laws.growth.mean(axis=0, keepdims=True))
-        nucleation = torch.as_tensor(laws.nucleation.mean(axis=0, keepdims=True))
-        seeds = torch.tensor([self.seeds], dtype=torch.float64)
-        nuclei = torch.tensor([self.nuclei], dtype=torch.float64)
-        n_sub = max(1, int(math.ceil(dt / 60.0)))
-        anti = self.antisolvent_per_water
-        solute = torch.tensor([concentration * (1.0 + anti)], dtype=torch.float64)  # g per kg water
-        for _ in range(n_sub):
-            _, seeds, nuclei, _ = step_moments(torch.tensor([temperature], dtype=torch.float64), solute, seeds,
-                                               nuclei, growth, nucleation, self.material, dt / n_sub,
-                                               self.settings.nucleation_suspension_kg_per_kg, anti)
-        self.seeds = tuple(float(v) for v in seeds[0])
-        self.nuclei = tuple(float(v) for v in nuclei[0])
-
-    def _population_summary(self) -> dict:
-        total = np.add(self.seeds, self.nuclei)
-        d43 = total[4] / total[3] if total[3] > 0 else math.nan
-        return {"estimated_d43_um": float(d43),
-                "estimated_fines": float(self.nuclei[3] / total[3]) if total[3] > 0 else math.nan,
-                "estimated_crystal_kg_per_kg": float(self.material.mass_per_um3_kg * total[3])}
+    nucleation = np.array(laws.nucleation, dtype=float, copy=True)
+    nucleation[:, 0] += estimate.ln_nucleation_correction / math.log(10.0)
+    return KineticsLaws(laws.growth, nucleation, laws.reference_temperature_k).with_growth_bias(
+        estimate.ln_growth_correction)

@@ -35,6 +35,39 @@ def test_decisions_round_trip_through_pandas(tmp_path):
     assert frame.iloc[1]["written"] == {} and not frame.iloc[1]["held"]
 
 
+def test_the_intent_is_logged_before_the_outcome_and_read_back_with_it(tmp_path):
+    path = tmp_path / "decisions.sqlite"
+    with DecisionLog(path) as log:
+        first = log.append(Decision(10.0, Mode.automatic, (Reason.ok,),
+                                    intent={"reactor_temperature_setpoint_c": 39.5, "agent_heartbeat": 3.0}))
+        # a reader between the two sees the intent with nothing written yet
+        assert read_decisions(path).iloc[0]["written"] == {}
+        log.record_outcome(first, {"agent_heartbeat": 3.0}, {"reactor_temperature_setpoint_c": "BadOutOfRange"})
+        log.append(Decision(20.0, Mode.automatic, (Reason.ok,), intent={"agent_heartbeat": 4.0}))
+    frame = read_decisions(path)
+    assert frame.iloc[0]["intent"]["reactor_temperature_setpoint_c"] == 39.5
+    assert frame.iloc[0]["written"] == {"agent_heartbeat": 3.0}
+    assert frame.iloc[0]["failed"] == {"reactor_temperature_setpoint_c": "BadOutOfRange"}
+    assert frame.iloc[1]["written"] == {} and frame.iloc[1]["failed"] == {}  # killed before the write
+
+
+def test_a_log_of_an_older_agent_is_extended_not_refused(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, plant_time_s REAL NOT NULL,"
+                     " wall_time_unix_s REAL NOT NULL, mode TEXT NOT NULL, reasons TEXT NOT NULL, held INTEGER NOT NULL,"
+                     " inputs TEXT NOT NULL, signal_status TEXT NOT NULL, predictions TEXT NOT NULL,"
+                     " proposal TEXT NOT NULL, written TEXT NOT NULL)")
+        conn.execute("INSERT INTO decisions (plant_time_s, wall_time_unix_s, mode, reasons, held, inputs, signal_status,"
+                     " predictions, proposal, written) VALUES (1, 2, 'manual', 'manual', 0, '{}', '{}', '{}', '{}', '{}')")
+    with DecisionLog(path) as log:
+        log.append(Decision(5.0, Mode.manual, (Reason.manual,), intent={"x": 1.0}))
+    frame = read_decisions(path)
+    assert len(frame) == 2 and frame.iloc[0]["intent"] == {} and frame.iloc[1]["intent"] == {"x": 1.0}
+
+
 def test_an_unwritable_location_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -41,6 +41,27 @@ def test_unusable_readings_give_none_or_fall_back():
     assert graph is not None and graph.facet_x.shape[0] == 6 + 12
 
 
+def test_stale_imaging_slots_are_dropped():
+    values = {"facet_1_hkl": 100.0, "facet_1_area_fraction": 0.8, "facet_1_growth_rate_um_per_min": 1.0,
+              "facet_2_hkl": 111.0, "facet_2_area_fraction": 0.2, "facet_2_growth_rate_um_per_min": 1.6,
+              "facet_3_hkl": 110.0, "facet_3_area_fraction": 0.3, "facet_3_growth_rate_um_per_min": 0.9}
+    ok = {name: True for name in values}
+    # without flags every slot, as before (a missing value is NaN)
+    everything = imaging_from_values(values)
+    assert len(everything) == 4 and everything[0] == (100.0, 0.8, 1.0) and math.isnan(everything[3][0])
+    assert imaging_from_values(values, ok) == [(100.0, 0.8, 1.0), (111.0, 0.2, 1.6), (110.0, 0.3, 0.9)]
+    # a slot with any stale signal goes, whichever of the three it is; so does one without flags
+    for stale in ("facet_1_hkl", "facet_1_area_fraction", "facet_1_growth_rate_um_per_min"):
+        assert imaging_from_values(values, {**ok, stale: False}) == [(111.0, 0.2, 1.6), (110.0, 0.3, 0.9)]
+    assert imaging_from_values(values, {k: v for k, v in ok.items() if not k.startswith("facet_3")}) == [
+        (100.0, 0.8, 1.0), (111.0, 0.2, 1.6)]
+    # the stale {110} family does not reach the facet graph: a cube with corners, not with edges too
+    graph = facet_graph_from_imaging(imaging_from_values(values, {**ok, "facet_3_area_fraction": False}), PROPS,
+                                     DIRECTIONS)
+    assert graph.facet_x.shape[0] == 14
+    assert facet_graph_from_imaging(imaging_from_values(values, {}), PROPS, DIRECTIONS) is None
+
+
 def test_the_simulated_plant_s_imaging_feeds_the_model():
     from conf.schema import load_config
     from models.msgnn import Ensemble, KineticsPredictor, TargetScaler

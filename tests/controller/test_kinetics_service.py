@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from controller.kinetics_service import KineticsService, ModelUnavailable, fit_laws
+from controller.kinetics_service import (
+    FacetSource,
+    KineticsService,
+    ModelUnavailable,
+    batch_sigma_range,
+    constraint_uncertainty,
+    fit_laws,
+    query_grid,
+)
 from controller.settings import SetupError
 
 
@@ -45,7 +53,122 @@ def test_the_service_answers_with_spread_and_laws_per_member(tiny_checkpoint):
     assert set(est.spread) == {"log10_G", "log10_B", "lambda"} and est.uncertainty >= 0
     # deterministic: the same question, the same answer
     assert service.estimate(imaging, 40.0, 0.01).growth_um_per_min == est.growth_um_per_min
-    with pytest.raises(ModelUnavailable, match="imaging"):
-        service.estimate([(0, math.nan, math.nan)] * 4, 40.0, 0.01)
+    assert est.facet_source is FacetSource.imaging
     with pytest.raises(ModelUnavailable, match="temperature"):
         service.estimate(imaging, math.nan, 0.01)
+
+
+def _cnt_plus_secondary_log10_b(temperatures_c, sigmas, prefactor):
+    """log10 B of secondary nucleation (~ sigma^2) plus classical primary nucleation that overtakes it
+    at sigma ~ 0.025, past a metastable limit of 0.015: the shape that bends a power law."""
+    secondary = prefactor * 1e6 * sigmas**2
+    primary = 1e20 * np.exp(-0.02475 * (298.15 / (temperatures_c + 273.15)) ** 3 / sigmas**2)
+    return np.log10(secondary + primary)
+
+
+def test_laws_fitted_over_the_batch_range_reproduce_nucleation_at_the_operating_point():
+    limit, t_now, s_now = 0.015, 40.0, 0.01
+    prefactors = np.array([1.0, 2.0])
+
+    def members(temps, sigmas):
+        out = np.zeros((2, temps.size, 3))
+        out[:, :, 0] = -1.0 + np.log10(sigmas / 0.01)  # G ~ sigma
+        out[:, :, 1] = _cnt_plus_secondary_log10_b(temps, sigmas, prefactors[:, None])
+        return out
+
+    truth_now = _cnt_plus_secondary_log10_b(t_now, s_now, prefactors)
+    # The old grid: 0.003..0.04 into primary nucleation, plain least squares.
+    old_t, old_s = (a.ravel() for a in np.meshgrid(np.linspace(t_now - 10, t_now + 5, 3), np.geomspace(0.003, 0.04, 5),
+                                                   indexing="ij"))
+    old = fit_laws(old_t, old_s, members(old_t, old_s))
+    assert np.all(old.nucleation[:, 1] > 4.0)  # an exponent far above secondary nucleation's 2
+    assert np.all(np.abs(old.log10_nucleation(t_now, s_now) - truth_now) > 0.5)
+    # The batch's range, centred on the current sigma and anchored there.
+    low, high = batch_sigma_range(s_now, limit)
+    grid_t, grid_s, anchor = query_grid(t_now, s_now, (low, high))
+    temps, sigmas = np.concatenate([[t_now], grid_t]), np.concatenate([[anchor], grid_s])
+    new = fit_laws(temps, sigmas, members(temps, sigmas), anchor=0)
+    np.testing.assert_allclose(new.log10_nucleation(t_now, s_now), truth_now, atol=1e-9)
+    at_limit = _cnt_plus_secondary_log10_b(t_now, limit, prefactors)
+    np.testing.assert_allclose(new.log10_nucleation(t_now, limit), at_limit, atol=0.1)
+    np.testing.assert_allclose(new.nucleation[:, 1], 2.0, atol=0.1)
+
+
+def test_the_batch_range_runs_from_a_fraction_of_sigma_to_just_past_the_limit():
+    assert batch_sigma_range(0.01, 0.015) == pytest.approx((0.0025, 0.0165))
+    # undersaturated, unknown or near saturation: the range starts at a floor, not at sigma -> 0
+    for sigma in (-0.02, math.nan, 1e-5):
+        assert batch_sigma_range(sigma, 0.015) == pytest.approx((0.25 * 0.25 * 0.015, 0.0165))
+    # above the limit (an overshoot): the range still covers the current sigma
+    low, high = batch_sigma_range(0.03, 0.015)
+    assert low == pytest.approx(0.25 * 0.015) and high == pytest.approx(0.033)
+    with pytest.raises(ValueError):
+        batch_sigma_range(0.01, 0.0)
+
+
+def test_the_query_grid_is_centred_on_the_current_sigma():
+    temps, sigmas, anchor = query_grid(40.0, 0.01, (0.0025, 0.0165))
+    assert anchor == 0.01 and temps.shape == sigmas.shape == (15,)
+    levels = np.unique(sigmas)
+    assert levels.size == 5 and levels[2] == 0.01
+    assert levels[0] == pytest.approx(0.0025) and levels[-1] == pytest.approx(0.0165)
+    assert np.unique(temps).tolist() == [30.0, 37.5, 45.0]
+    # outside the range (or unknown): clamped onto its end, every level on the other side
+    for sigma, end in ((0.001, 0.0025), (math.nan, 0.0025), (0.05, 0.0165)):
+        _, sigmas, anchor = query_grid(40.0, sigma, (0.0025, 0.0165))
+        assert anchor == pytest.approx(end) and np.unique(sigmas).size == 5
+    with pytest.raises(ValueError):
+        query_grid(40.0, 0.01, (0.02, 0.01))
+
+
+def test_the_constraint_uncertainty_combines_growth_and_nucleation():
+    assert constraint_uncertainty(np.array([0.3]), np.array([5.0])) == 0.0
+    # growth alone differs: the spread of log10 G
+    assert constraint_uncertainty(np.array([0.0, 0.2]), np.array([5.0, 5.0])) == pytest.approx(0.1)
+    # nucleation alone differs by two decades: a quarter of its spread (rate ~ (B G^3)^(1/4))
+    assert constraint_uncertainty(np.array([0.0, 0.0]), np.array([4.0, 6.0])) == pytest.approx(0.25)
+    # more nuclei, slower growth, the same nucleated mass: only the growth term is left
+    assert constraint_uncertainty(np.array([0.0, -0.1]), np.array([5.0, 5.3])) == pytest.approx(0.05)
+
+
+def test_on_the_batch_range_the_laws_reproduce_the_network_at_the_current_condition(tiny_checkpoint):
+    import torch
+
+    from controller.facet_graph import facet_graph_from_imaging
+
+    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    imaging = [(100, 0.9, 0.5), (111, 0.1, 0.8)]
+    t_now, s_now, limit = 40.0, 0.01, 0.015
+    est = service.estimate(imaging, t_now, s_now, sigma_range=batch_sigma_range(s_now, limit), constraint_sigma=limit)
+    assert est.sigma_range == pytest.approx((0.0025, 0.0165))
+    assert est.query_sigma == s_now and est.constraint_sigma == limit
+    # the network asked on its own at the current condition
+    graph = facet_graph_from_imaging(imaging, service.family_properties, service.embedding_directions)
+    with torch.no_grad():
+        network = service.predictor.query(service.embedding, graph, [[t_now, s_now, 0.0, 300.0]]).graph_members
+    network = network[:, 0, :].double().numpy()  # (S, 3)
+    assert np.all(np.abs(est.laws.log10_nucleation(t_now, s_now) - network[:, 1]) < 0.1)
+    assert np.all(np.abs(np.log10(est.laws.growth_um_per_min(t_now, s_now)) - network[:, 0]) < 0.1)
+    # the members' own answers, for the agent's online correction
+    np.testing.assert_allclose(est.member_log10_growth_um_per_min, network[:, 0], atol=1e-5)
+    np.testing.assert_allclose(est.member_log10_nucleation, network[:, 1], atol=1e-5)
+    assert est.member_log10_nucleation.shape == (2,)
+    assert math.isfinite(est.uncertainty_constraint) and est.uncertainty_constraint >= 0 and est.uncertainty >= 0
+    # the defaults still answer (callers that know no metastable limit)
+    assert service.estimate(imaging, t_now, s_now).sigma_range == service.grid_sigmas
+
+
+def test_without_imaging_the_material_s_habit_stands_in(tiny_checkpoint):
+    from models.data import FACET_FEATURES
+
+    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    for imaging in ([], [(0, math.nan, math.nan)] * 4):
+        est = service.estimate(imaging, 40.0, 0.01, sigma_range=(0.0025, 0.0165))
+        assert est.facet_source is FacetSource.material_habit and est.facet_source == "material_habit"
+        assert est.growth_um_per_min > 0 and math.isfinite(est.growth_um_per_min)
+        assert math.isfinite(est.log10_nucleation) and math.isfinite(est.morphology_lambda)
+        assert np.all(np.isfinite(est.laws.growth)) and np.all(np.isfinite(est.laws.nucleation))
+    assert service.material_facets.facet_x.shape[1] == len(FACET_FEATURES)
+    strict = KineticsService.load(tiny_checkpoint, "KCl", device="cpu", habit_fallback=False)
+    with pytest.raises(ModelUnavailable, match="imaging"):
+        strict.estimate([], 40.0, 0.01)

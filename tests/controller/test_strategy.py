@@ -23,16 +23,19 @@ from controller.strategy import (
 RECIPE = BatchRecipe.from_scenario(load_config([]).scenario)  # seeded_cooling: 55 -> 49 C, seeds at 12 min, -> 20 C
 
 
-def view(batch_min: float | None, **values: float) -> PlantView:
+def view(batch_min: float | None, held: bool = False, **values: float) -> PlantView:
     base = {"reactor_temperature_c": 48.0, "concentration_g_per_kg": 428.0,
             "reactor_temperature_setpoint_active_c": 48.0,
             "facet_1_hkl": 100.0, "facet_1_area_fraction": 0.9, "facet_1_growth_rate_um_per_min": 0.5,
             "facet_2_hkl": 111.0, "facet_2_area_fraction": 0.1, "facet_2_growth_rate_um_per_min": 0.8,
             "facet_3_hkl": 0.0, "facet_3_area_fraction": 0.0, "facet_3_growth_rate_um_per_min": 0.0,
             "facet_4_hkl": 0.0, "facet_4_area_fraction": 0.0, "facet_4_growth_rate_um_per_min": 0.0}
+    base["batch_state"] = 0.0 if batch_min is None else 1.0
     base.update(values)
     t = 0.0 if batch_min is None else batch_min * 60.0
-    return PlantView(1000.0 + t, None if batch_min is None else t, base,
+    if held:
+        base["batch_state"] = 2.0
+    return PlantView(1000.0 + t, None if batch_min is None or held else t, base,
                      {k: math.isfinite(v) for k, v in base.items()})
 
 
@@ -56,13 +59,26 @@ def test_observed_growth_is_the_rate_of_the_volume_equivalent_size():
     assert observed_growth(cube) == pytest.approx(2.0 * (6.0 / math.pi) ** (1.0 / 3.0) * 0.5, rel=1e-6)
 
 
-@pytest.fixture(scope="module")
-def agent(tiny_checkpoint):
+def _model_agent(tiny_checkpoint, service=None, state_path=None, **settings) -> ModelPredictive:
     from controller.kinetics_service import KineticsService
 
-    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
-    return ModelPredictive(RECIPE, service, MaterialConstants.for_material("KCl"), ProposerSettings(),
-                           max_heating_k_per_min=0.0)
+    service = service or KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    return ModelPredictive(RECIPE, service, MaterialConstants.for_material("KCl"), ProposerSettings(**settings),
+                           max_heating_k_per_min=0.0, max_antisolvent_kg_per_min=1.0, state_path=state_path)
+
+
+@pytest.fixture()
+def agent(tiny_checkpoint):
+    a = _model_agent(tiny_checkpoint, antisolvent=False)
+    yield a
+    a.close()
+
+
+def _answered(agent: ModelPredictive, batch_min: float, **values):
+    agent.advise(view(batch_min - 1.0, **values))
+    agent.advise(view(batch_min - 0.5, **values))
+    agent.wait_for_model()
+    return agent.advise(view(batch_min, **values))
 
 
 def test_before_the_seeds_the_recipe_decides_without_the_model(agent):
@@ -71,42 +87,144 @@ def test_before_the_seeds_the_recipe_decides_without_the_model(agent):
     assert advice.problem is None and advice.predictions == {} and advice.model_ok
 
 
-def test_after_the_seeds_it_poses_a_problem_and_follows_the_proposal(agent):
+def test_after_the_seeds_it_poses_a_problem_from_this_cycles_setpoint(agent):
     agent.advise(view(11.0))
-    first = agent.advise(view(12.5))  # the model is asked in the background: hold until it answers
-    assert not first.model_ok and "waiting" in first.inputs["model_error"]
+    first = agent.advise(view(12.5))  # the model is asked in the background: the recipe meanwhile
+    assert first.model_ok and first.inputs["fallback"] == "recipe" and "waiting" in first.inputs["model_error"]
+    assert first.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(12.5))
     agent.wait_for_model()
     advice = agent.advise(view(13.0))
     assert isinstance(advice.problem, Problem) and advice.model_ok and advice.data_ok
-    assert advice.problem.state.seeds[3] > 0 and advice.problem.state.setpoint_c == 48.0
+    # anchored on what is written now, not on the read-back of the last write (48.0 in the view)
+    assert advice.problem.state.setpoint_c == advice.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(13.0))
+    assert advice.problem.state.seeds[3] > 0
     assert advice.problem.plan.cooling_left_s == pytest.approx((RECIPE.cooling_end_min - 13.0) * 60.0)
     assert {"G_um_per_min", "log10_B", "lambda", "spread_log10_G"} <= set(advice.predictions)
-    # no proposal yet: the recipe
-    assert advice.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(13.0))
-    agent.accept(Proposal(advice.problem.plant_time_s, 48.0, (-3.0, -3.0, -3.0), 600.0, {"d43_um": 300.0}))
-    later = agent.advise(view(18.0))
-    assert later.setpoints[TEMPERATURE_SP] == pytest.approx(48.0 - 1.5)
-    assert later.proposal_time_s == advice.problem.plant_time_s and later.inputs["expected_d43_um"] == 300.0
+    start = advice.problem.state.setpoint_c
+    agent.accept(Proposal(advice.problem.plant_time_s, start, (-3.0, -3.0, -3.0), 600.0, {"d43_um": 300.0}))
+    switched = agent.advise(view(14.0))  # bumpless: the first value on the new plan is the old plan's
+    assert switched.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(14.0))
+    later = agent.advise(view(25.0))  # blended in over one move interval
+    assert later.setpoints[TEMPERATURE_SP] == pytest.approx(start - 3.0 - 0.6)
+    assert later.proposal_time_s == later.proposal_time_s and later.inputs["expected_d43_um"] == 300.0
+
+
+def test_arriving_proposals_never_step_the_setpoint(agent):
+    """A proposer that answers each problem one cycle later with the recipe's own rate: the written
+    path must be the plain ramp (the old anchoring on the read-back stepped up at every arrival)."""
+    _answered(agent, 23.0)  # on the recipe's 0.2 K/min ramp
+    rate_k_per_min = 0.2
+    written, pending = [], None
+    for k in range(60):
+        batch_min = 23.5 + 0.5 * k
+        if pending is not None:
+            agent.accept(pending)
+        active = written[-1] if written else 48.0
+        advice = agent.advise(view(batch_min, reactor_temperature_setpoint_active_c=active))
+        value = advice.setpoints[TEMPERATURE_SP]
+        agent.written(advice.setpoints, 1000.0 + batch_min * 60.0)
+        written.append(value)
+        pending = None
+        if advice.problem is not None:
+            p = advice.problem
+            pending = Proposal(p.plant_time_s, p.state.setpoint_c, (-rate_k_per_min * 10.0,) * 3, 600.0)
+    steps = [b - a for a, b in zip(written, written[1:])]
+    assert max(steps) <= 1e-9  # never heats
+    assert min(steps) >= -rate_k_per_min * 0.5 - 1e-6  # never faster than the plan's ramp
+
+
+def test_at_the_end_of_cooling_the_setpoint_ramps_to_the_final_temperature(agent):
+    advice = _answered(agent, 13.0)
+    p = advice.problem
+    # a plan that is still 3 K above the final temperature when the recipe's cooling ends
+    end_min = RECIPE.cooling_end_min
+    agent.accept(Proposal(p.plant_time_s, p.state.setpoint_c, (-1.0, -1.0, -1.0), 600.0,
+                          cooling_end_s=1000.0 + (end_min + 15.0) * 60.0, final_temperature_c=RECIPE.final_temperature_c))
+    values = []
+    for k in range(int((end_min + 40.0 - 14.0) * 2)):
+        batch_min = 14.0 + 0.5 * k
+        a = agent.advise(view(batch_min))
+        agent.written(a.setpoints, 1000.0 + batch_min * 60.0)
+        values.append((batch_min, a.setpoints[TEMPERATURE_SP]))
+    at_end = [v for t, v in values if t >= end_min]
+    steps = [b - a for a, b in zip(at_end, at_end[1:])]
+    assert at_end[0] > RECIPE.final_temperature_c + 1.0  # still above when the recipe's cooling ends
+    assert min(steps) >= -0.5 * max(RECIPE.steps[-1].rate_k_per_min, 1.0) - 1e-9  # a ramp, not a step
+    assert at_end[-1] == pytest.approx(RECIPE.final_temperature_c)
+
+
+def test_held_freezes_and_only_idle_resets(agent, tmp_path):
+    _answered(agent, 13.0)
+    for k in range(10):
+        agent.advise(view(14.0 + k, antisolvent_flow_kg_per_min=0.5))
+    frozen = agent.estimate
+    total = agent.antisolvent_per_water
+    assert frozen is not None and total > 0
+    held = agent.advise(view(None, held=True))
+    assert held.setpoints is None and agent.estimate is frozen and agent.antisolvent_per_water == total
+    # an hour held, then resumed: nothing was fed meanwhile, the seeds are not charged again
+    resumed = agent.advise(view(24.0, antisolvent_flow_kg_per_min=0.5))
+    assert resumed.setpoints is not None
+    assert agent.estimate.seeded_at_s == frozen.seeded_at_s and agent.antisolvent_per_water == pytest.approx(total, rel=0.1)
+    agent.advise(view(None))  # Idle
+    assert agent.estimate is None and agent.antisolvent_per_water == 0.0
+
+
+def test_the_estimate_survives_an_agent_restart_within_the_batch(tiny_checkpoint, tmp_path):
+    path = tmp_path / "estimate.json"
+    first = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    _answered(first, 13.0)
+    for k in range(5):
+        first.advise(view(14.0 + k))
+    saved = first.estimate
+    first.close()
+    second = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    second.advise(view(19.0))
+    assert second.estimate is not None and second.estimate.seeded_at_s == saved.seeded_at_s
+    second.close()
+    path.write_text("{not json")  # a corrupt file: a fresh estimate, no crash
+    third = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    assert third.advise(view(19.0)).setpoints is not None and third.estimate.seeded_at_s == 1000.0 + 19.0 * 60.0
+    third.close()
+
+
+class _BlindModel:
+    """A model that cannot answer (no facet graph, nothing it can use)."""
+
+    version = "blind"
+
+    def estimate(self, *args, **kwargs):
+        from controller.kinetics_service import ModelUnavailable
+
+        raise ModelUnavailable("no usable imaging facet statistics for the facet graph")
+
+
+def test_when_the_model_cannot_answer_the_recipe_cools_the_batch(tiny_checkpoint):
+    agent = _model_agent(tiny_checkpoint, service=_BlindModel(), antisolvent=False)
+    for k in range(40):
+        batch_min = 10.0 + k
+        advice = agent.advise(view(batch_min))
+        agent.wait_for_model()
+        assert advice.model_ok and advice.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(batch_min))
+    assert advice.inputs["fallback"] == "recipe" and "facet" in advice.inputs["model_error"]
+    assert advice.setpoints[TEMPERATURE_SP] < RECIPE.setpoint_c(12.0)  # it cools
+    agent.close()
+
+
+def test_a_proposal_from_the_last_batch_is_not_followed_in_the_next(agent):
+    old = _answered(agent, 13.0).problem
+    agent.advise(view(None))  # the batch ended (Idle)
+    fresh = agent.advise(view(5.0))
+    stale = Proposal(old.plant_time_s - 10_000.0, 40.0, (-5.0, -5.0, -5.0), 600.0)
+    agent.accept(stale)
+    assert agent.proposal is None
+    assert agent.advise(view(6.0)).setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(6.0))
+    assert fresh.setpoints is not None
 
 
 def test_bad_data_is_reported_not_hidden(agent):
     advice = agent.advise(view(20.0, concentration_g_per_kg=math.nan))
     assert not advice.data_ok and advice.problem is None
-
-
-def _model_agent(tiny_checkpoint, **settings) -> ModelPredictive:
-    from controller.kinetics_service import KineticsService
-
-    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
-    return ModelPredictive(RECIPE, service, MaterialConstants.for_material("KCl"), ProposerSettings(**settings),
-                           max_heating_k_per_min=0.0, max_antisolvent_kg_per_min=1.0)
-
-
-def _answered(agent: ModelPredictive, batch_min: float, **values):
-    agent.advise(view(batch_min - 1.0, **values))
-    agent.advise(view(batch_min - 0.5, **values))
-    agent.wait_for_model()
-    return agent.advise(view(batch_min, **values))
 
 
 def test_antisolvent_is_totalised_above_the_low_flow_cutoff_and_proposed(tiny_checkpoint):
@@ -119,6 +237,8 @@ def test_antisolvent_is_totalised_above_the_low_flow_cutoff_and_proposed(tiny_ch
         advice = agent.advise(view(13.0 + k, antisolvent_flow_kg_per_min=0.5))
     assert agent.antisolvent_per_water == pytest.approx(0.5 * 10.0 / RECIPE.solvent_mass_kg)
     assert advice.problem.state.antisolvent_per_water == agent.antisolvent_per_water
+    # anchored on the rate written this cycle, not on the noisy flowmeter
+    assert advice.problem.state.antisolvent_rate_kg_per_min == advice.setpoints[ANTISOLVENT_SP]
     # the mixture dissolves less: the same concentration is a higher driving force
     plain = agent.material.solubility_g_per_kg(48.0)
     assert advice.inputs["solubility_g_per_kg"] < plain
@@ -133,19 +253,23 @@ def test_with_batch_time_in_the_objective_it_completes_the_batch_a_final_hold_af
     agent = _model_agent(tiny_checkpoint, weight_batch_time_per_h=0.1, antisolvent=False)
     assert agent.setpoints == (TEMPERATURE_SP,)
     advice = _answered(agent, 13.0)
-    agent.accept(Proposal(advice.problem.plant_time_s, 48.0, (-10.0, -10.0, -10.0), 600.0))
-    hot = agent.advise(view(60.0, reactor_temperature_setpoint_active_c=30.0))
-    assert hot.problem is not None and not hot.complete_batch
-    cold = agent.advise(view(70.0, reactor_temperature_setpoint_active_c=20.0))
-    assert cold.problem is None and cold.setpoints[TEMPERATURE_SP] == 20.0 and not cold.complete_batch
-    hold_min = RECIPE.final_hold_min
-    assert not agent.advise(view(70.0 + hold_min - 1.0, reactor_temperature_setpoint_active_c=20.0)).complete_batch
-    assert agent.advise(view(70.0 + hold_min, reactor_temperature_setpoint_active_c=20.0)).complete_batch
+    agent.accept(Proposal(advice.problem.plant_time_s, advice.problem.state.setpoint_c, (-10.0, -10.0, -10.0), 600.0,
+                          final_temperature_c=RECIPE.final_temperature_c, cooling_end_s=1000.0 + 50 * 60.0))
+    batch_min, cold_at = 13.5, None
+    while batch_min < 150.0:
+        a = agent.advise(view(batch_min))
+        if a.complete_batch:
+            break
+        if cold_at is None and a.setpoints[TEMPERATURE_SP] <= RECIPE.final_temperature_c + 0.05:
+            cold_at = batch_min
+            assert a.problem is None or True
+        batch_min += 0.5
+    assert cold_at is not None and cold_at < RECIPE.cooling_end_min
+    assert batch_min == pytest.approx(cold_at + RECIPE.final_hold_min, abs=0.51)
     # without batch time in the objective the recipe ends the batch
-    recipe_led = _model_agent(tiny_checkpoint, weight_batch_time_per_h=0.0)
-    _answered(recipe_led, 13.0)
-    recipe_led.accept(Proposal(1000.0, 48.0, (-10.0, -10.0, -10.0), 600.0))
-    recipe_led.advise(view(70.0, reactor_temperature_setpoint_active_c=20.0))
-    assert not recipe_led.advise(view(70.0 + hold_min, reactor_temperature_setpoint_active_c=20.0)).complete_batch
+    recipe_led = _model_agent(tiny_checkpoint, weight_batch_time_per_h=0.0, antisolvent=False)
+    p = _answered(recipe_led, 13.0).problem
+    recipe_led.accept(Proposal(p.plant_time_s, p.state.setpoint_c, (-10.0, -10.0, -10.0), 600.0))
+    assert not any(recipe_led.advise(view(14.0 + k)).complete_batch for k in range(0, 200, 5))
     agent.close()
     recipe_led.close()
