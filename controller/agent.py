@@ -33,12 +33,32 @@ import math
 import time
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from controller.decision_log import Decision, DecisionLog, DecisionLogError
-from controller.guard import GuardInput, GuardSettings, Mode, Reason, SetpointLimits, decide
+from controller.guard import (
+    HOLD_REASONS,
+    BatchRequest,
+    Envelope,
+    GuardInput,
+    GuardSettings,
+    HoldAction,
+    Mode,
+    Reason,
+    SetpointEnvelope,
+    SetpointLimits,
+    SigmaAction,
+    decide,
+)
 from controller.plant_io import Backoff, PlantIO, PlantIOError
 from controller.settings import AgentSettings
-from controller.state import SignalTracker, ValidationSettings
+from controller.state import (
+    DEFAULT_INSTRUMENTS,
+    SignalTracker,
+    ValidationSettings,
+    alignment_delay_s,
+    validation_settings_for,
+)
 from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, PlantView, Strategy
 from plant_sim.tagmap import SignalKind, TagMap
 
@@ -52,36 +72,51 @@ BATCH_IDLE, BATCH_EXECUTE, BATCH_COMPLETED = 0, 1, 3
 BATCH_START, BATCH_COMPLETE = 1, 6  # batch_command codes
 # Signals the proposals rest on: without them valid the guard holds.
 REQUIRED = ("reactor_temperature_c", "concentration_g_per_kg")
-# Signals that carry sensor noise, so a frozen value means a stuck instrument.
-NOISY = ("reactor_temperature_c", "jacket_temperature_c", "concentration_g_per_kg")
 
 
 def validation_settings(tagmap: TagMap, settings: AgentSettings) -> dict[str, ValidationSettings]:
-    """Validation per measured signal from the tag map's ranges and the agent's time limits."""
-    out = {}
-    for s in tagmap:
-        if s.kind is not SignalKind.measurement or s.name == "plant_time_s":
-            continue
-        span = s.high - s.low if math.isfinite(s.high - s.low) else 1.0
-        out[s.name] = ValidationSettings(
-            low=s.low, high=s.high, stale_after_s=settings.stale_after_s,
-            stuck_after_s=settings.stuck_after_s if s.name in NOISY else 0.0,
-            noise_floor=max(1e-3 * span, 1e-9),
-        )
-    return out
+    """Validation per measured signal from the tag map's ranges, the instruments' noise and the
+    agent's time limits (controller.state.validation_settings_for)."""
+    ranges = {s.name: (s.low, s.high) for s in tagmap
+              if s.kind is SignalKind.measurement and s.name != "plant_time_s"}
+    return validation_settings_for(ranges, DEFAULT_INSTRUMENTS, settings.stale_after_s, settings.stuck_after_s)
+
+
+def concentration_delay_s(settings: AgentSettings) -> float:
+    """How far the concentration analyser lags the reactor RTD as the agent reads them (s)."""
+    return alignment_delay_s(DEFAULT_INSTRUMENTS["concentration_g_per_kg"], DEFAULT_INSTRUMENTS["reactor_temperature_c"],
+                             settings.control_interval_s)
 
 
 def guard_settings(tagmap: TagMap, settings: AgentSettings, names: tuple[str, ...] = (TEMPERATURE_SP,)) -> GuardSettings:
-    """The guard's limits: the tag map's plant limits and rates of the setpoints the agent drives."""
-    limits = []
+    """The guard's limits: the tag map's plant limits and rates of the setpoints the agent drives,
+    each setpoint's own safe action, and the operator's process envelope from the settings.
+
+    The temperature setpoint holds on a hold and never rises unless heating is permitted (the
+    agent's designs are cooling only); the antisolvent feed ramps to zero on a hold (never feed
+    blind) and above the measured supersaturation ceiling."""
+    limits, envelope = [], []
     for name in names:
         s = tagmap[name]
         lo, hi = s.limits if s.limits is not None else (s.low, s.high)
         rate = s.max_rate_per_min if s.max_rate_per_min is not None else (hi - lo)
-        limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable))
+        if name == ANTISOLVENT_SP:
+            limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable, on_hold=HoldAction.ramp_to_low))
+            envelope.append(SetpointEnvelope(name, on_sigma_ceiling=SigmaAction.ramp_to_low))
+        elif name == TEMPERATURE_SP:
+            limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable, may_increase=True))
+            envelope.append(SetpointEnvelope(
+                name, band_below=settings.envelope_band_k, band_above=settings.envelope_band_k,
+                max_rate_per_min=min(settings.envelope_rate_k_per_min, rate),
+                on_sigma_ceiling=SigmaAction.no_decrease))
+        else:
+            limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable))
+    batch_writable = "batch_command" in tagmap and tagmap["batch_command"].writable
     return GuardSettings(tuple(limits), max_proposal_age_s=settings.max_proposal_age_s,
                          max_uncertainty=settings.max_uncertainty,
-                         max_step_interval_s=max(settings.control_interval_s, 1.0))
+                         max_step_interval_s=max(settings.control_interval_s, 1.0),
+                         envelope=Envelope(tuple(envelope), max_measured_sigma=settings.max_measured_sigma),
+                         max_model_age_s=settings.max_model_age_s, batch_command_writable=batch_writable)
 
 
 @dataclass
@@ -200,6 +235,7 @@ class Agent:
         self._said: dict[str, str] = {}
         self._backoff = Backoff()
         self._connected = False
+        self._previous_remote_active: bool | None = None
         self._speed_ref: tuple[float, float] | None = None  # (wall, plant) clocks of the last cycle
         self._speed = 1.0
 
@@ -357,12 +393,6 @@ class Agent:
             self._batch_start_s = None
             self._complete_sent = False
         self._last_batch_state = batch_state
-        start = {}
-        if (self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE
-                and self.mode is Mode.automatic):  # nothing is written outside automatic
-            start = {"batch_command": float(BATCH_START)}
-            self._start_sent = True
-            self._say("batch", f"starting the batch (agent.start_batch, plant time {now:.0f} s)")
         executing = batch_state == BATCH_EXECUTE and self._batch_start_s is not None
         batch_time_s = None
         if executing:
@@ -377,10 +407,8 @@ class Agent:
 
         self._follow_mode_request(raw.get("operator_mode_request"))
         shed = _number(raw.get("shed_active")) == 1.0
-        if shed and self.mode is Mode.automatic and self.previous_mode is Mode.automatic:
-            self.mode = Mode.advisory
-            self._say("mode", "the plant shed to local control: agent now advisory; request automatic to re-enter",
-                      logging.WARNING)
+        source = _number(raw.get("control_source"))
+        remote_active = None if not math.isfinite(source) else source == 1.0
 
         # Measurements as validated; status tags (batch state, facet {hkl} codes) as read.
         status = {n: _number(raw.get(n)) for n in self._status_names}
@@ -406,35 +434,55 @@ class Agent:
 
         data_ok = advice.data_ok and all(validated[n].ok for n in REQUIRED if n in validated)
         current = {s.name: _number(raw.get(s.name)) for s in self.guard.setpoints}
+        request = None
+        if self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE:
+            request = BatchRequest.start
+        elif advice.complete_batch and executing and not self._complete_sent:
+            request = BatchRequest.complete
+        permissive = _number(raw.get("batch_permissive"))
         inp = GuardInput(
             mode=self.mode, previous_mode=self.previous_mode, plant_time_s=now, current=current,
             proposal=advice.setpoints, proposal_time_s=advice.proposal_time_s,
             last_write_time_s=self._last_write_time_s, data_ok=data_ok, model_ok=advice.model_ok,
             uncertainty=advice.uncertainty, plant_shed=shed, plant_executing=executing,
+            heating_permitted=self.settings.allow_heating, reference=advice.reference,
+            measured_sigma=_number(advice.inputs.get("sigma")),
+            model_age_s=_number(advice.predictions.get("model_age_s", 0.0)),
+            remote_active=remote_active, previous_remote_active=self._previous_remote_active,
+            batch_request=request, batch_permissive=permissive != 0.0,  # no permissive tag: permitted
         )
         verdict = decide(inp, self.guard)
+        self._previous_remote_active = remote_active if self.mode is Mode.automatic else None
         shadow: dict = {}
         if self.replay and self.mode is not Mode.automatic:
             # What the guard would have let through in automatic (shadow mode's answer).
-            would = decide(dataclasses.replace(inp, mode=Mode.automatic, previous_mode=Mode.automatic), self.guard)
+            # The recorded plant ran its own loop: its cascade and shed state say nothing of that.
+            would = decide(dataclasses.replace(inp, mode=Mode.automatic, previous_mode=Mode.automatic, plant_shed=False,
+                                               remote_active=None, previous_remote_active=None), self.guard)
             shadow = {"shadow_reasons": ",".join(r.value for r in would.reasons),
                       **{f"would_write_{k}": v for k, v in would.write.items()}}
-        holds = [r.value for r in verdict.reasons if r in (Reason.data_bad, Reason.model_failed,
-                                                             Reason.uncertainty_high, Reason.proposal_stale)]
+        holds = [r.value for r in verdict.reasons if r in HOLD_REASONS]
         self._say("hold", f"holding setpoints: {', '.join(holds)}" if holds else "not holding",
                   logging.WARNING if holds else logging.INFO)
+        pending = Reason.automatic_pending in verdict.reasons
+        if pending:
+            self._say("mode", "automatic pending: waiting for the plant's remote cascade "
+                      f"({'shed: re-entering' if shed else 'not yet remote'})", logging.WARNING)
 
-        values: dict[str, float] = {**start, **verdict.write}
-        if (advice.complete_batch and executing and self.mode is Mode.automatic and not verdict.held
-                and not self._complete_sent and "batch_command" in self.io.tagmap
-                and self.io.tagmap["batch_command"].writable):
+        values: dict[str, float] = dict(verdict.write)
+        if verdict.batch_command is BatchRequest.start:
+            values["batch_command"] = float(BATCH_START)
+            self._start_sent = True
+            self._say("batch", f"starting the batch (agent.start_batch, plant time {now:.0f} s)")
+        elif verdict.batch_command is BatchRequest.complete:
             values["batch_command"] = float(BATCH_COMPLETE)
             self._complete_sent = True
             self._say("batch", f"completing the batch: its product is done (plant time {now:.0f} s)")
         if verdict.heartbeat:
             self._heartbeat = (self._heartbeat + 1) % 65536
             values["agent_heartbeat"] = float(self._heartbeat)
-            if _number(raw.get("agent_mode")) != MODE_CODES[Mode.automatic]:
+            # agent_mode = 2 with a live heartbeat is the plant's explicit re-entry after a shed
+            if verdict.request_remote or _number(raw.get("agent_mode")) != MODE_CODES[Mode.automatic]:
                 values["agent_mode"] = float(MODE_CODES[Mode.automatic])
         elif self.previous_mode is Mode.automatic and self.mode is not Mode.automatic:
             values["agent_mode"] = float(MODE_CODES[self.mode])  # hand the loop back, once
@@ -515,7 +563,7 @@ class Agent:
                                   if k in advice.predictions},
                                  {k[len("spread_"):]: v for k, v in advice.predictions.items() if k.startswith("spread_")})
             m.record_verdict(verdict.reasons, advice.setpoints, {k: v for k, v in written.items() if k in verdict.write})
-            m.set_mode(self.mode)
+            m.set_mode("automatic_pending" if pending else self.mode)
 
     async def _record(self, decision: Decision) -> int | None:
         """Commit a decision (off the loop, still in order); None when it could not be stored, or
@@ -651,7 +699,9 @@ def make_strategy(cfg, service=None):
     return ModelPredictive(recipe, service, constants, p, a.stirring_rpm,
                            # no heating moves: the moment model has no dissolution, so it cannot judge them
                            max_cooling_k_per_min=min(max_rate, 1.0), max_heating_k_per_min=0.0,
-                           setpoint_low_c=low, max_antisolvent_kg_per_min=max_antisolvent)
+                           setpoint_low_c=low, max_antisolvent_kg_per_min=max_antisolvent,
+                           state_path=str(Path(a.decision_log).with_suffix(".estimate.json")),
+                           concentration_delay_s=concentration_delay_s(a))
 
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,

@@ -98,7 +98,7 @@ class AgentMetrics:
     def set_connection(self, up: bool) -> None:
         self.connected.labels(self.reactor).set(1.0 if up else 0.0)
 
-    def set_mode(self, mode: object, modes: Iterable[str] = ("manual", "advisory", "automatic")) -> None:
+    def set_mode(self, mode: object, modes: Iterable[str] = ("manual", "advisory", "automatic", "automatic_pending")) -> None:
         current = str(getattr(mode, "value", mode))
         for m in modes:
             self.mode.labels(self.reactor, m).set(1.0 if m == current else 0.0)

@@ -147,7 +147,8 @@ class AgentSettings:
         checkpoint: MS-GNN checkpoint path without suffix (``make model`` writes it).
         control_interval_s: plant seconds between control cycles.
         stale_after_s: plant seconds after which a reading is stale.
-        stuck_after_s: plant seconds a noisy signal may stay unchanged.
+        stuck_after_s: plant seconds a noisy signal may stay unchanged (a real instrument's
+            noise never repeats a value that long; the simulated stuck fault lasts minutes).
         max_uncertainty: largest ensemble spread of log10 G the guard accepts.
         max_proposal_age_s: plant seconds a proposal stays usable.
         decision_log: SQLite file of the decision log.
@@ -163,6 +164,15 @@ class AgentSettings:
         stop_after_batch: exit once the batch completes (demo, tests).
         max_plant_time_s: exit after this much plant time (None: run until stopped).
         device: torch device for the model; None: cuda if present, else cpu.
+        allow_heating: the guard lets the temperature setpoint rise (off: cooling only, the
+            agent's designs never heat).
+        envelope_band_k: the operator's band around the recipe's temperature (K either side;
+            inf: none).
+        envelope_rate_k_per_min: the operator's process rate limit on the temperature setpoint
+            (inf: the tag map's).
+        max_measured_sigma: ceiling on the measured supersaturation: above it the guard lets
+            the temperature fall no further and ramps any antisolvent feed to zero (inf: none).
+        max_model_age_s: plant seconds the model's answer stays usable; older, the guard holds.
     """
 
     protocol: Protocol = Protocol.opcua
@@ -178,7 +188,7 @@ class AgentSettings:
     checkpoint: str = "runs/model/msgnn"
     control_interval_s: float = 30.0
     stale_after_s: float = 90.0
-    stuck_after_s: float = 900.0
+    stuck_after_s: float = 90.0
     max_uncertainty: float = 0.5
     max_proposal_age_s: float = 1200.0
     decision_log: str = "runs/agent/decisions.sqlite"
@@ -191,11 +201,17 @@ class AgentSettings:
     stop_after_batch: bool = False
     max_plant_time_s: Optional[float] = None
     device: Optional[str] = None
+    allow_heating: bool = False
+    envelope_band_k: float = math.inf
+    envelope_rate_k_per_min: float = math.inf
+    max_measured_sigma: float = math.inf
+    max_model_age_s: float = 600.0
 
     def __post_init__(self) -> None:
         validate.positive(self, "control_interval_s", "stale_after_s", "max_uncertainty", "max_proposal_age_s",
                           "stirring_rpm")
         validate.non_negative(self, "stuck_after_s")
+        validate.positive(self, "envelope_band_k", "envelope_rate_k_per_min", "max_measured_sigma", "max_model_age_s")
         validate.within(self, "metrics_port", 0, 65535)
         if (self.client_certificate is None) != (self.client_key is None):
             raise ValueError("client_certificate and client_key go together (make them with `xtalpilot certs`)")

@@ -7,16 +7,32 @@ Each measured signal gets a status every cycle, checked in this order:
 - ``not_finite``: NaN or infinite;
 - ``stale``: its source timestamp is older than ``stale_after_s`` of plant time;
 - ``out_of_range``: outside the tag map's engineering range;
-- ``spike``: further from the median of the recent accepted readings than ``spike_threshold``
-  robust standard deviations (1.4826 MAD, floored at the signal's noise floor); after
-  ``spike_persistence`` such readings in a row the new level is real (a step, not a spike):
-  the window restarts from it;
-- ``stuck``: a signal that should be noisy has not changed at all for ``stuck_after_s``;
+- ``spike``: further from the straight line through the recent accepted readings (least
+  squares over their source times, extrapolated to this one) than ``spike_threshold`` robust
+  standard deviations (1.4826 median absolute residual, floored at the signal's noise floor
+  plus its relative noise, both widened by the line's prediction uncertainty) and, where the
+  signal has a ``max_rate_per_s``, also further from the last accepted reading than that
+  allowance plus the distance the process can travel since (a rate-of-change limit: when a
+  ramp starts or stops the line trails the level by more than the noise, but the reading
+  moves no faster than the process). After ``spike_persistence`` such readings in a row the
+  new level is real (a step, not a spike): the window restarts from it;
+- ``stuck``: a signal that should be noisy has repeated one value exactly for ``stuck_after_s``
+  and over at least ``stuck_min_readings`` readings of distinct source times;
 - ``ok``.
 
 Only ``ok`` readings enter the filter (first-order, time constant ``filter_time_s``) and the
 spike window; a signal that is not ``ok`` keeps its last filtered value and says how old it is,
 so the guard can hold on it.
+
+Settings per signal come from what its instrument is (:class:`InstrumentSpec`: noise, dead time,
+lag, resolution) through :func:`validation_settings_for`. The defaults,
+:data:`DEFAULT_INSTRUMENTS`, are those of the instruments the simulated plant imitates
+(plant_sim/sensors.py, ``SensorSettings``), copied here so the agent runs without the simulator.
+
+Supersaturation compares the concentration with the solubility at the reactor temperature of the
+same instant. The ATR-FTIR reports the solution as it was a dead time plus lags ago, so
+:class:`DeadTimeAligner` hands back the reactor temperature of that instant
+(:func:`alignment_delay_s` says how long ago), and sigma = ln(C_measured(t) / C*(T(t - delay))).
 """
 
 from __future__ import annotations
@@ -25,10 +41,25 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
+from itertools import pairwise
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
-__all__ = ["Reading", "SignalStatus", "SignalTracker", "ValidationSettings", "Validated"]
+__all__ = [
+    "DEFAULT_INSTRUMENTS",
+    "DeadTimeAligner",
+    "InstrumentSpec",
+    "Reading",
+    "SignalStatus",
+    "SignalTracker",
+    "ValidationSettings",
+    "Validated",
+    "alignment_delay_s",
+    "stuck_min_readings",
+    "validation_settings_for",
+]
 
 
 class SignalStatus(str, enum.Enum):
@@ -52,12 +83,20 @@ class ValidationSettings:
         stale_after_s: largest age of the source timestamp (plant seconds).
         stuck_after_s: a noisy signal unchanged this long is stuck (0 disables: setpoints,
             states and counters do not move on their own).
-        spike_threshold: robust standard deviations from the recent median that make a spike.
+        spike_threshold: robust standard deviations from the recent trend that make a spike.
         noise_floor: smallest standard deviation assumed (signal units), so a quiet signal's
             first wiggle is not a spike.
         window: accepted readings kept for the spike test.
         spike_persistence: consecutive outliers accepted as a new level.
         filter_time_s: time constant of the first-order filter (0: no filtering).
+        noise_relative: noise proportional to the level (counting instruments), added in
+            quadrature to ``noise_floor`` at the level the trend expects.
+        max_rate_per_s: fastest the measured quantity really moves (signal units per plant
+            second); a reading is a spike only if it also jumped from the last accepted reading
+            by more than the spike allowance plus this rate times the time since. None: the
+            trend test alone decides.
+        stuck_min_readings: readings (of distinct source times, the first included) that must
+            repeat the value exactly before it is stuck; a quantised value repeats by chance.
     """
 
     low: float = -math.inf
@@ -69,6 +108,9 @@ class ValidationSettings:
     window: int = 30
     spike_persistence: int = 3
     filter_time_s: float = 0.0
+    noise_relative: float = 0.0
+    max_rate_per_s: float | None = None
+    stuck_min_readings: int = 2
 
     def __post_init__(self) -> None:
         if not self.low <= self.high:
@@ -78,6 +120,10 @@ class ValidationSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.stuck_after_s < 0 or self.filter_time_s < 0 or self.window < 3 or self.spike_persistence < 1:
             raise ValueError("stuck_after_s and filter_time_s must be >= 0, window >= 3, spike_persistence >= 1")
+        if not self.noise_relative >= 0 or (self.max_rate_per_s is not None and not self.max_rate_per_s >= 0):
+            raise ValueError("noise_relative and max_rate_per_s must be >= 0")
+        if self.stuck_min_readings < 2:
+            raise ValueError(f"stuck_min_readings must be >= 2, got {self.stuck_min_readings}")
 
 
 @dataclass(frozen=True)
@@ -113,20 +159,24 @@ class SignalTracker:
 
     def __init__(self, settings: ValidationSettings = ValidationSettings()) -> None:
         self.settings = settings
-        self._window: deque[float] = deque(maxlen=settings.window)
+        self._window: deque[tuple[float, float]] = deque(maxlen=settings.window)  # (source time, value)
         self._filtered = math.nan
         self._last_ok_time_s = -math.inf
+        self._last_ok_value = math.nan
+        self._last_ok_source_s = -math.inf
         self._last_value: float | None = None
         self._unchanged_since_s: float | None = None
+        self._repeats = 0
+        self._repeat_source_s = -math.inf
         self._outliers = 0
 
     def update(self, reading: Reading | None, now_s: float) -> Validated:
         """Judge ``reading`` at plant time ``now_s`` and update the filter."""
         status = self._judge(reading, now_s)
         if status is SignalStatus.ok:
-            assert reading is not None and reading.value is not None
+            assert reading is not None and reading.value is not None and reading.source_time_s is not None
             x = float(reading.value)
-            self._window.append(x)
+            self._window.append((float(reading.source_time_s), x))
             tau = self.settings.filter_time_s
             if tau > 0 and math.isfinite(self._filtered):
                 dt = max(now_s - self._last_ok_time_s, 0.0)
@@ -135,6 +185,7 @@ class SignalTracker:
             else:
                 self._filtered = x
             self._last_ok_time_s = now_s
+            self._last_ok_value, self._last_ok_source_s = x, float(reading.source_time_s)
         return Validated(status, self._filtered, now_s - self._last_ok_time_s)
 
     def _judge(self, reading: Reading | None, now_s: float) -> SignalStatus:
@@ -155,10 +206,7 @@ class SignalTracker:
         if not s.low <= x <= s.high:
             return SignalStatus.out_of_range
         if len(self._window) >= 5:
-            recent = np.fromiter(self._window, dtype=float)
-            median = float(np.median(recent))
-            scale = max(1.4826 * float(np.median(np.abs(recent - median))), s.noise_floor)
-            if abs(x - median) > s.spike_threshold * scale:
+            if self._is_outlier(x, t):
                 self._outliers += 1
                 if self._outliers < s.spike_persistence:
                     return SignalStatus.spike
@@ -167,9 +215,264 @@ class SignalTracker:
         if s.stuck_after_s > 0:
             if self._last_value is None or x != self._last_value:
                 self._last_value, self._unchanged_since_s = x, t
-            elif t - (self._unchanged_since_s if self._unchanged_since_s is not None else t) >= s.stuck_after_s:
-                return SignalStatus.stuck
+                self._repeats, self._repeat_source_s = 1, t
+            else:
+                if t > self._repeat_source_s:  # the same sample read twice is not a repeat
+                    self._repeats, self._repeat_source_s = self._repeats + 1, t
+                since = self._unchanged_since_s if self._unchanged_since_s is not None else t
+                if t - since >= s.stuck_after_s and self._repeats >= s.stuck_min_readings:
+                    return SignalStatus.stuck
         return SignalStatus.ok
+
+    def _is_outlier(self, x: float, source_time_s: float) -> bool:
+        s = self.settings
+        times = np.fromiter((p[0] for p in self._window), dtype=float, count=len(self._window))
+        values = np.fromiter((p[1] for p in self._window), dtype=float, count=len(self._window))
+        # A straight line through the window, not its median: a ramp's spread is no noise.
+        t_mean, x_mean = float(times.mean()), float(values.mean())
+        dt = times - t_mean
+        stt = float(dt @ dt)
+        slope = float(dt @ (values - x_mean)) / stt if stt > 0 else 0.0
+        expected = x_mean + slope * (source_time_s - t_mean)
+        residual_sd = 1.4826 * float(np.median(np.abs(values - x_mean - slope * dt)))
+        floor = math.hypot(s.noise_floor, s.noise_relative * expected)
+        # The line's own uncertainty where it is extrapolated to (least-squares prediction).
+        reach = math.sqrt(1.0 + 1.0 / times.size + ((source_time_s - t_mean) ** 2 / stt if stt > 0 else 0.0))
+        allowance = s.spike_threshold * max(residual_sd, floor) * reach
+        if abs(x - expected) <= allowance:
+            return False
+        if s.max_rate_per_s is None:
+            return True
+        # The line trails a change of ramp for a window's length; the last accepted reading does not.
+        elapsed_s = max(source_time_s - self._last_ok_source_s, 0.0)
+        return abs(x - self._last_ok_value) > allowance + s.max_rate_per_s * elapsed_s
+
+
+# ----------------------------------------------------------------------------- instruments
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """What an instrument is: its noise, delays and resolution (signal units, plant seconds).
+
+    Attributes:
+        noise_std: standard deviation of a reading's noise, signal units (> 0; for a counting
+            instrument the noise at the lowest level it reports).
+        dead_time_s: transport and acquisition delay (sample loop, spectrum averaging).
+        lag_s: first-order time constant of the instrument (thermowell, probe film).
+        filter_time_s: the agent's first-order filter on the validated value (0: none).
+        relative_noise: extra noise proportional to the reading (counts, image sizes).
+        resolution: smallest step of the transmitted value (a Modbus integer register with
+            ``scale``: 1 / scale); 0 for a float transport.
+        update_period_s: how often the instrument produces a new value (it holds between);
+            0 for one every read.
+        max_rate_per_s: fastest the measured quantity really moves, signal units per second
+            (None: no rate-of-change limit on spikes).
+        stuck_test: False where an exact repeat is legitimate (a flow meter's low-flow cut-off
+            reads 0, a clear solution gives no chord counts).
+    """
+
+    noise_std: float
+    dead_time_s: float = 0.0
+    lag_s: float = 0.0
+    filter_time_s: float = 0.0
+    relative_noise: float = 0.0
+    resolution: float = 0.0
+    update_period_s: float = 0.0
+    max_rate_per_s: float | None = None
+    stuck_test: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.noise_std > 0:
+            raise ValueError(f"noise_std must be > 0, got {self.noise_std}")
+        for name in ("dead_time_s", "lag_s", "filter_time_s", "relative_noise", "resolution", "update_period_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_rate_per_s is not None and not self.max_rate_per_s >= 0:
+            raise ValueError(f"max_rate_per_s must be >= 0 or None, got {self.max_rate_per_s}")
+
+    def ramp_lag_s(self, sample_interval_s: float = 0.0) -> float:
+        """How far the filtered value trails a ramp: dead time plus the instrument's lag plus the
+        agent's filter (a first-order lag of tau follows a ramp tau behind; the filter, run once
+        per ``sample_interval_s`` dt on the latest reading, dt e^(-dt/tau) / (1 - e^(-dt/tau)))."""
+        tau, dt = self.filter_time_s, sample_interval_s
+        if tau <= 0.0:
+            filter_lag_s = 0.0
+        elif dt <= 0.0:
+            filter_lag_s = tau
+        else:
+            filter_lag_s = dt / math.expm1(dt / tau)
+        return self.dead_time_s + self.lag_s + filter_lag_s
+
+
+def _fbrm() -> InstrumentSpec:
+    # Counting noise sqrt(counts / 1 s): ~3 counts/s at the ~10 counts/s where a bin starts to
+    # mean something (a window of a clear solution's zeros has no spread of its own); 3 %
+    # scatter above. No rate limit: counts jump when seeds go in or a nucleation burst starts.
+    return InstrumentSpec(noise_std=3.0, relative_noise=0.03, stuck_test=False)
+
+
+#: The instruments of plant_sim/sensors.py ``SensorSettings`` (Pt100 class A RTDs on 4-20 mA,
+#: 0.02 K; ATR-FTIR after chemometric calibration, 0.5 g/kg, 30 s dead time, 20 s lag; FBRM;
+#: imaging every 10 s). Rates: the reactor cannot outrun the 2 K/min setpoint rate limit of the
+#: tag map; jacket temperatures follow the temperature controller's output, 10 K/min; the
+#: concentration follows the solubility at up to 1 K/min cooling, 3 g/kg/min for KCl; image
+#: sizes grow at most 10 um/min and facet growth rates change by 0.2 um/min per min (they fall
+#: that fast when cooling ends). The
+#: concentration is filtered over 60 s (its noise is 0.0015 in sigma per reading, 0.0007 after);
+#: the temperatures are not (their noise is 1e-4 in sigma, and a lag would slow the guard).
+DEFAULT_INSTRUMENTS: Mapping[str, InstrumentSpec] = MappingProxyType({
+    "reactor_temperature_c": InstrumentSpec(0.02, lag_s=5.0, max_rate_per_s=2.0 / 60.0),
+    "jacket_temperature_c": InstrumentSpec(0.02, lag_s=3.0, max_rate_per_s=10.0 / 60.0),
+    "jacket_inlet_temperature_c": InstrumentSpec(0.02, lag_s=3.0, max_rate_per_s=10.0 / 60.0),
+    "concentration_g_per_kg": InstrumentSpec(0.5, dead_time_s=30.0, lag_s=20.0, filter_time_s=60.0,
+                                             max_rate_per_s=3.0 / 60.0),
+    "antisolvent_flow_kg_per_min": InstrumentSpec(0.002, stuck_test=False),
+    "fbrm_counts_total_per_s": _fbrm(),
+    **{f"fbrm_counts_bin{j}_per_s": _fbrm() for j in range(1, 7)},
+    "image_mean_size_um": InstrumentSpec(1.0, relative_noise=0.02, update_period_s=10.0, stuck_test=False,
+                                         max_rate_per_s=10.0 / 60.0),
+    "image_aspect_ratio": InstrumentSpec(0.01, relative_noise=0.02, update_period_s=10.0, stuck_test=False),
+    **{f"facet_{j}_area_fraction": InstrumentSpec(0.01, update_period_s=10.0, stuck_test=False) for j in range(1, 5)},
+    **{f"facet_{j}_growth_rate_um_per_min": InstrumentSpec(0.01, relative_noise=0.05, update_period_s=10.0,
+                                                           stuck_test=False, max_rate_per_s=0.2 / 60.0)
+       for j in range(1, 5)},
+})
+
+# Chance per test that a healthy signal is called stuck: 1e-7 is one false call in ~10 years of
+# 30 s cycles on three signals.
+_FALSE_STUCK_PROBABILITY = 1e-7
+# Beyond this many readings the resolution hides the noise; the stuck test is switched off.
+_MAX_STUCK_READINGS = 40
+
+
+def stuck_min_readings(noise_std: float, resolution: float = 0.0,
+                       false_alarm_probability: float = _FALSE_STUCK_PROBABILITY) -> int | None:
+    """Readings that must repeat one value exactly before a noisy signal counts as stuck.
+
+    A reading quantised to steps q lands in any one step with probability at most
+    p = erf(q / (2 sqrt(2) sigma)) (the step centred on the true value), so n readings of a
+    healthy instrument repeat one value with probability at most p^(n - 1).
+
+    Args:
+        noise_std: the instrument's noise sigma, signal units.
+        resolution: quantisation step q of the transmitted value (0: float).
+        false_alarm_probability: accepted chance that healthy readings look stuck.
+
+    Returns:
+        The smallest n >= 2 with p^(n - 1) <= ``false_alarm_probability``, or None if that
+        needs more than 40 readings (the resolution hides the noise: no stuck test).
+    """
+    p = math.erf(resolution / (2.0 * math.sqrt(2.0) * noise_std))
+    if p <= 0.0:
+        return 2
+    if p >= 1.0:
+        return None
+    n = 1 + math.ceil(math.log(false_alarm_probability) / math.log(p))
+    return max(n, 2) if n <= _MAX_STUCK_READINGS else None
+
+
+def validation_settings_for(
+    signals: Mapping[str, tuple[float, float]],
+    instruments: Mapping[str, InstrumentSpec] = DEFAULT_INSTRUMENTS,
+    stale_after_s: float = 90.0,
+    stuck_after_s: float = 90.0,
+    spike_threshold: float = 6.0,
+) -> dict[str, ValidationSettings]:
+    """Validation per signal from what its instrument is.
+
+    The noise floor is the instrument's noise (with the quantisation's q / sqrt(12)), so the
+    spike threshold is in noise units; a noisy instrument is stuck once it repeats one value for
+    ``stuck_after_s`` and over :func:`stuck_min_readings` readings (at least that many of its
+    update periods). Signals without an instrument (setpoint read-backs, states, counters)
+    keep range-based settings: noise floor 1e-3 of the span, no stuck test.
+
+    Args:
+        signals: engineering range (low, high) per measured signal name (the tag map's).
+        instruments: instrument per signal name.
+        stale_after_s: largest age of a source timestamp, plant seconds.
+        stuck_after_s: plant seconds a noisy value may repeat exactly (0: no stuck test).
+        spike_threshold: noise standard deviations that make a spike (6: a healthy reading
+            crosses it about once in 5e8).
+
+    Returns:
+        Settings per name of ``signals``.
+    """
+    out = {}
+    for name, (low, high) in signals.items():
+        spec = instruments.get(name)
+        if spec is None:
+            span = high - low if math.isfinite(high - low) else 1.0
+            out[name] = ValidationSettings(low=low, high=high, stale_after_s=stale_after_s,
+                                           noise_floor=max(1e-3 * span, 1e-9))
+            continue
+        n = stuck_min_readings(spec.noise_std, spec.resolution) if spec.stuck_test and stuck_after_s > 0 else None
+        out[name] = ValidationSettings(
+            low=low, high=high, stale_after_s=stale_after_s,
+            stuck_after_s=0.0 if n is None else max(stuck_after_s, (n - 1) * spec.update_period_s),
+            spike_threshold=spike_threshold,
+            noise_floor=math.hypot(spec.noise_std, spec.resolution / math.sqrt(12.0)),
+            filter_time_s=spec.filter_time_s,
+            noise_relative=spec.relative_noise,
+            max_rate_per_s=spec.max_rate_per_s,
+            stuck_min_readings=n if n is not None else 2,
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- dead time
+def alignment_delay_s(measured: InstrumentSpec, reference: InstrumentSpec, sample_interval_s: float = 0.0) -> float:
+    """How long ago the ``reference`` signal must be read to match ``measured`` now: the
+    difference of their ramp lags (ATR-FTIR 30 s dead time + 20 s lag + the 60 s filter, 46 s
+    when run every 30 s, against an RTD's 5 s: 91 s).
+
+    Args:
+        measured: the late instrument (the concentration's).
+        reference: the one to read back (the reactor temperature's).
+        sample_interval_s: plant seconds between the agent's readings (its control interval).
+    """
+    return max(measured.ramp_lag_s(sample_interval_s) - reference.ramp_lag_s(sample_interval_s), 0.0)
+
+
+class DeadTimeAligner:
+    """A signal's recent history, read back as it was ``delay_s`` ago.
+
+    Supersaturation pairs the concentration, which the analyser reports late, with the reactor
+    temperature of the instant the analyser saw: record the temperature every cycle and use
+    ``delayed(now_s)``. Values are interpolated linearly between recorded times; before the
+    history reaches back far enough (start-up, after a gap) the oldest recorded value stands in.
+
+    Args:
+        delay_s: how far back to read, plant seconds (>= 0).
+    """
+
+    def __init__(self, delay_s: float) -> None:
+        if not delay_s >= 0:
+            raise ValueError(f"delay_s must be >= 0, got {delay_s}")
+        self.delay_s = float(delay_s)
+        self._history: deque[tuple[float, float]] = deque()
+
+    def update(self, time_s: float, value: float) -> float:
+        """Record ``value`` at plant time ``time_s`` (non-finite values and times that do not
+        advance are ignored) and return the value as of ``time_s - delay_s``."""
+        history = self._history
+        if math.isfinite(value) and math.isfinite(time_s) and (not history or time_s > history[-1][0]):
+            history.append((float(time_s), float(value)))
+            # One sample at or before the oldest instant still asked for is all interpolation needs.
+            while len(history) > 1 and history[1][0] <= time_s - self.delay_s:
+                history.popleft()
+        return self.delayed(time_s)
+
+    def delayed(self, now_s: float) -> float:
+        """The value as of ``now_s - delay_s`` (NaN while nothing is recorded)."""
+        history = self._history
+        if not history:
+            return math.nan
+        t = now_s - self.delay_s
+        if t <= history[0][0]:
+            return history[0][1]
+        for (t0, v0), (t1, v1) in pairwise(history):
+            if t <= t1:
+                return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+        return history[-1][1]
 
 
 # ----------------------------------------------------------------------------- derived quantities

@@ -46,6 +46,7 @@ from controller.estimator import EstimatorSettings, Measurement, PopulationEstim
 from controller.proposer import Problem, Proposal
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState, seed_moments
 from controller.settings import ProposerSettings
+from controller.state import DeadTimeAligner
 
 __all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PathFollower", "PlantView",
            "Strategy", "observed_growth"]
@@ -94,6 +95,7 @@ class Advice:
         inputs: summary of what the strategy used (driving force, estimated sizes, ...).
         problem: work for the background proposer, or None.
         complete_batch: the batch's product is done: ask the plant to complete it.
+        reference: the recipe's setpoints now (the guard's envelope band is around them).
     """
 
     setpoints: Mapping[str, float] | None
@@ -105,6 +107,7 @@ class Advice:
     inputs: Mapping[str, float] = field(default_factory=dict)
     problem: Problem | None = None
     complete_batch: bool = False
+    reference: Mapping[str, float] | None = None
 
 
 class Strategy(Protocol):
@@ -203,7 +206,8 @@ class LinearCooling:
         if view.batch_time_s is None:
             return Advice(None, None)
         batch_min = (view.batch_time_s + self.lead_s) / 60.0
-        return Advice(self.recipe.setpoints(batch_min, self.recipe.uses_antisolvent), view.plant_time_s)
+        setpoints = self.recipe.setpoints(batch_min, self.recipe.uses_antisolvent)
+        return Advice(setpoints, view.plant_time_s, reference=setpoints)
 
     def accept(self, proposal: Proposal) -> None:  # no background work
         pass
@@ -316,6 +320,9 @@ class ModelPredictive:
         max_antisolvent_kg_per_min: upper limit of the antisolvent setpoint (0: the plant has
             none the agent may write).
         estimator_settings: how the estimate follows the measurements.
+        concentration_delay_s: how far the concentration analyser lags the reactor RTD: the
+            solubility of sigma is taken at the temperature of that long ago, so sigma compares
+            like with like (controller.state.alignment_delay_s).
         state_path: JSON file for the estimate (None: not persisted).
         blend_s: plant seconds over which a plan switch is blended.
     """
@@ -326,7 +333,8 @@ class ModelPredictive:
                  stirring_rpm: float = 300.0, max_cooling_k_per_min: float = 1.0,
                  max_heating_k_per_min: float = 0.2, setpoint_low_c: float = -math.inf,
                  max_antisolvent_kg_per_min: float = 0.0, estimator_settings: EstimatorSettings | None = None,
-                 state_path: str | None = None, blend_s: float | None = None) -> None:
+                 state_path: str | None = None, blend_s: float | None = None,
+                 concentration_delay_s: float = 0.0) -> None:
         self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
         self.stirring_rpm = stirring_rpm
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
@@ -336,6 +344,7 @@ class ModelPredictive:
         self.estimator_settings = estimator_settings or EstimatorSettings(
             suspension_ref_kg_per_kg=settings.nucleation_suspension_kg_per_kg)
         self.state_path = Path(state_path) if state_path else None
+        self.concentration_delay_s = concentration_delay_s
         self.follower = PathFollower(blend_s if blend_s is not None else settings.move_interval_min * 60.0)
         self.proposal: Proposal | None = None
         # The MS-GNN answers in a background thread; a cycle takes the latest answer.
@@ -355,6 +364,7 @@ class ModelPredictive:
         self._advised: dict[str, float] = {}
         self._advised_at_s: float | None = None
         self._restored = False
+        self._aligner = DeadTimeAligner(self.concentration_delay_s)
         self.follower.reset()
 
     # ------------------------------------------------------------------ interface
@@ -392,7 +402,9 @@ class ModelPredictive:
         concentration = view.value("concentration_g_per_kg")
         data_ok = math.isfinite(temperature) and math.isfinite(concentration)
         anti = self.antisolvent_per_water
-        csat = float(self.material.solubility_g_per_kg(temperature, anti)) if math.isfinite(temperature) else math.nan
+        # the temperature the analyser's sample had (its dead time and lag), for C*
+        seen_c = self._aligner.update(view.plant_time_s, temperature) if math.isfinite(temperature) else math.nan
+        csat = float(self.material.solubility_g_per_kg(seen_c, anti)) if math.isfinite(seen_c) else math.nan
         sigma = math.log(concentration / csat) if data_ok and concentration > 0 else math.nan
         inputs: dict = {"sigma": sigma, "solubility_g_per_kg": csat, "antisolvent_kg_per_kg_water": anti}
         batch_min = view.batch_time_s / 60.0
@@ -482,6 +494,7 @@ class ModelPredictive:
             setpoints[ANTISOLVENT_SP] = rate if rate is not None and not cooling_over else (
                 0.0 if cooling_over and key[0] == "proposal" else self.recipe.antisolvent_kg_per_min(batch_min))
         self._advised, self._advised_at_s = dict(setpoints), now
+        kwargs.setdefault("reference", {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)})
         if (self._cooled_at_s is None and key[0] == "proposal" and self.settings.weight_batch_time_per_h > 0
                 and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K):
             self._cooled_at_s = now

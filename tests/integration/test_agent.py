@@ -272,6 +272,29 @@ def test_sigterm_stops_writing_and_the_plant_sheds(tmp_path):
             assert time.monotonic() < deadline, "the plant did not shed after the agent stopped"
             time.sleep(0.2)
         assert asyncio.run(read_plant(plant, "control_source"))["control_source"] == 0
+        # A restarted agent in automatic re-enters explicitly: it reports automatic_pending and
+        # writes heartbeat + agent_mode until the plant shows the remote cascade again (before,
+        # it wrote nothing while the plant was shed and never got back in).
+        log2 = tmp_path / "second.sqlite"
+        overrides = [o for o in agent_overrides(plant, tmp_path, "agent.mode=automatic") if "decision_log" not in o]
+        report = run_in_process([*overrides, f"agent.decision_log={log2}", "agent.max_plant_time_s=1e9"],
+                                during=_stop_when_remote(plant))
+        values = asyncio.run(read_plant(plant, "control_source", "shed_active"))
+        assert values == {"control_source": 1, "shed_active": 0} and report.verdicts["automatic_pending"] >= 1
+        reasons = [r for rs in read_decisions(log2)["reasons"] for r in rs]
+        assert reasons.index("automatic_pending") < reasons.index("bumpless_entry")
+
+
+def _stop_when_remote(plant):
+    async def watch(stop):
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            if (await read_plant(plant, "control_source"))["control_source"] == 1:
+                await asyncio.sleep(0.5)  # a few cycles in the cascade
+                break
+        stop.set()
+    return watch
 
 
 def test_the_decision_log_survives_sigkill(tmp_path):
