@@ -1,7 +1,7 @@
 """Hydra structured configs: one frozen dataclass tree, composed from YAML per config group.
 
-The settings classes of the code (:class:`plant_sim.scenarios.Scenario`,
-:class:`plant_sim.reactor.ReactorSettings`, ...) are frozen dataclasses and are the single
+The settings classes of the code (:class:`controller.settings.AgentSettings`,
+:class:`conf.contract.process.BatchProcess`, ...) are frozen dataclasses and are the single
 source of truth. Hydra merges YAML into its schema nodes in place, which a frozen dataclass
 forbids, so :func:`hydra_schema` derives a mutable twin of each class for the ConfigStore
 (same fields, types and defaults). After composition OmegaConf has checked every type, enum
@@ -9,9 +9,15 @@ value and key; :func:`build` turns the result back into the frozen classes.
 
 Groups (``conf/<group>/<name>.yaml``):
 
-- ``plant``: the tag map (validated by :class:`plant_sim.tagmap.TagMap`).
-- ``scenario``: what the simulated plant runs.
+- ``plant``: the tag map (validated by :class:`conf.contract.tagmap.TagMap`).
+- ``scenario``: the batch's recipe sheet, and what the simulated plant runs.
 - ``kinetics`` (placed at ``scenario.kinetics``): physics chain or a power-law preset.
+
+Two roots compose the same YAML with the same overrides. :class:`XtalpilotConfig`, the
+agent's, reads ``scenario`` as the process schema (:class:`conf.contract.process.BatchProcess`:
+recipe, seeding, charge); the keys only the simulator reads (the vessel's physics, instruments,
+disturbances, kinetics) pass through unread, so the agent's config never imports the simulator.
+The simulator's root (:class:`conf.simulator.SimulatorConfig`) types the whole scenario.
 
 Compose with :func:`load_config`; a malformed config raises :class:`ConfigError` whose message
 names the field and, for enums, the allowed values.
@@ -22,11 +28,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from conf.contract import validate
+from conf.contract.codes import SecurityMode, ShedAction
+from conf.contract.process import BatchProcess, Vessel
 from controller.settings import AgentSettings, BenchLoopSettings, DemoSettings, ProposerSettings, ReplaySettings
 from models.settings import (
     DataSettings,
@@ -37,10 +47,6 @@ from models.settings import (
     TrainSettings,
     TuneSettings,
 )
-from plant_sim import validate
-from plant_sim.plant import PlantSettings, ShedAction
-from plant_sim.scenarios import Scenario
-from plant_sim.serve import SecurityMode, ServerSettings
 
 
 class OutputFormat(str, enum.Enum):
@@ -76,7 +82,8 @@ class XtalpilotConfig:
 
     Attributes:
         plant: tag map of the reactor (group ``plant``).
-        scenario: scenario of the simulated plant (group ``scenario``).
+        scenario: the batch's recipe sheet (group ``scenario``), as the agent reads it; the
+            simulated plant's whole scenario in :class:`conf.simulator.SimulatorConfig`.
         speed: plant seconds per wall second of the served plant.
         host: address the servers bind.
         opcua_port: OPC UA port.
@@ -104,7 +111,7 @@ class XtalpilotConfig:
     """
 
     plant: dict = field(default_factory=dict)
-    scenario: Scenario = field(default_factory=Scenario)
+    scenario: BatchProcess = field(default_factory=BatchProcess)
     speed: float = 600.0
     host: str = "127.0.0.1"
     opcua_port: int = 4840
@@ -140,28 +147,6 @@ class XtalpilotConfig:
                 f"scenario.duration_min ({self.scenario.duration_min} min) is shorter than one "
                 f"simulate.output_interval_s ({self.simulate.output_interval_s} s); lengthen the one or shorten the other"
             )
-
-    def plant_settings(self, step_s: float = 1.0, autostart: bool | None = None) -> PlantSettings:
-        return PlantSettings(
-            step_s=step_s,
-            shed_timeout_s=self.shed_timeout_s,
-            shed_action=self.shed_action,
-            autostart=self.autostart if autostart is None else autostart,
-            batch_report_dir=self.batch_report_dir,
-        )
-
-    def server_settings(self) -> ServerSettings:
-        return ServerSettings(
-            host=self.host,
-            opcua_port=self.opcua_port,
-            modbus_port=self.modbus_port,
-            speed=self.speed,
-            publish_interval_s=self.publish_interval_s,
-            security=self.security,
-            cert_dir=self.cert_dir,
-            users_file=self.users_file,
-            physics_process=True,
-        )
 
 
 class ConfigError(ValueError):
@@ -264,15 +249,63 @@ def _build_value(tp: Any, value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- store + compose
-def register() -> None:
-    """Register the root schema (idempotent)."""
+#: Settings classes composed open: each reads its part of a node whose YAML also carries keys for
+#: the simulator (the process schema of ``scenario``, the vessel of ``scenario.reactor``); the
+#: keys it does not know pass through unread. Their own fields are typed and checked as any.
+OPEN_NODES: tuple[type, ...] = (BatchProcess, Vessel)
+
+
+def _open_nodes(cls: type, node: Any) -> None:
+    """Let the :data:`OPEN_NODES` under ``node`` (the schema of ``cls``) take unknown keys."""
+    from omegaconf import DictConfig, OmegaConf
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        inner, _ = _unwrap_optional(hints[f.name])
+        child = node.get(f.name) if isinstance(node, DictConfig) else None
+        if dataclasses.is_dataclass(inner) and isinstance(child, DictConfig):
+            if inner in OPEN_NODES:
+                OmegaConf.set_struct(child, False)
+            _open_nodes(inner, child)
+
+
+def config_class(simulator: bool | None = None) -> type[XtalpilotConfig]:
+    """The root settings class a command composes.
+
+    Args:
+        simulator: True for the simulator's root (:class:`conf.simulator.SimulatorConfig`, the
+            whole scenario typed; imports plant_sim), False for the agent's
+            (:class:`XtalpilotConfig`), None for the simulator's where plant_sim is installed.
+    """
+    if simulator is None:
+        simulator = importlib.util.find_spec("plant_sim") is not None
+    if not simulator:
+        return XtalpilotConfig
+    from conf.simulator import SimulatorConfig
+
+    return SimulatorConfig
+
+
+def register(root: type = XtalpilotConfig) -> None:
+    """Register the schema of the root settings class ``root`` as ``xtalpilot_schema``."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="xtalpilot_schema", node=hydra_schema(XtalpilotConfig))
+    node = OmegaConf.structured(hydra_schema(root))
+    _open_nodes(root, node)
+    ConfigStore.instance().store(name="xtalpilot_schema", node=node)
 
 
-def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot") -> XtalpilotConfig:
+def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot", *,
+                simulator: bool | None = None) -> XtalpilotConfig:
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides and validate it.
+
+    Args:
+        overrides: Hydra overrides (``key=value``).
+        config_name: root YAML in ``conf/``.
+        simulator: which root to compose (:func:`config_class`): the agent passes False, so
+            its config never imports the simulator; None composes the simulator's where it is
+            installed.
 
     Raises:
         ConfigError: naming the offending field (and allowed values for enums).
@@ -283,13 +316,14 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot") -
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    register()
+    root = config_class(simulator)
+    register(root)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("conf", version_base=None):
             cfg = compose(config_name, overrides=list(overrides))
         data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=False)
-        return build(XtalpilotConfig, data)
+        return build(root, data)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc)) from None
     except (TypeError, ValueError) as exc:
@@ -307,4 +341,5 @@ def _explain(exc: Exception) -> str:
     return " | ".join(keep) if keep else type(exc).__name__
 
 
-__all__ = ["ConfigError", "OutputFormat", "SimulateSettings", "XtalpilotConfig", "build", "load_config"]
+__all__ = ["OPEN_NODES", "ConfigError", "OutputFormat", "SimulateSettings", "XtalpilotConfig", "build", "config_class",
+           "load_config"]

@@ -10,12 +10,14 @@ Sibling tasks in one ``asyncio.TaskGroup``:
   problem goes to the worker; its proposal applies from the next cycle after it arrives;
 - a loop-lag monitor (how late a 10 ms sleep wakes up: what a stalled loop would show).
 
-Modes: the agent starts in ``agent.mode`` (CLI), and follows the plant's
-``operator_mode_request`` tag whenever it changes (0 manual, 1 advisory, 2 automatic). It
-writes nothing in manual or advisory; in automatic it writes the guard's setpoints, the
-heartbeat and, when the plant does not show it yet, ``agent_mode`` = 2. Leaving automatic it
-writes ``agent_mode`` once (handing the loop back). If the plant sheds, the agent drops to
-advisory and says so; an operator re-enters automatic explicitly.
+Modes: the agent starts in ``agent.mode`` (CLI) but never in automatic, and never above the
+operator's standing ``operator_mode_request`` (0 manual, 1 advisory, 2 automatic); it enters
+automatic only on an operator request made after its start (a change of that tag), so an agent
+restarted by systemd does not re-enter automatic by itself. It writes nothing in manual or
+advisory; in automatic it writes the guard's setpoints, the heartbeat and, when the plant does
+not show it yet, ``agent_mode`` = 2. Leaving automatic it writes ``agent_mode`` once (handing
+the loop back). While the plant is shed or not in the remote cascade, automatic is pending
+(``automatic_pending``): heartbeat and ``agent_mode`` = 2 only, the plant's explicit re-entry.
 
 Plant I/O failures never end the daemon: it holds (writes nothing), reconnects with capped
 backoff, and logs each change of state once. SIGTERM/SIGINT stop it between cycles; it writes
@@ -51,7 +53,7 @@ from controller.guard import (
     decide,
 )
 from controller.plant_io import Backoff, PlantIO, PlantIOError
-from controller.settings import AgentSettings
+from controller.settings import AgentSettings, SetupError
 from controller.state import (
     DEFAULT_INSTRUMENTS,
     SignalTracker,
@@ -59,19 +61,55 @@ from controller.state import (
     alignment_delay_s,
     validation_settings_for,
 )
+from conf.contract import signals
+from conf.contract.codes import AgentMode, BatchCommand, BatchState
+from conf.contract.tagmap import SignalKind, TagMap
 from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, PlantView, Strategy
-from plant_sim.tagmap import SignalKind, TagMap
 
-__all__ = ["Agent", "AgentReport", "guard_settings", "validation_settings"]
+__all__ = ["Agent", "AgentReport", "check_instruments", "guard_settings", "validation_settings"]
 
 _log = logging.getLogger("xtalpilot.agent")
 
-MODE_CODES = {Mode.manual: 0, Mode.advisory: 1, Mode.automatic: 2}
+MODE_CODES = {Mode.manual: int(AgentMode.MANUAL), Mode.advisory: int(AgentMode.ADVISORY),
+              Mode.automatic: int(AgentMode.AUTOMATIC)}
+_MODE_ORDER = MODE_CODES
 CODE_MODES = {v: k for k, v in MODE_CODES.items()}
-BATCH_IDLE, BATCH_EXECUTE, BATCH_COMPLETED = 0, 1, 3
-BATCH_START, BATCH_COMPLETE = 1, 6  # batch_command codes
+BATCH_IDLE, BATCH_EXECUTE, BATCH_HELD, BATCH_COMPLETED = (int(BatchState.IDLE), int(BatchState.EXECUTE),
+                                                          int(BatchState.HELD), int(BatchState.COMPLETED))
+BATCH_START, BATCH_COMPLETE = int(BatchCommand.START), int(BatchCommand.COMPLETE)
 # Signals the proposals rest on: without them valid the guard holds.
-REQUIRED = ("reactor_temperature_c", "concentration_g_per_kg")
+REQUIRED = (signals.REACTOR_TEMPERATURE, signals.CONCENTRATION)
+
+
+# What the agent cannot run without, and what each missing optional signal costs it.
+MINIMUM_SIGNALS = (signals.PLANT_TIME, signals.REACTOR_TEMPERATURE, signals.CONCENTRATION, signals.BATCH_STATE,
+                   signals.TEMPERATURE_SETPOINT, signals.AGENT_HEARTBEAT, signals.AGENT_MODE)
+OPTIONAL_SIGNALS = (
+    (signals.OPERATOR_MODE_REQUEST, "no operator mode request: the agent can never enter automatic"),
+    (signals.CONTROL_SOURCE, "no control source: re-entry into the remote cascade cannot be confirmed"),
+    (signals.BATCH_TIME, "no batch time: batch time counted from when the agent saw the batch start"),
+    (signals.BATCH_COMMAND, "no batch command: batches are started and completed by the DCS only"),
+    ("fbrm_counts_total_per_s", "no FBRM: nucleation is not corrected online"),
+    ("facet_1_area_fraction", "no imaging: the model is given the material's own habit"),
+    (signals.ANTISOLVENT_RATE_SETPOINT, "no antisolvent setpoint: temperature is the only move"),
+)
+
+
+def check_instruments(tagmap: TagMap) -> list[str]:
+    """What the agent cannot see on this tag map (one line each, for the start-up log).
+
+    Raises:
+        SetupError: a signal the agent cannot run without is missing, or its setpoint is not
+            writable; the message names them.
+    """
+    missing = [n for n in MINIMUM_SIGNALS if n not in tagmap]
+    if missing:
+        raise SetupError(f"the tag map lacks {', '.join(missing)}; the agent needs at least "
+                         f"{', '.join(MINIMUM_SIGNALS)} (see conf/plant/minimal.yaml)")
+    for name in (signals.TEMPERATURE_SETPOINT, signals.AGENT_HEARTBEAT, signals.AGENT_MODE):
+        if not tagmap[name].writable:
+            raise SetupError(f"{name} is not writable in the tag map: the agent cannot drive the plant through it")
+    return [why for name, why in OPTIONAL_SIGNALS if name not in tagmap]
 
 
 def validation_settings(tagmap: TagMap, settings: AgentSettings) -> dict[str, ValidationSettings]:
@@ -104,7 +142,7 @@ def guard_settings(tagmap: TagMap, settings: AgentSettings, names: tuple[str, ..
             limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable, on_hold=HoldAction.ramp_to_low))
             envelope.append(SetpointEnvelope(name, on_sigma_ceiling=SigmaAction.ramp_to_low))
         elif name == TEMPERATURE_SP:
-            limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable, may_increase=True))
+            limits.append(SetpointLimits(name, lo, hi, rate, writable=s.writable, may_increase=False))
             envelope.append(SetpointEnvelope(
                 name, band_below=settings.envelope_band_k, band_above=settings.envelope_band_k,
                 max_rate_per_min=min(settings.envelope_rate_k_per_min, rate),
@@ -116,7 +154,8 @@ def guard_settings(tagmap: TagMap, settings: AgentSettings, names: tuple[str, ..
                          max_uncertainty=settings.max_uncertainty,
                          max_step_interval_s=max(settings.control_interval_s, 1.0),
                          envelope=Envelope(tuple(envelope), max_measured_sigma=settings.max_measured_sigma),
-                         max_model_age_s=settings.max_model_age_s, batch_command_writable=batch_writable)
+                         max_model_age_s=settings.max_model_age_s, batch_command_writable=batch_writable,
+                         max_hold_s=settings.max_hold_s)
 
 
 @dataclass
@@ -134,6 +173,7 @@ class AgentReport:
         writes: setpoint writes accepted by the plant.
         write_failures: writes refused or lost.
         reconnects: successful reconnections after a loss.
+        handbacks: times a continuous hold handed the loop back to the DCS (an alarm each).
         batch_completed: a batch completed while the agent ran.
         stopped_by: why the run ended.
         window: ``summary()`` of the cycles in a measurement window (benchmarks), else None.
@@ -149,6 +189,7 @@ class AgentReport:
     writes: int = 0
     write_failures: int = 0
     reconnects: int = 0
+    handbacks: int = 0
     batch_completed: bool = False
     stopped_by: str = ""
     window: dict | None = None
@@ -166,6 +207,7 @@ class AgentReport:
             "writes": self.writes,
             "write_failures": self.write_failures,
             "reconnects": self.reconnects,
+            "handbacks": self.handbacks,
             "batch_completed": self.batch_completed,
             "stopped_by": self.stopped_by,
         }
@@ -198,12 +240,14 @@ class Agent:
             between instants, the model's answer and each proposal awaited before the next
             cycle (what happens within one control interval on a live plant), and the end of
             the recording ends the run.
+        ready: set once the first cycle is done (the agent has seen the standing operator
+            request: a simulated operator's request after it is a new one).
     """
 
     def __init__(self, io: PlantIO, strategy: Strategy, settings: AgentSettings, log: DecisionLog | None = None,
                  metrics=None, proposer=None, poll_interval_s: float = 0.01,
                  measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
-                 replay: bool = False) -> None:
+                 replay: bool = False, ready: asyncio.Event | None = None) -> None:
         self.io, self.strategy, self.settings = io, strategy, settings
         self.replay = replay
         self.decision_log, self.metrics, self.proposer = log, metrics, proposer
@@ -215,7 +259,13 @@ class Agent:
         self._fbrm_bins = tuple(f"fbrm_counts_bin{k}_per_s" for k in range(1, len(settings.fbrm_bin_edges_um)))
         if not all(n in io.tagmap for n in self._fbrm_bins):
             self._fbrm_bins = ()
-        self.mode: Mode = settings.mode
+        # Never automatic at start: only on an operator request newer than the agent (see
+        # _follow_mode_request).
+        self.mode: Mode = Mode.advisory if settings.mode is Mode.automatic else settings.mode
+        if settings.mode is Mode.automatic:
+            _log.info("agent.mode=automatic: starting in advisory; automatic on the operator's request "
+                      "(operator_mode_request = 2) made after this start")
+        self.ready = ready
         self.previous_mode: Mode = Mode.manual
         self.report = AgentReport()
         # A second report of the cycles from this plant time on (benchmarks measure a window).
@@ -236,6 +286,7 @@ class Agent:
         self._backoff = Backoff()
         self._connected = False
         self._previous_remote_active: bool | None = None
+        self._hold_since_s: float | None = None  # plant time the current continuous hold began
         self._speed_ref: tuple[float, float] | None = None  # (wall, plant) clocks of the last cycle
         self._speed = 1.0
 
@@ -357,6 +408,8 @@ class Agent:
                           logging.WARNING)
             next_due += (missed + 1) * interval
             await self._cycle(snap)
+            if self.ready is not None:
+                self.ready.set()
             if self._should_stop(now):
                 done.set()
 
@@ -382,14 +435,14 @@ class Agent:
         validated = {name: tr.update(snap.readings.get(name), now) for name, tr in self.trackers.items()}
         stages["state"] = time.perf_counter() - t0
 
-        batch_state = _number(raw.get("batch_state"))
+        batch_state = _number(raw.get(signals.BATCH_STATE))
         if batch_state == BATCH_EXECUTE and self._last_batch_state != BATCH_EXECUTE and self._batch_start_s is None:
             self._batch_start_s = now
             self._say("batch", f"batch executing (plant time {now:.0f} s)")
         if batch_state == BATCH_COMPLETED and self._last_batch_state == BATCH_EXECUTE:
             self.report.batch_completed = True
             self._say("batch", f"batch completed (plant time {now:.0f} s)")
-        if batch_state != BATCH_EXECUTE and batch_state != 2:  # not executing nor held
+        if batch_state != BATCH_EXECUTE and batch_state != BATCH_HELD:
             self._batch_start_s = None
             self._complete_sent = False
         self._last_batch_state = batch_state
@@ -398,16 +451,17 @@ class Agent:
         if executing:
             # The plant's phase timer when the tag map has one (right even if the agent joined
             # mid-batch); else the time since the agent saw the batch start.
-            tag = _number(raw.get("batch_time_s"))
+            tag = _number(raw.get(signals.BATCH_TIME))
             batch_time_s = tag if math.isfinite(tag) and tag >= 0 else now - self._batch_start_s
         self._batch_time_s = batch_time_s
         if (self.window is not None and not self._in_window and batch_time_s is not None
                 and batch_time_s >= self._measure_from_s):
             self._in_window = True  # from this cycle on
 
-        self._follow_mode_request(raw.get("operator_mode_request"))
-        shed = _number(raw.get("shed_active")) == 1.0
-        source = _number(raw.get("control_source"))
+        if not self.replay:  # shadow mode is fixed; the recording's HMI requests were for the plant's own loop
+            self._follow_mode_request(raw.get(signals.OPERATOR_MODE_REQUEST))
+        shed = _number(raw.get(signals.SHED_ACTIVE)) == 1.0
+        source = _number(raw.get(signals.CONTROL_SOURCE))
         remote_active = None if not math.isfinite(source) else source == 1.0
 
         # Measurements as validated; status tags (batch state, facet {hkl} codes) as read.
@@ -434,10 +488,10 @@ class Agent:
 
         data_ok = advice.data_ok and all(validated[n].ok for n in REQUIRED if n in validated)
         current = {s.name: _number(raw.get(s.name)) for s in self.guard.setpoints}
-        request = None
-        if self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE:
+        request = None  # batch commands are requests only an agent in automatic makes
+        if self.mode is Mode.automatic and self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE:
             request = BatchRequest.start
-        elif advice.complete_batch and executing and not self._complete_sent:
+        elif self.mode is Mode.automatic and advice.complete_batch and executing and not self._complete_sent:
             request = BatchRequest.complete
         permissive = _number(raw.get("batch_permissive"))
         inp = GuardInput(
@@ -450,8 +504,18 @@ class Agent:
             model_age_s=_number(advice.predictions.get("model_age_s", 0.0)),
             remote_active=remote_active, previous_remote_active=self._previous_remote_active,
             batch_request=request, batch_permissive=permissive != 0.0,  # no permissive tag: permitted
+            held_for_s=now - self._hold_since_s if self._hold_since_s is not None else 0.0,
         )
         verdict = decide(inp, self.guard)
+        holding = verdict.held and any(r in HOLD_REASONS for r in verdict.reasons)
+        self._hold_since_s = (self._hold_since_s if self._hold_since_s is not None else now) if holding else None
+        if verdict.hand_back:
+            self.mode, self._hold_since_s = Mode.advisory, None
+            self.report.handbacks += 1
+            self._say("mode", f"ALARM: setpoints held for {inp.held_for_s:.0f} s "
+                      f"({', '.join(r.value for r in verdict.reasons if r in HOLD_REASONS)}): loop handed back to "
+                      "the DCS, agent now advisory; request automatic again once the cause is cleared",
+                      logging.ERROR)
         self._previous_remote_active = remote_active if self.mode is Mode.automatic else None
         shadow: dict = {}
         if self.replay and self.mode is not Mode.automatic:
@@ -471,21 +535,21 @@ class Agent:
 
         values: dict[str, float] = dict(verdict.write)
         if verdict.batch_command is BatchRequest.start:
-            values["batch_command"] = float(BATCH_START)
+            values[signals.BATCH_COMMAND] = float(BATCH_START)
             self._start_sent = True
             self._say("batch", f"starting the batch (agent.start_batch, plant time {now:.0f} s)")
         elif verdict.batch_command is BatchRequest.complete:
-            values["batch_command"] = float(BATCH_COMPLETE)
+            values[signals.BATCH_COMMAND] = float(BATCH_COMPLETE)
             self._complete_sent = True
             self._say("batch", f"completing the batch: its product is done (plant time {now:.0f} s)")
         if verdict.heartbeat:
             self._heartbeat = (self._heartbeat + 1) % 65536
-            values["agent_heartbeat"] = float(self._heartbeat)
+            values[signals.AGENT_HEARTBEAT] = float(self._heartbeat)
             # agent_mode = 2 with a live heartbeat is the plant's explicit re-entry after a shed
-            if verdict.request_remote or _number(raw.get("agent_mode")) != MODE_CODES[Mode.automatic]:
-                values["agent_mode"] = float(MODE_CODES[Mode.automatic])
+            if verdict.request_remote or _number(raw.get(signals.AGENT_MODE)) != MODE_CODES[Mode.automatic]:
+                values[signals.AGENT_MODE] = float(MODE_CODES[Mode.automatic])
         elif self.previous_mode is Mode.automatic and self.mode is not Mode.automatic:
-            values["agent_mode"] = float(MODE_CODES[self.mode])  # hand the loop back, once
+            values[signals.AGENT_MODE] = float(MODE_CODES[self.mode])  # hand the loop back, once
         # Record before write: the decision and what it is about to write are committed first,
         # so no write is ever made that the log does not hold. A log that cannot be written
         # refuses automatic: nothing is written (the plant sheds on the missing heartbeat).
@@ -586,15 +650,18 @@ class Agent:
             self._say("log", f"decision log: {exc}", logging.ERROR)
 
     def _chords(self, validated) -> dict[str, float]:
-        """CSD figures from the FBRM bins (state.chord_statistics); empty without the bins."""
+        """Chord statistics of the FBRM bins (state.chord_statistics); empty without the bins."""
         if not self._fbrm_bins:
             return {}
         from controller.state import chord_statistics
 
         counts = [validated[n].value if validated[n].ok else math.nan for n in self._fbrm_bins]
         stats = chord_statistics(counts, self.settings.fbrm_bin_edges_um)
-        return {"fbrm_total_per_s": stats.total_per_s, "fbrm_mean_size_um": stats.mean_size_um,
-                "fbrm_volume_mean_size_um": stats.volume_mean_size_um, "fbrm_fines_fraction": stats.fines_fraction}
+        # Chord statistics, named so: a chord distribution is not the size distribution (a
+        # crystal of size L gives chords from 0 to L), and the log must not pass one for the other.
+        return {"fbrm_chord_total_per_s": stats.total_per_s, "fbrm_chord_mean_um": stats.mean_size_um,
+                "fbrm_chord_volume_mean_um": stats.volume_mean_size_um,
+                "fbrm_chord_fines_fraction": stats.fines_fraction}
 
     def _speed_estimate(self, now: float) -> float:
         """Plant seconds per wall second, from the last two cycles' clocks."""
@@ -606,15 +673,27 @@ class Agent:
         return self._speed
 
     def _follow_mode_request(self, request) -> None:
+        """Follow the operator's ``operator_mode_request`` (0 manual, 1 advisory, 2 automatic).
+
+        The request standing at start-up is older than the agent: a lower one (manual,
+        advisory) is obeyed at once, a standing automatic is not (an agent restarted by systemd
+        must not re-enter automatic on the strength of an old request). Automatic is entered only
+        on a request made after the agent started, i.e. a change of the tag it sees."""
         value = _number(request)
         if not math.isfinite(value):
             return
+        mode = CODE_MODES.get(int(value)) if value == int(value) else None
         if self._mode_request is None:
-            self._mode_request = value  # the request standing at start-up does not override the CLI
+            self._mode_request = value
+            if mode is not None and _MODE_ORDER[mode] < _MODE_ORDER[self.mode]:
+                self.mode = mode
+                self._say("mode", f"the operator's standing request is {mode.value}: starting in {mode.value}")
+            elif mode is Mode.automatic:
+                self._say("mode", "the operator's standing request for automatic predates this agent: "
+                          "request automatic again to enter it")
             return
         if value != self._mode_request:
             self._mode_request = value
-            mode = CODE_MODES.get(int(value)) if value == int(value) else None
             if mode is None:
                 self._say("mode", f"operator_mode_request {value} is not 0, 1 or 2: ignored", logging.WARNING)
                 return
@@ -706,7 +785,7 @@ def make_strategy(cfg, service=None):
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,
                     measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
-                    io: PlantIO | None = None) -> AgentReport:
+                    io: PlantIO | None = None, ready: asyncio.Event | None = None) -> AgentReport:
     """``xtalpilot agent``: wire I/O, strategy, proposer, decision log and metrics, and run.
 
     SIGTERM and SIGINT set ``stop``; the agent then writes nothing more and returns. A given
@@ -726,6 +805,8 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
             loop.add_signal_handler(sig, stop.set)
     io = io if io is not None else make_io(cfg)
     replay = hasattr(io, "exhausted")  # recorded data
+    for line in check_instruments(io.tagmap):
+        _log.info("cannot see: %s", line)
     strategy = strategy or make_strategy(cfg)
     metrics = AgentMetrics(io.tagmap.reactor)
     version = getattr(getattr(strategy, "service", None), "version", "") or "none"
@@ -759,7 +840,7 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         gc.freeze()
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
                       measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s,
-                      replay=replay, poll_interval_s=0.0 if replay else 0.01)
+                      replay=replay, poll_interval_s=0.0 if replay else 0.01, ready=ready)
         report = await agent.run(stop)
         if agent.window is not None:
             report.window = agent.window.summary()

@@ -43,8 +43,7 @@ __all__ = ["run_loop_benchmark"]
 
 def _one_protocol(cfg, overrides: Sequence[str], protocol: Protocol, out_dir: Path, subscribe: bool = False,
                   label: str | None = None) -> dict:
-    from controller.agent import run_agent
-    from controller.demo import _plant_overrides, free_port_pair
+    from controller.demo import _plant_overrides, free_port_pair, run_agent_in_automatic
     from plant_sim.bench import served_plant
 
     b = cfg.bench_loop
@@ -62,8 +61,8 @@ def _one_protocol(cfg, overrides: Sequence[str], protocol: Protocol, out_dir: Pa
     plant_args = [*_plant_overrides(overrides), f"opcua_port={opcua_port}", f"modbus_port={modbus_port}",
                   f"speed={b.speed}", f"publish_interval_s={b.plant_publish_interval_s}", "autostart=false"]
     with served_plant(plant_args):
-        report = asyncio.run(run_agent(run_cfg, measure_from_batch_s=seeded_s,
-                                       stop_at_batch_s=seeded_s + b.window_plant_s))
+        report = asyncio.run(run_agent_in_automatic(run_cfg, measure_from_batch_s=seeded_s,
+                                                    stop_at_batch_s=seeded_s + b.window_plant_s))
     out = report.summary()
     window = report.window
     return {

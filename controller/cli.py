@@ -25,6 +25,11 @@ Examples::
 
 The entry point only parses, composes the config and calls a plain function; errors a user can
 fix (bad config, busy port, missing certificate) print one line and exit with code 2.
+
+``xtalpilot agent`` is the agent alone: it composes the agent's config
+(:class:`conf.schema.XtalpilotConfig`) and never imports the simulator (``plant_sim``), so it runs
+where only the agent is installed. The other commands start or record the simulated plant and
+import it inside their functions.
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ def _setup_logging() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-def _load(overrides: Sequence[str]):
+def _load(overrides: Sequence[str], simulator: bool | None = None):
+    """The composed config: the simulator's root where it is installed (or asked for), the
+    agent's with ``simulator=False`` (:func:`conf.schema.load_config`)."""
     from conf.schema import load_config
 
-    return load_config(overrides)
+    return load_config(overrides, simulator=simulator)
 
 
 def cmd_plant(overrides: Sequence[str]) -> int:
@@ -116,7 +123,7 @@ def cmd_agent(overrides: Sequence[str]) -> int:
 
     from controller.agent import run_agent
 
-    report = asyncio.run(run_agent(_load(overrides)))
+    report = asyncio.run(run_agent(_load(overrides, simulator=False)))
     print(json.dumps(report.summary(), indent=2))
     return 0
 
@@ -167,6 +174,17 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def _simulator_errors() -> dict[type, str]:
+    """The simulated plant's errors a user can fix, where the simulator is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("plant_sim") is None:
+        return {}
+    from plant_sim.plant import PlantConfigError
+
+    return {PlantConfigError: "cannot build the plant: "}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -185,17 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     _setup_logging()
+    from conf.contract.tagmap import TagMapError
     from conf.schema import ConfigError
     from controller.decision_log import DecisionLogError
     from controller.plant_io import PlantIOError
     from controller.settings import SetupError
-    from plant_sim.plant import PlantConfigError
-    from plant_sim.tagmap import TagMapError
 
     # Errors a user can fix: one line, exit code 2.
     prefixes = {ConfigError: "invalid configuration: ", TagMapError: "invalid tag map: ",
-                PlantConfigError: "cannot build the plant: ", PlantIOError: "plant connection: ",
-                SetupError: "", DecisionLogError: "decision log: "}
+                PlantIOError: "plant connection: ", SetupError: "", DecisionLogError: "decision log: "}
+    if handler is not cmd_agent:
+        prefixes.update(_simulator_errors())
     try:
         return handler(rest)
     except tuple(prefixes) as exc:

@@ -107,11 +107,15 @@ def _clean(obj: Any) -> Any:
 class DecisionLog:
     """Append-only decision log in SQLite (WAL)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 1.0) -> None:
+        """Open (or create) the log. ``busy_timeout_s``: how long a commit waits for another
+        writer's lock before it fails; a local commit takes milliseconds, and the agent must know
+        within a cycle that its log is not being written (it then refuses automatic)."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                         timeout=busy_timeout_s)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(decisions)")}

@@ -17,6 +17,7 @@ not from the agent's estimates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -88,6 +89,36 @@ def ensure_checkpoint(cfg, overrides: Sequence[str]) -> str:
     return str(quick)
 
 
+async def operator_requests(cfg, mode, ready: asyncio.Event) -> None:
+    """The simulated operator: once the agent has run its first cycle (so it has seen the
+    standing request), request ``mode`` at the HMI (``operator_mode_request``), as an operator
+    does after starting the agent. Over a connection of its own, the agent's protocol."""
+    from controller.agent import MODE_CODES, make_io
+
+    await ready.wait()
+    io = make_io(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, opcua_subscribe=False)))
+    await io.connect()
+    try:
+        await io.write({"operator_mode_request": float(MODE_CODES[mode])})
+    finally:
+        await io.close()
+
+
+async def run_agent_in_automatic(cfg, *args, **kwargs):
+    """``run_agent`` with the simulated operator requesting automatic after its first cycle
+    (demo, loop benchmark, tests: the agent itself never starts in automatic)."""
+    from controller.agent import run_agent
+
+    ready = asyncio.Event()
+    operator = asyncio.create_task(operator_requests(cfg, Mode.automatic, ready))
+    try:
+        return await run_agent(cfg, *args, ready=ready, **kwargs)
+    finally:
+        operator.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await operator
+
+
 def free_port_pair() -> tuple[int, int]:
     """Two distinct free loopback ports (OPC UA, Modbus) for a plant of our own."""
     from plant_sim.bench import _free_port
@@ -112,7 +143,6 @@ def _plant_overrides(overrides: Sequence[str]) -> list[str]:
 
 def run_batch(cfg, overrides: Sequence[str], strategy: StrategyName, out_dir: Path, checkpoint: str) -> dict:
     """Serve a fresh plant, run one strategy's batch in automatic mode, return what happened."""
-    from controller.agent import run_agent
     from plant_sim.bench import served_plant
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +164,7 @@ def run_batch(cfg, overrides: Sequence[str], strategy: StrategyName, out_dir: Pa
     wall0 = time.monotonic()
     with served_plant(plant_args):
         _log.info("%s batch on the simulated plant at %gx (OPC UA port %d)", strategy.value, d.speed, opcua_port)
-        report = asyncio.run(run_agent(run_cfg))
+        report = asyncio.run(run_agent_in_automatic(run_cfg))
         deadline = time.monotonic() + 30.0
         while not (files := sorted(out_dir.glob("batch_*.json"))) and time.monotonic() < deadline:
             time.sleep(0.1)

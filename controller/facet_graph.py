@@ -1,8 +1,8 @@
 """The facet-scale graph of the crystal population, kept current from imaging (pure).
 
 The imaging probe reports, per facet family slot, the family's Miller indices (as
-100 h + 10 k + l), its area fraction and its observed normal growth rate. The graph the model
-needs has one node per face:
+100 h + 10 k + l, :func:`conf.contract.codes.decode_hkl`), its area fraction and its observed
+normal growth rate. The graph the model needs has one node per face:
 
 1. the faces and their adjacency come from the kinetic Wulff habit of the observed family
    rates (a family the probe does not see, or whose rate is unusable, is left out; if no
@@ -10,11 +10,11 @@ needs has one node per face:
 2. each family's observed area fraction is shared equally by its faces on that habit, and
    renormalised over the families seen;
 3. surface energy and impurity affinity per family come from the material
-   (:func:`models.data.facet_family_properties`), not from the probe;
+   (:func:`models.graphs.facet_family_properties`), not from the probe;
 4. cluster -> facet edges join each outer cluster of the material graph to the faces it lies
-   under (:func:`models.data.cross_edges`).
+   under (:func:`models.graphs.cross_edges`).
 
-The result is a :class:`models.data.Query` without conditions or targets, ready for
+The result is a :class:`models.graphs.Query` without conditions or targets, ready for
 :meth:`models.msgnn.KineticsPredictor.query`. Nothing usable in the reading gives ``None``
 (the caller falls back to the material's own habit, or holds). Slots whose signals are not
 valid this cycle are dropped before (:func:`imaging_from_values` with ``ok``), so a stale
@@ -27,24 +27,17 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
-from models.data import Query, cross_edges, facet_features
-from plant_sim.morphology import kinetic_wulff
+from conf.contract.codes import N_FACET_SLOTS, decode_hkl
+from conf.contract.morphology import kinetic_wulff
+from conf.contract.signals import facet_slot_signals
+from models.graphs import Query, facet_features, facet_query
 
-__all__ = ["decode_hkl", "facet_graph_from_imaging", "imaging_from_values"]
-
-
-def decode_hkl(code: float) -> tuple[int, int, int] | None:
-    """100 h + 10 k + l -> (h, k, l); None for 0, NaN or a code that is not a family."""
-    if not math.isfinite(code) or code <= 0 or code != int(code) or code > 999:
-        return None
-    c = int(code)
-    return (c // 100, (c // 10) % 10, c % 10)
+__all__ = ["facet_graph_from_imaging", "imaging_from_values"]
 
 
 def imaging_from_values(values: Mapping[str, float], ok: Mapping[str, bool] | None = None, *,
-                        slots: int = 4) -> list[tuple[float, float, float]]:
+                        slots: int = N_FACET_SLOTS) -> list[tuple[float, float, float]]:
     """(hkl code, area fraction, growth rate um/min) per slot from the plant's tag values.
 
     A validated signal that is not ok keeps its last good value in ``values`` (the state
@@ -66,7 +59,7 @@ def imaging_from_values(values: Mapping[str, float], ok: Mapping[str, bool] | No
     """
     readings = []
     for j in range(1, slots + 1):
-        names = (f"facet_{j}_hkl", f"facet_{j}_area_fraction", f"facet_{j}_growth_rate_um_per_min")
+        names = facet_slot_signals(j)
         if ok is not None and not all(ok.get(n, False) for n in names):
             continue
         readings.append(tuple(float(values.get(n, math.nan)) for n in names))
@@ -111,15 +104,4 @@ def facet_graph_from_imaging(
     surface = np.array([family_properties[hkls[f]][0] for f in present])
     langmuir = np.array([family_properties[hkls[f]][1] for f in present])
     fx = facet_features(habit.normals, area, observed, surface, langmuir)
-    cross, cross_attr = cross_edges(np.asarray(cluster_direction, dtype=float), habit.normals)
-    return Query(
-        material_index=0,
-        facet_x=torch.tensor(fx, dtype=torch.float32),
-        facet_index=torch.tensor(np.asarray(habit.adjacency), dtype=torch.long),
-        cross_index=torch.tensor(cross, dtype=torch.long),
-        cross_attr=torch.tensor(cross_attr, dtype=torch.float32),
-        conditions=torch.zeros(4),
-        raw_conditions=torch.zeros(4, dtype=torch.float64),
-        y=torch.zeros(3),
-        facet_y=torch.zeros(fx.shape[0]),
-    )
+    return facet_query(fx, habit.normals, habit.adjacency, cluster_direction)

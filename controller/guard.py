@@ -17,11 +17,15 @@ with a reason code for everything it did. Rules, in order:
    uncertainty above the limit, or a proposal that is missing, stale or not finite, each setpoint
    takes its ``on_hold`` action: ``hold`` keeps the current value (a temperature),
    ``ramp_to_low`` moves it towards ``low`` (an antisolvent feed must not feed blind). A hold
-   reason on the bumpless entry cycle takes these actions too.
+   reason on the bumpless entry cycle takes these actions too. A hold that has lasted
+   ``max_hold_s`` (``held_for_s``) hands the loop back instead (``handed_back``, ``hand_back``):
+   no setpoints, no heartbeat; the caller writes ``agent_mode`` out of automatic and alarms, so
+   the DCS's own loop carries the batch rather than an agent that cannot decide.
 7. Otherwise each proposed setpoint is clamped to its limits and, when a reference is given, into
    the envelope's band around it (the limits win where the two disagree).
-8. The limits come first: the current value is clamped into them (the guard never writes outside
-   them, whatever the plant reads back), and every written value moves from that clamped value
+8. The limits come first: a setpoint whose current value lies outside them is not written
+   (``setpoint_out_of_limits``; the guard never writes outside them, whatever the plant reads
+   back, and never steps a value into them), and every written value moves from the current one
    by at most the tag's and the envelope's rate times the time since the last write (capped at
    ``max_step_interval_s``). A setpoint with ``may_increase`` False (cooling only) never goes
    above it unless ``heating_permitted``; one with ``may_decrease`` False never goes below it.
@@ -34,7 +38,9 @@ with a reason code for everything it did. Rules, in order:
 
 Only setpoints named in the settings and marked writable are ever written; any other key in a
 proposal is dropped with ``not_writable``. A setpoint whose current value cannot be read is not
-written. The plant clamps and rate-limits again (defence in depth).
+written, nor one whose current value lies outside its limits (``setpoint_out_of_limits``:
+clamping would step it, a rated walk back would write outside the limits). The plant clamps
+and rate-limits again (defence in depth).
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class Reason(str, enum.Enum):
     advisory = "advisory"
     plant_shed = "plant_shed"
     automatic_pending = "automatic_pending"
+    handed_back = "handed_back"
     not_executing = "not_executing"
     bumpless_entry = "bumpless_entry"
     data_bad = "data_bad"
@@ -94,6 +101,7 @@ class Reason(str, enum.Enum):
     proposal_stale = "proposal_stale"
     proposal_not_finite = "proposal_not_finite"
     setpoint_unknown = "setpoint_unknown"
+    setpoint_out_of_limits = "setpoint_out_of_limits"
     ramp_to_low = "ramp_to_low"
     clamped = "clamped"
     envelope_band = "envelope_band"
@@ -233,6 +241,8 @@ class GuardSettings:
         envelope: the operator's process envelope (default: no restriction).
         max_model_age_s: older model answers (plant time) hold with ``model_stale`` (inf: off).
         batch_command_writable: the tag map marks the batch command tag writable.
+        max_hold_s: plant seconds of continuous hold after which the loop is handed back to
+            the DCS (``handed_back``; inf: never).
     """
 
     setpoints: tuple[SetpointLimits, ...]
@@ -242,12 +252,13 @@ class GuardSettings:
     envelope: Envelope = Envelope()
     max_model_age_s: float = math.inf
     batch_command_writable: bool = False
+    max_hold_s: float = math.inf
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.setpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"setpoints named twice: {names}")
-        for name in ("max_proposal_age_s", "max_uncertainty", "max_step_interval_s", "max_model_age_s"):
+        for name in ("max_proposal_age_s", "max_uncertainty", "max_step_interval_s", "max_model_age_s", "max_hold_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not isinstance(self.envelope, Envelope):
@@ -291,6 +302,8 @@ class GuardInput:
         previous_remote_active: ``remote_active`` of the previous cycle.
         batch_request: a batch command the caller wants sent (None: none).
         batch_permissive: the DCS permits the agent to command the batch.
+        held_for_s: plant seconds the setpoints have been held without a break so far (0: not
+            holding).
     """
 
     mode: Mode
@@ -313,6 +326,7 @@ class GuardInput:
     previous_remote_active: bool | None = None
     batch_request: BatchRequest | None = None
     batch_permissive: bool = True
+    held_for_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -326,6 +340,8 @@ class Verdict:
         held: the setpoints took their hold actions instead of following a proposal.
         request_remote: write ``agent_mode`` = 2 (automatic) to (re-)enter the remote cascade.
         batch_command: the batch command to write (None: none).
+        hand_back: the hold lasted ``max_hold_s``: hand the loop back to the DCS (write
+            ``agent_mode`` out of automatic, no heartbeat, no setpoints) and raise the alarm.
     """
 
     write: Mapping[str, float] = field(default_factory=dict)
@@ -334,6 +350,7 @@ class Verdict:
     held: bool = False
     request_remote: bool = False
     batch_command: BatchRequest | None = None
+    hand_back: bool = False
 
 
 def _number(x) -> float:
@@ -402,11 +419,7 @@ def _move(s: SetpointLimits, e: SetpointEnvelope, inp: GuardInput, current: floa
     if sigma_high and e.on_sigma_ceiling is SigmaAction.ramp_to_low and target != s.low:
         target = s.low
         reasons.append(Reason.sigma_ceiling)
-    # The limits come first: every other rule moves from the current value clamped into them, so
-    # the result is inside the limits even when the plant's value (or its read-back) is not.
-    start = _clamp(current, s.low, s.high)
-    if start != current:
-        reasons.append(Reason.clamped)
+    start = current  # inside the limits (_setpoints writes nothing for a value outside them)
     tag_step = s.max_rate_per_min * dt_s / 60.0
     env_step = min(e.max_rate_per_min, s.max_rate_per_min) * dt_s / 60.0  # inf * 0 s would be NaN
     below = [(start - tag_step, Reason.rate_limited), (start - env_step, Reason.envelope_rate)]
@@ -438,6 +451,12 @@ def _setpoints(inp: GuardInput, settings: GuardSettings, follow: bool, safe: boo
         current = inp.current.get(s.name, math.nan)
         if not _finite(current):
             reasons.append(Reason.setpoint_unknown)
+            continue
+        if not s.low <= float(current) <= s.high:
+            # Clamping would step it (several K at once on a temperature) and a rated walk back
+            # would write outside the limits: the guard writes neither; the plant keeps its own
+            # value until the DCS brings it inside.
+            reasons.append(Reason.setpoint_out_of_limits)
             continue
         e = settings.envelope.get(s.name)
         target = _target(s, e, inp, float(current), follow, safe, reasons)
@@ -481,6 +500,10 @@ def decide(inp: GuardInput, settings: GuardSettings) -> Verdict:
             writable = {s.name for s in settings.setpoints if s.writable}
             if any(k not in writable for k in inp.proposal):
                 reasons.append(Reason.not_writable)
+        if hold and inp.held_for_s >= settings.max_hold_s:
+            # A running batch is not held for hours on an agent that cannot decide: the loop goes
+            # back to the DCS (its recipe), with an alarm, and the agent leaves automatic.
+            return Verdict({}, False, tuple(dict.fromkeys([*reasons, Reason.handed_back])), True, hand_back=True)
         write = _setpoints(inp, settings, following, bool(hold), reasons)
         reasons = reasons or [Reason.ok]
     command, batch_reason = _batch(inp, settings, following)

@@ -28,11 +28,15 @@ network's answer at the current condition (:func:`fit_laws` with ``anchor``).
 
 The facet graph comes from imaging (:func:`controller.facet_graph.facet_graph_from_imaging`).
 When imaging gives none (an unseeded batch before nuclei show, a clear solution, a plant
-without facet signals), it is the material's own habit: the pristine defect state's kinetic
-Wulff habit at the training reference condition, exactly the facet graph
-:func:`models.data.generate` gives that material (:attr:`KineticsEstimate.facet_source` says
-which). Levels 1-2 (atoms, clusters) of the material are embedded once and cached by the
-predictor; a cycle runs only level 3 and the heads.
+without facet signals), it is the material's own habit (:attr:`KineticsEstimate.facet_source`
+says which), made as the training data make every observed facet graph, the habit grown at the
+training reference condition and observed there, from what the agent knows: the structure's
+attachment-energy habit (:func:`models.graphs.structure_habit`) gives the faces, the network's
+own face rates at the reference condition on it give the observed rates, and the kinetic Wulff
+habit of those rates is the material's habit. Levels 1-2 (atoms, clusters) of the material, in
+its pristine defect state (:func:`models.graphs.pristine_material_graph`), are embedded once
+and cached by the predictor; a cycle runs only level 3 and the heads. Nothing here needs the
+simulated plant: the material comes from the contract's materials database.
 """
 
 from __future__ import annotations
@@ -302,7 +306,7 @@ class KineticsService:
 
     Args:
         predictor: a :class:`models.msgnn.KineticsPredictor`.
-        material: plant_sim material name.
+        material: key of the materials database (:data:`conf.contract.materials.MATERIALS`).
         grid_sigmas: (low, high) driving forces of the query grid when :meth:`estimate` is not
             given a ``sigma_range`` (kept for callers that do not know the metastable limit).
         grid_temperatures: temperatures in the grid (spread over -10..+5 K around the current).
@@ -312,18 +316,16 @@ class KineticsService:
 
     def __init__(self, predictor, material: str, grid_sigmas: tuple[float, float] = (0.003, 0.04),
                  grid_temperatures: int = 3, habit_fallback: bool = True) -> None:
-        from models.data import DataSettings, facet_family_properties, generate
+        from models.graphs import facet_family_properties, pristine_material_graph
+        from models.settings import DataSettings
 
         self.predictor = predictor
         self.material = material
-        # The pristine defect state (variant 0) with its one sample: the material graph, and the
-        # facet graph of its habit at the reference condition, built as every training sample's.
-        pristine = generate(DataSettings(materials=(material,), variants_per_material=1,
-                                         conditions_per_variant=1, label_noise=0.0))
-        self.material_graph = pristine.materials[0]
-        self.material_facets = pristine.queries[0]
+        # The pristine defect state (variant 0 of the training data): the material graph.
+        self.material_graph = pristine_material_graph(material, DataSettings().max_atoms)
         self.embedding = predictor.embed_material(self.material_graph)
         self.family_properties = facet_family_properties(material)
+        self.material_facets = self._material_habit()
         self.grid_sigmas = grid_sigmas
         self.grid_temperatures = grid_temperatures
         self.habit_fallback = habit_fallback
@@ -421,6 +423,24 @@ class KineticsService:
             constraint_sigma=top,
             facet_source=source,
         )
+
+    def _material_habit(self):
+        """The material's own habit as a facet graph (module docstring); the structure's habit
+        with unknown rates where the network gives no usable face rates."""
+        from conf.contract.morphology import kinetic_wulff
+        from models.graphs import REFERENCE_CONDITION, habit_query, structure_habit
+
+        habit = structure_habit(self.material)
+        guess = habit_query(self.material, habit, np.zeros(habit.num_faces), self.embedding_directions)
+        with torch.no_grad():
+            pred = self.predictor.query(self.embedding, guess, [REFERENCE_CONDITION])
+        face_rates = pred.facet_mean.detach().cpu().double().numpy().reshape(-1)
+        if face_rates.shape != (habit.num_faces,) or not np.all(np.isfinite(face_rates) & (face_rates > 0)):
+            return guess
+        shown = np.flatnonzero(np.bincount(habit.face_family, minlength=len(habit.hkls)) > 0)
+        family_rates = np.array([face_rates[habit.face_family == f].mean() for f in shown])
+        grown = kinetic_wulff([habit.hkls[f] for f in shown], family_rates)
+        return habit_query(self.material, grown, family_rates[grown.face_family], self.embedding_directions)
 
     @property
     def embedding_directions(self) -> np.ndarray:

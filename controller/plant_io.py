@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
+from conf.contract.tagmap import ModbusTable, Signal, TagMap, decode_registers, encode_registers
 from controller.state import Reading
-from plant_sim.tagmap import ModbusTable, Signal, TagMap, decode_registers, encode_registers
 
 __all__ = ["Backoff", "ModbusIO", "OpcUaIO", "PlantIO", "PlantIOError", "Snapshot", "WriteOutcome"]
 

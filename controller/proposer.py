@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.process
+import contextlib
 import math
 import multiprocessing
 import time
@@ -48,7 +50,7 @@ import numpy as np
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState
 from controller.settings import ProposerSettings
 
-__all__ = ["Problem", "Proposal", "ProposerWorker", "propose"]
+__all__ = ["Problem", "Proposal", "ProposerTimeout", "ProposerWorker", "propose"]
 
 INFEASIBLE_COST = 10.0
 
@@ -300,15 +302,47 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one core for the proposer, the other for the agent's loop
 
 
+class ProposerTimeout(RuntimeError):
+    """A proposal took longer than ``settings.proposal_timeout_s``; the worker was restarted."""
+
+
 class ProposerWorker:
-    """One spawned worker process for :func:`propose` (the event loop only awaits it)."""
+    """One spawned worker process for :func:`propose` (the event loop only awaits it).
+
+    A proposal that outlasts ``problem.settings.proposal_timeout_s`` (a hung worker) kills the
+    process and starts a new one; so does a worker that died."""
 
     def __init__(self) -> None:
+        self._pool = self._new_pool()
+        self.restarts = 0
+
+    @staticmethod
+    def _new_pool() -> concurrent.futures.ProcessPoolExecutor:
         ctx = multiprocessing.get_context("spawn")
-        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
+        return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
 
     async def propose(self, problem: Problem) -> Proposal:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, propose, problem)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, propose, problem),
+                                          problem.settings.proposal_timeout_s)
+        except asyncio.TimeoutError:
+            self.restart()
+            raise ProposerTimeout(f"no proposal within {problem.settings.proposal_timeout_s:.0f} s: "
+                                  "worker restarted") from None
+        except concurrent.futures.process.BrokenProcessPool:
+            self.restart()
+            raise
+
+    def restart(self) -> None:
+        """Kill the worker process (hung or dead) and start a fresh one."""
+        # ProcessPoolExecutor offers no kill; its processes are the only handle on a hung worker.
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        self.restarts += 1
 
     async def warm_up(self) -> None:
         """Import torch and BoTorch in the worker before the first real problem."""

@@ -25,9 +25,9 @@ from typing import Mapping
 
 import numpy as np
 
+from conf.contract.tagmap import TagMap
 from controller.plant_io import PlantIOError, Snapshot, WriteOutcome
 from controller.state import Reading
-from plant_sim.tagmap import TagMap
 
 __all__ = ["RecordedIO", "RecordingError"]
 

@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from conf.contract.signals import TEMPERATURE_SETPOINT as TEMPERATURE_SP
+from conf.contract.signals import TEMPERATURE_SETPOINT_ACTIVE as ACTIVE_SP
 from controller.guard import Mode
 from controller.settings import SetupError
-from controller.strategy import TEMPERATURE_SP
 
 __all__ = ["record_simulated_batch", "run_replay"]
-
-ACTIVE_SP = "reactor_temperature_setpoint_active_c"
 
 
 def record_simulated_batch(cfg, path: Path, interval_s: float) -> Path:
@@ -64,7 +63,7 @@ def record_simulated_batch(cfg, path: Path, interval_s: float) -> Path:
 
 def _recorded_io(cfg, path: Path):
     from controller.recorded_io import RecordedIO, RecordingError
-    from plant_sim.tagmap import TagMap
+    from conf.contract.tagmap import TagMap
 
     try:
         return RecordedIO(TagMap.from_dict(cfg.plant), path)

@@ -12,7 +12,7 @@ exactly over each step with G and B held at their values at its start:
 
 with a the antisolvent added per kg of water W (F_as in kg/min), the concentration
 C = s / (1 + a) g per kg solvent and the solubility in the mixture
-C* = C*_water(T) exp(-k_as a / (1 + a)) (log-linear cosolvency, as plant_sim.reactor). The
+C* = C*_water(T) exp(-k_as a / (1 + a)) (log-linear cosolvency, as the simulated plant's reactor). The
 kinetics of :class:`controller.kinetics_service.KineticsLaws` per member,
 
     G = exp(a + g ln sigma + e (1/T_ref - 1/T)) um/min     (0 when sigma <= 0: no dissolution
@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from conf.contract.solubility import PchipTable
+
 __all__ = ["BatchPlan", "MaterialConstants", "Outcomes", "PopulationState", "antisolvent_path", "rollout", "seed_moments",
            "setpoint_path", "step_moments"]
 
@@ -57,13 +59,13 @@ T_REF_K = 298.15
 class MaterialConstants:
     """What the moment model needs of the material.
 
-    The solubility is the measured table interpolated as the plant interpolates it
-    (plant_sim/materials.py ``Solubility``): a monotone piecewise cubic Hermite (PCHIP,
-    Fritsch & Carlson 1980) through the points, continued linearly with the end slopes outside
-    the table. The knot slopes come from scipy's ``PchipInterpolator`` once; evaluation is
-    plain arithmetic on a ``searchsorted`` segment, so it runs in numpy or in torch, batched and
-    differentiable in the temperature. (A quadratic in ln C* over 0-80 C was off by up to
-    0.0028 in sigma, a fifth of the metastable width.)
+    The solubility is the measured table interpolated as the plant interpolates it: the
+    contract's monotone piecewise cubic Hermite (:class:`conf.contract.solubility.PchipTable`,
+    PCHIP, Fritsch & Carlson 1980) through the points, continued linearly with the end slopes
+    outside the table. Numbers in, the shared table evaluates; a tensor in, the same cubic on the
+    table's knots and slopes is evaluated in torch (plain arithmetic on a ``searchsorted``
+    segment), batched and differentiable in the temperature. (A quadratic in ln C* over 0-80 C
+    was off by up to 0.0028 in sigma, a fifth of the metastable width.)
 
     Attributes:
         density_kg_per_m3: crystal density rho.
@@ -79,12 +81,9 @@ class MaterialConstants:
     temperatures_c: tuple[float, ...]
     solubilities_g_per_kg: tuple[float, ...]
     antisolvent_coefficient: float = 4.0
-    # (3, n): knot temperatures, values and PCHIP slopes (g/kg/K), float64
-    _knots: np.ndarray = field(init=False, repr=False, compare=False)
+    _table: PchipTable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from scipy.interpolate import PchipInterpolator
-
         t = np.asarray(self.temperatures_c, dtype=float)
         c = np.asarray(self.solubilities_g_per_kg, dtype=float)
         if t.ndim != 1 or t.shape != c.shape or t.size < 2:
@@ -93,8 +92,7 @@ class MaterialConstants:
             raise ValueError("temperatures_c must increase strictly and solubilities_g_per_kg be positive and finite")
         object.__setattr__(self, "temperatures_c", tuple(float(x) for x in t))
         object.__setattr__(self, "solubilities_g_per_kg", tuple(float(x) for x in c))
-        slopes = PchipInterpolator(t, c).derivative()(t)
-        object.__setattr__(self, "_knots", np.stack([t, c, slopes]))
+        object.__setattr__(self, "_table", PchipTable.through(t, c))
 
     @classmethod
     def from_table(cls, temperatures_c, solubilities_g_per_kg, density_kg_per_m3: float,
@@ -114,8 +112,9 @@ class MaterialConstants:
 
     @classmethod
     def for_material(cls, name: str, antisolvent_coefficient: float = 4.0) -> "MaterialConstants":
-        """A plant_sim material's table (a fitted polynomial is sampled every 1 K over its range)."""
-        from plant_sim.materials import get_material
+        """A material's table from the materials database (a fitted polynomial is sampled every
+        1 K over its range)."""
+        from conf.contract.materials import get_material
 
         m = get_material(name)
         sol = m.solubility
@@ -132,20 +131,15 @@ class MaterialConstants:
     def water_solubility_g_per_kg(self, temperature_c):
         """C*_water(T), g per kg water: float or array in, numpy out; a tensor in, a tensor out
         (same shape, dtype and device; differentiable in T)."""
-        knots = self._knots
-        if isinstance(temperature_c, Tensor):
-            knots = torch.from_numpy(knots).to(dtype=temperature_c.dtype, device=temperature_c.device)
-            t_in = temperature_c
-            k = torch.searchsorted(knots[0, 1:-1].contiguous(), t_in.detach().contiguous(), right=True)
-            clamp = torch.clamp
-        else:
-            t_in = np.asarray(temperature_c, dtype=float)
-            k = np.searchsorted(knots[0, 1:-1], t_in, side="right")
-            clamp = np.clip
+        if not isinstance(temperature_c, Tensor):
+            return np.clip(self._table(temperature_c), 1e-9, None)
+        knots = torch.from_numpy(self._table.knots).to(dtype=temperature_c.dtype, device=temperature_c.device)
+        t_in = temperature_c
+        k = torch.searchsorted(knots[0, 1:-1].contiguous(), t_in.detach().contiguous(), right=True)
         t_knot, c_knot, d_knot = knots[0], knots[1], knots[2]
         lo, hi = float(t_knot[0]), float(t_knot[-1])
-        t = clamp(t_in, lo, hi)
-        # Cubic Hermite on segment k (Fritsch & Carlson 1980, eq. 2).
+        t = torch.clamp(t_in, lo, hi)
+        # The contract's cubic Hermite on segment k (conf/contract/solubility.py), in torch.
         t0, t1 = t_knot[k], t_knot[k + 1]
         h = t1 - t0
         s = (t - t0) / h
@@ -153,10 +147,9 @@ class MaterialConstants:
         inside = ((2 * s3 - 3 * s2 + 1) * c_knot[k] + (s3 - 2 * s2 + s) * h * d_knot[k]
                   + (-2 * s3 + 3 * s2) * c_knot[k + 1] + (s3 - s2) * h * d_knot[k + 1])
         # Outside the table the plant continues with the end slope; so does the model.
-        where = torch.where if isinstance(t_in, Tensor) else np.where
-        c = where(t_in < lo, c_knot[0] + d_knot[0] * (t_in - lo),
-                  where(t_in > hi, c_knot[-1] + d_knot[-1] * (t_in - hi), inside))
-        return clamp(c, 1e-9, None)
+        c = torch.where(t_in < lo, c_knot[0] + d_knot[0] * (t_in - lo),
+                        torch.where(t_in > hi, c_knot[-1] + d_knot[-1] * (t_in - hi), inside))
+        return torch.clamp(c, 1e-9, None)
 
     def solubility_g_per_kg(self, temperature_c, antisolvent_per_water=0.0):
         """C* in g per kg solvent at a temperature and antisolvent per water (kg/kg)."""

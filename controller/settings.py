@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from conf.contract import validate
 from controller.guard import Mode
-from plant_sim import validate
 
 __all__ = ["AgentSettings", "BenchLoopSettings", "DemoSettings", "Protocol", "ProposerSettings", "ReplaySettings",
            "SetupError", "StrategyName"]
@@ -70,13 +70,15 @@ class ProposerSettings:
         feasibility_eta: width of the sigmoid turning the constraint into a probability.
         grid_temperatures: temperatures (around the current one, K) of the model query grid.
         grid_sigmas: driving forces of the model query grid (log-spaced within these bounds).
-        bias_time_constant_s: plant seconds over which the growth-rate bias (model vs imaging)
-            is averaged.
         model_refresh_s: plant seconds between MS-GNN queries. A query runs in a background
             thread; cycles in between use the latest answer's local laws at the current
             conditions, so no cycle waits for the network.
         nucleation_suspension_kg_per_kg: suspension density at which the model's B holds
             (the training data fix it); B scales linearly with the actual one.
+        model_timeout_s: wall seconds a model query may take; a hung query is abandoned (a new
+            model thread takes over) and the recipe is followed until the model answers again.
+        proposal_timeout_s: wall seconds a proposal may take; a hung worker process is killed
+            and a new one started.
     """
 
     moves: int = 3
@@ -102,14 +104,15 @@ class ProposerSettings:
     feasibility_eta: float = 1e-3
     grid_temperatures: int = 3
     grid_sigmas: tuple[float, float] = (0.003, 0.04)
-    bias_time_constant_s: float = 300.0
     model_refresh_s: float = 30.0
     nucleation_suspension_kg_per_kg: float = 0.05
+    model_timeout_s: float = 60.0
+    proposal_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
-                          "time_budget_s", "feasibility_eta", "bias_time_constant_s", "model_refresh_s",
-                          "nucleation_suspension_kg_per_kg")
+                          "time_budget_s", "feasibility_eta", "model_refresh_s",
+                          "nucleation_suspension_kg_per_kg", "model_timeout_s", "proposal_timeout_s")
         validate.non_negative(self, "weight_size", "weight_cv", "weight_fines", "weight_yield", "proximal_weight",
                               "weight_antisolvent", "antisolvent_solubility_coefficient", "weight_batch_time_per_h",
                               "antisolvent_low_flow_cutoff_kg_per_min")
@@ -156,9 +159,6 @@ class AgentSettings:
         stirring_rpm: impeller speed (a model input).
         fbrm_bin_edges_um: chord-length bin edges of the FBRM probe's count channels
             (``fbrm_counts_bin<k>_per_s``), for the chord statistics in the decision log.
-        final_temperature_c: end temperature of cooling; None: the recipe's last step.
-        cooling_time_min: plant minutes from batch start to the end of cooling; None: the
-            recipe's time to its last step, less its final hold.
         start_batch: start the batch (``batch_command`` = start) when the agent is ready and the
             plant is Idle; an operator's job on a real plant, the demo's and the tests' here.
         stop_after_batch: exit once the batch completes (demo, tests).
@@ -173,6 +173,8 @@ class AgentSettings:
         max_measured_sigma: ceiling on the measured supersaturation: above it the guard lets
             the temperature fall no further and ramps any antisolvent feed to zero (inf: none).
         max_model_age_s: plant seconds the model's answer stays usable; older, the guard holds.
+        max_hold_s: plant seconds of continuous hold after which the loop is handed back to the
+            DCS with an alarm (the agent leaves automatic) rather than holding a running batch.
     """
 
     protocol: Protocol = Protocol.opcua
@@ -195,8 +197,6 @@ class AgentSettings:
     metrics_port: int = 9108
     stirring_rpm: float = 300.0
     fbrm_bin_edges_um: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
-    final_temperature_c: Optional[float] = None
-    cooling_time_min: Optional[float] = None
     start_batch: bool = False
     stop_after_batch: bool = False
     max_plant_time_s: Optional[float] = None
@@ -206,12 +206,14 @@ class AgentSettings:
     envelope_rate_k_per_min: float = math.inf
     max_measured_sigma: float = math.inf
     max_model_age_s: float = 600.0
+    max_hold_s: float = 1800.0
 
     def __post_init__(self) -> None:
         validate.positive(self, "control_interval_s", "stale_after_s", "max_uncertainty", "max_proposal_age_s",
                           "stirring_rpm")
         validate.non_negative(self, "stuck_after_s")
-        validate.positive(self, "envelope_band_k", "envelope_rate_k_per_min", "max_measured_sigma", "max_model_age_s")
+        validate.positive(self, "envelope_band_k", "envelope_rate_k_per_min", "max_measured_sigma", "max_model_age_s",
+                          "max_hold_s")
         validate.within(self, "metrics_port", 0, 65535)
         if (self.client_certificate is None) != (self.client_key is None):
             raise ValueError("client_certificate and client_key go together (make them with `xtalpilot certs`)")

@@ -35,12 +35,15 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol
 
 import numpy as np
 
+from conf.contract import signals
+from conf.contract.codes import N_FACET_SLOTS, BatchState
 from controller import estimator
 from controller.estimator import EstimatorSettings, Measurement, PopulationEstimate
 from controller.proposer import Problem, Proposal
@@ -53,9 +56,9 @@ __all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPre
 
 _log = logging.getLogger("xtalpilot.strategy")
 
-TEMPERATURE_SP = "reactor_temperature_setpoint_c"
-ANTISOLVENT_SP = "antisolvent_rate_setpoint_kg_per_min"
-ANTISOLVENT_FLOW = "antisolvent_flow_kg_per_min"
+TEMPERATURE_SP = signals.TEMPERATURE_SETPOINT
+ANTISOLVENT_SP = signals.ANTISOLVENT_RATE_SETPOINT
+ANTISOLVENT_FLOW = signals.ANTISOLVENT_FLOW
 # The setpoint counts as at the final temperature within this (K): cooling is over.
 FINAL_TEMPERATURE_TOLERANCE_K = 0.05
 
@@ -153,7 +156,7 @@ class BatchRecipe:
 
     @property
     def duration_min(self) -> float:
-        from plant_sim.scenarios import recipe_duration_min
+        from conf.contract.process import recipe_duration_min
 
         return recipe_duration_min(self.steps, self.start_temperature_c)
 
@@ -175,12 +178,12 @@ class BatchRecipe:
         return any(getattr(step, "antisolvent_rate_kg_per_min", 0.0) > 0 for step in self.steps)
 
     def setpoint_c(self, batch_min: float) -> float:
-        from plant_sim.scenarios import recipe_setpoint
+        from conf.contract.process import recipe_setpoint
 
         return recipe_setpoint(self.steps, self.start_temperature_c, batch_min)[0]
 
     def antisolvent_kg_per_min(self, batch_min: float) -> float:
-        from plant_sim.scenarios import recipe_setpoint
+        from conf.contract.process import recipe_setpoint
 
         return recipe_setpoint(self.steps, self.start_temperature_c, batch_min)[1]
 
@@ -207,7 +210,10 @@ class LinearCooling:
             return Advice(None, None)
         batch_min = (view.batch_time_s + self.lead_s) / 60.0
         setpoints = self.recipe.setpoints(batch_min, self.recipe.uses_antisolvent)
-        return Advice(setpoints, view.plant_time_s, reference=setpoints)
+        # The recipe's end is the batch's end: ask the plant to complete it (under remote control
+        # the plant waits for Complete, up to its batch time limit).
+        return Advice(setpoints, view.plant_time_s, reference=setpoints,
+                      complete_batch=batch_min >= self.recipe.duration_min)
 
     def accept(self, proposal: Proposal) -> None:  # no background work
         pass
@@ -216,17 +222,17 @@ class LinearCooling:
         pass
 
 
-def observed_growth(values: Mapping[str, float], slots: int = 4) -> float:
+def observed_growth(values: Mapping[str, float], slots: int = N_FACET_SLOTS) -> float:
     """Volume-equivalent growth rate seen by imaging (um/min); NaN if no facet slot is usable.
 
-    G = dL/dt = (2 / (pi L^2)) sum_f A_f R_f (plant_sim.morphology; the training data of
+    G = dL/dt = (2 / (pi L^2)) sum_f A_f R_f (conf.contract.morphology; the training data of
     models/data.py use the same), with A_f the face areas at unit volume-equivalent size. The
     probe gives area fractions a_j, so A = S a_j with S the habit's total area at L = 1: from
     the kinetic Wulff habit of the observed family rates where the slots carry their {hkl}
     (3.90 for a cube), else a sphere's pi (G = 2 R then). Area fractions alone would make G
     4-5x too small.
     """
-    from controller.facet_graph import decode_hkl
+    from conf.contract.codes import decode_hkl
 
     total, area, hkls, rates = 0.0, 0.0, [], []
     for j in range(1, slots + 1):
@@ -244,7 +250,7 @@ def observed_growth(values: Mapping[str, float], slots: int = 4) -> float:
     surface = math.pi
     if hkls:
         try:
-            from plant_sim.morphology import kinetic_wulff
+            from conf.contract.morphology import kinetic_wulff
 
             surface = float(np.sum(kinetic_wulff(hkls, rates).face_areas))
         except ValueError:  # families that close no polyhedron: keep the sphere
@@ -262,12 +268,16 @@ class PathFollower:
     limit), the path restarts from what was written and blends back to the plan the same way.
     """
 
-    def __init__(self, blend_s: float) -> None:
+    def __init__(self, blend_s: float, non_increasing: bool = False) -> None:
         self.blend_s = max(float(blend_s), 1e-9)
+        # A cooling-only design: blending out an offset towards a slower plan must not heat,
+        # so the path then holds until the plan comes down to it.
+        self.non_increasing = non_increasing
         self._key: object = None
         self._path = None
         self._offset = 0.0
         self._switch_s = 0.0
+        self._last: float | None = None
 
     def _current(self, now_s: float) -> float:
         weight = max(0.0, 1.0 - (now_s - self._switch_s) / self.blend_s)
@@ -279,19 +289,25 @@ class PathFollower:
             old = self._current(now_s) if self._path is not None else None
             self._key, self._path, self._switch_s = key, path, now_s
             self._offset = 0.0 if old is None or not math.isfinite(old) else old - path(now_s)
-        return self._current(now_s)
+        value = self._current(now_s)
+        if self.non_increasing and self._last is not None and math.isfinite(self._last):
+            value = min(value, self._last)
+        self._last = value
+        return value
 
     def rebase(self, written: float, now_s: float) -> None:
         """The plant got ``written`` instead of the advised value: continue from it."""
         if self._path is not None and math.isfinite(written):
             self._offset, self._switch_s = written - self._path(now_s), now_s
+            self._last = written
 
     def reset(self) -> None:
-        self._key, self._path, self._offset = None, None, 0.0
+        self._key, self._path, self._offset, self._last = None, None, 0.0, None
 
 
 # ISA-88 batch states as the plant reports them (tag map ``batch_state``).
-BATCH_IDLE, BATCH_EXECUTE, BATCH_HELD, BATCH_COMPLETED, BATCH_ABORTED = 0, 1, 2, 3, 4
+BATCH_IDLE, BATCH_HELD, BATCH_COMPLETED, BATCH_ABORTED = (int(BatchState.IDLE), int(BatchState.HELD),
+                                                          int(BatchState.COMPLETED), int(BatchState.ABORTED))
 
 
 class ModelPredictive:
@@ -345,11 +361,13 @@ class ModelPredictive:
             suspension_ref_kg_per_kg=settings.nucleation_suspension_kg_per_kg)
         self.state_path = Path(state_path) if state_path else None
         self.concentration_delay_s = concentration_delay_s
-        self.follower = PathFollower(blend_s if blend_s is not None else settings.move_interval_min * 60.0)
+        self.follower = PathFollower(blend_s if blend_s is not None else settings.move_interval_min * 60.0,
+                                     non_increasing=max_heating_k_per_min <= 0)
         self.proposal: Proposal | None = None
         # The MS-GNN answers in a background thread; a cycle takes the latest answer.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msgnn")
         self._pending: concurrent.futures.Future | None = None
+        self._submitted_wall_s = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -359,7 +377,8 @@ class ModelPredictive:
         self.proposal = None
         self.antisolvent_per_water = 0.0  # kg fed per kg water since the batch started
         self._anti_time_s: float | None = None
-        self._cooled_at_s: float | None = None  # plant time the setpoint reached the final temperature
+        self._cooled_at_s: float | None = None  # plant time a proposal's setpoint reached the final temperature
+        self._final_at_s: float | None = None  # plant time any setpoint reached the final temperature
         self._batch_start_s: float | None = None
         self._advised: dict[str, float] = {}
         self._advised_at_s: float | None = None
@@ -395,6 +414,7 @@ class ModelPredictive:
                 self._reset()
             return Advice(None, None)
         self._batch_start_s = view.plant_time_s - view.batch_time_s
+        self._now_s = view.plant_time_s
         if not self._restored:
             self._restore()
         self._track_antisolvent(view)
@@ -458,9 +478,16 @@ class ModelPredictive:
         if self.proposal is not None:
             inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
                            if isinstance(v, (int, float))})
-        complete = (self.settings.weight_batch_time_per_h > 0 and self._cooled_at_s is not None
-                    and view.plant_time_s - self._cooled_at_s >= self.recipe.final_hold_min * 60.0)
-        return dataclasses.replace(advice, complete_batch=complete)
+        return advice
+
+    def _product_done(self, view: PlantView) -> bool:
+        """A recipe final hold after the setpoint reached the final temperature: with batch time
+        in the objective as soon as that is so, otherwise not before the recipe's end either. A
+        plan that is still above the final temperature at the recipe's end ramps on, and the
+        batch ends a final hold later (the plant's batch time limit bounds it)."""
+        if self._final_at_s is None or view.plant_time_s - self._final_at_s < self.recipe.final_hold_min * 60.0:
+            return False
+        return self.settings.weight_batch_time_per_h > 0 or view.batch_time_s / 60.0 >= self.recipe.duration_min
 
     # ------------------------------------------------------------------ setpoints
     def _recipe_path_key(self):
@@ -494,10 +521,13 @@ class ModelPredictive:
             setpoints[ANTISOLVENT_SP] = rate if rate is not None and not cooling_over else (
                 0.0 if cooling_over and key[0] == "proposal" else self.recipe.antisolvent_kg_per_min(batch_min))
         self._advised, self._advised_at_s = dict(setpoints), now
-        kwargs.setdefault("reference", {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)})
+        if self._final_at_s is None and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K:
+            self._final_at_s = now
         if (self._cooled_at_s is None and key[0] == "proposal" and self.settings.weight_batch_time_per_h > 0
                 and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K):
             self._cooled_at_s = now
+        kwargs.setdefault("reference", {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)})
+        kwargs.setdefault("complete_batch", self._product_done(view))
         return Advice(setpoints, now, inputs=inputs, **kwargs)
 
     def _plan_rate_k_per_s(self, key, now: float) -> float:
@@ -546,7 +576,8 @@ class ModelPredictive:
         if self.state_path is None or self.estimate is None:
             return
         record = {"batch_start_s": self._batch_start_s, "estimate": self.estimate.to_dict(),
-                  "antisolvent_per_water": self.antisolvent_per_water, "cooled_at_s": self._cooled_at_s}
+                  "antisolvent_per_water": self.antisolvent_per_water, "cooled_at_s": self._cooled_at_s,
+                  "final_at_s": self._final_at_s}
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.state_path.with_suffix(".tmp")
@@ -566,13 +597,17 @@ class ModelPredictive:
             estimate = PopulationEstimate.from_dict(record["estimate"])
             anti = float(record["antisolvent_per_water"])
             cooled = record.get("cooled_at_s")
+            final_at = record.get("final_at_s")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _log.warning("ignoring the estimator state in %s (%s): starting the estimate afresh", self.state_path, exc)
             return
-        if abs(start - self._batch_start_s) > 60.0:
-            return  # another batch's
+        # Another batch's: it started elsewhen, or its estimate runs ahead of this plant clock (a
+        # restarted plant's clock starts over, so its batches can start at the same plant time).
+        if abs(start - self._batch_start_s) > 60.0 or estimate.time_s > self._now_s + 1e-6:
+            return
         self.estimate, self.antisolvent_per_water = estimate, anti
         self._cooled_at_s = float(cooled) if cooled is not None else None
+        self._final_at_s = float(final_at) if final_at is not None else None
         _log.info("estimator state restored from %s (batch started at plant time %.0f s)", self.state_path, start)
 
     # ------------------------------------------------------------------ the model
@@ -580,6 +615,16 @@ class ModelPredictive:
         """The latest MS-GNN answer; asks again in the background every ``model_refresh_s``."""
         from controller.facet_graph import imaging_from_values
 
+        if (self._pending is not None and not self._pending.done()
+                and time.monotonic() - self._submitted_wall_s > self.settings.model_timeout_s):
+            # A hung query (a stuck device, a deadlock) cannot be killed in a thread: abandon it to
+            # its thread and give the model a fresh one; the recipe meanwhile (fallback).
+            self._model_error = (f"model query timed out after {self.settings.model_timeout_s:.0f} s; "
+                                 "model thread restarted")
+            _log.warning(self._model_error)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="msgnn")
+            self._pending = None
         if self._pending is not None and self._pending.done():
             try:
                 self._kinetics, self._model_error = self._pending.result(), None
@@ -599,6 +644,7 @@ class ModelPredictive:
                                                   temperature, sigma, stirring_rpm=self.stirring_rpm,
                                                   sigma_range=batch_sigma_range(sigma, limit), constraint_sigma=limit)
             self._asked_at_s = view.plant_time_s
+            self._submitted_wall_s = time.monotonic()
         return self._kinetics
 
     def close(self) -> None:

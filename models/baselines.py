@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.data import FACET_FEATURES, MultiScaleDataset
+from models.graphs import FACET_FEATURES, MultiScaleDataset
 from models.msgnn import TargetScaler
 
 __all__ = ["FLAT_MODELS", "FlatModel", "flat_features", "make_flat_model"]

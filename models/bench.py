@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from models.bhpo import best_so_far, plot_regret, run_search
-from models.data import GRAPH_TARGETS, generate
+from models.data import generate
+from models.graphs import GRAPH_TARGETS
 from models.settings import MODELS, SPLITS
 from models.train import metrics_by_target, truth
 from models.tuning import SPACES, Objective, fit_model, make_split, subsample

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.data import (
+from models.graphs import (
     FAMILIES,
     MaterialGraph,
     MultiScaleDataset,
@@ -318,7 +318,7 @@ def write_dataset(dataset: MultiScaleDataset, directory: str | Path) -> Path:
     """Write ``dataset`` in the format above (extended XYZ structures). Returns the directory."""
     import ase.io
 
-    from models.data import CLUSTER_FEATURES, FACET_FEATURES, FLAT_MATERIAL
+    from models.graphs import CLUSTER_FEATURES, FACET_FEATURES, FLAT_MATERIAL
 
     root = Path(directory)
     for sub in ("structures", "clusters", "facets"):
@@ -372,10 +372,10 @@ def write_dataset(dataset: MultiScaleDataset, directory: str | Path) -> Path:
 
 def _formula_units(m: MaterialGraph) -> float:
     """Formula units of a generated supercell had it no vacancies: Z x (cell length / a)^3."""
-    from plant_sim.materials import MATERIALS
+    from conf.contract.materials import MATERIALS
 
     mat = MATERIALS.get(m.material)
     if mat is None:
-        raise ValueError(f"cannot infer the formula units of {m.key}: {m.material!r} is not a plant_sim material")
+        raise ValueError(f"cannot infer the formula units of {m.key}: {m.material!r} is not in the materials database")
     reps = round(float(np.linalg.norm(m.atoms.cell.array[0])) / mat.lattice_constant_angstrom)
     return float(mat.formula_units_per_cell * reps**3)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv, GINEConv, GraphConv
 from torch_geometric.utils import scatter, softmax
 
-from models.data import (
+from models.graphs import (
     ATOM_FEATURES,
     BOND_FEATURES,
     CLUSTER_FEATURES,

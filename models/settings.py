@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plant_sim.materials import MATERIALS
+from conf.contract.materials import MATERIALS
 
 SPLITS = ("heldout_materials", "heldout_families", "heldout_conditions")
 MODELS = ("msgnn", "mlp", "svr", "gp")
@@ -18,7 +18,7 @@ class DataSettings:
     """What :func:`generate` makes.
 
     Attributes:
-        materials: plant_sim material names; empty for all of them.
+        materials: names in the materials database (``conf.contract.materials``); empty for all.
         variants_per_material: defect states per material (the first is pristine).
         conditions_per_variant: samples per defect state.
         label_noise: relative noise of the labels (see the module docstring).
@@ -46,7 +46,7 @@ class DataSettings:
     def __post_init__(self) -> None:
         unknown = [m for m in self.materials if m not in MATERIALS]
         if unknown:
-            raise ValueError(f"materials {unknown} are not in plant_sim.materials; known: {sorted(MATERIALS)}")
+            raise ValueError(f"materials {unknown} are not in the materials database (conf.contract.materials); known: {sorted(MATERIALS)}")
         if self.variants_per_material < 1 or self.conditions_per_variant < 1:
             raise ValueError("variants_per_material and conditions_per_variant must be >= 1")
         if not self.label_noise >= 0:

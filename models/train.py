@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from models.data import GRAPH_TARGETS, MultiScaleDataset
+from models.graphs import GRAPH_TARGETS, MultiScaleDataset
 from models.msgnn import TARGETS, Batch, Ensemble, MSGNN, TargetScaler, collate
 from models.settings import MSGNNSettings, TrainSettings
 

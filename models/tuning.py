@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from models.bhpo import Param, SearchSpace
-from models.data import MultiScaleDataset, Split, generate, split
+from models.data import Split, generate, split
+from models.graphs import MultiScaleDataset
 from models.settings import MODELS, DataSettings, MSGNNSettings, SplitSettings, TrainSettings
 
 __all__ = ["MODELS", "SPACES", "Objective", "SplitSettings", "fit_model", "dataset_for", "make_split"]

@@ -35,8 +35,8 @@ from typing import Iterator
 
 import numpy as np
 
+from conf.contract.tagmap import ModbusTable, TagMap
 from plant_sim import pbe_checks
-from plant_sim.tagmap import ModbusTable, TagMap
 
 READY_RE = re.compile(r"plant \S+ serving ")
 

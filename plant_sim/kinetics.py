@@ -5,9 +5,9 @@ Two kinds of kinetics drive the simulated plant:
 - :class:`FacetKinetics` (physics chain, DESIGN steps 4 and 6): per facet family a normal growth
   rate R_hkl(T, sigma) from Burton-Cabrera-Frank spiral growth plus birth-and-spread, Arrhenius
   in temperature and poisoned by impurities (Kubota-Mullin). The habit (kinetic Wulff, see
-  :mod:`plant_sim.morphology`) turns facet rates into the volume-equivalent growth rate G.
+  :mod:`conf.contract.morphology`) turns facet rates into the volume-equivalent growth rate G.
   Nucleation is classical (primary) plus secondary. Parameters derive from the material's
-  structure (attachment and interfacial energies from :mod:`plant_sim.lattice`).
+  structure (attachment and interfacial energies from :mod:`conf.contract.lattice`).
 - :class:`PowerLawKinetics` (empirical): G = k_g s^g exp(-E_g/RT), B = k_b s^b M_T^j
   exp(-E_b/RT), as plants fit to their own batches. Presets live in ``conf/kinetics/*.yaml``.
 
@@ -390,7 +390,7 @@ def facet_kinetics_for_material(
     """The physics chain for one material: structure -> facet energies -> growth laws.
 
     1. Broken-bond surface and Hartman-Perdok attachment energies per facet family from the
-       crystal structure (:func:`plant_sim.lattice.facet_energetics`).
+       crystal structure (:func:`conf.contract.lattice.facet_energetics`).
     2. Solid-liquid interfacial energy from Mersmann's correlation at the reference temperature,
        scaled per face by the face's broken-bond surface energy relative to the mean (the
        anisotropy of the solid-liquid energy follows that of the bonds cut).
@@ -398,7 +398,7 @@ def facet_kinetics_for_material(
        material's Kubota-Mullin impurity parameters.
 
     Args:
-        material: a :class:`plant_sim.materials.Material` with a solubility curve.
+        material: a :class:`conf.contract.materials.Material` with a solubility curve.
         calibration: absolute growth scales.
         reference_temperature_c: where Mersmann's gamma and the 2-D barrier are evaluated.
         **nucleation: nucleation fields of :class:`FacetKinetics`.
@@ -406,12 +406,12 @@ def facet_kinetics_for_material(
     Raises:
         ValueError: for a material without a solubility curve (not a solution system).
     """
-    from plant_sim.lattice import facet_energetics, mersmann_interfacial_energy_j_per_m2
+    from conf.contract.lattice import facet_energetics, mersmann_interfacial_energy_j_per_m2
 
     if material.solubility is None:
         raise ValueError(
             f"{material.name} has no solubility curve, so it cannot crystallise from solution; "
-            "pick a solution system (see plant_sim.materials.MATERIALS) or power-law kinetics"
+            "pick a solution system (see conf.contract.materials.MATERIALS) or power-law kinetics"
         )
     facets = facet_energetics(
         material.structure,

@@ -1,6 +1,6 @@
 """Modbus TCP server of the simulated plant (pymodbus 3.16). All pymodbus calls live here.
 
-Register map: straight from the tag map (:func:`plant_sim.tagmap.encode_registers`). Read-only
+Register map: straight from the tag map (:func:`conf.contract.tagmap.encode_registers`). Read-only
 signals are input registers (function 4), writable ones holding registers (functions 3, 6,
 16; 22 and 23 go through the same checks). Unit/device id ``tagmap.modbus_device_id``.
 There are no coils or discrete inputs.
@@ -44,7 +44,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from plant_sim.tagmap import ModbusTable, Signal, TagMap, decode_registers, encode_registers
+from conf.contract.tagmap import ModbusTable, Signal, TagMap, decode_registers, encode_registers
 
 # Set while this process's own publish writes the datastore (the access hook sees those too).
 _PUBLISHING: contextvars.ContextVar[bool] = contextvars.ContextVar("modbus_publishing", default=False)

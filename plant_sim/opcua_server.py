@@ -51,8 +51,8 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
 from asyncua.server.user_managers import UserManager
 
+from conf.contract.tagmap import ModbusType, Signal, TagMap
 from plant_sim.security import SERVER_APPLICATION_URI, verify_password
-from plant_sim.tagmap import ModbusType, Signal, TagMap
 
 _log = logging.getLogger(__name__)
 

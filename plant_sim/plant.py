@@ -5,9 +5,16 @@
 
 - **Batch state machine** (ISA-88 / MTP style): Idle, Execute, Held, Completed, Aborted, driven
   by the ``batch_command`` tag (start, hold, resume, abort, reset, complete). Invalid transitions
-  are rejected. The recipe clock runs only in Execute; Completed follows the recipe's last step,
-  or an earlier ``complete`` (MTP's Complete command: the supervisor ends the batch when its
-  product is done).
+  are rejected. The recipe clock (``batch_time_s``) runs only in Execute. Completed follows:
+  - the end of the local temperature program, while the local loop drives the setpoint (the
+    recipe's last step, as a DCS phase timer would end it);
+  - ``complete`` (MTP's Complete command): the supervisor ends the batch when its product is
+    done. While the agent drives (remote cascade) the recipe's time does not end the batch, so
+    a supervisor that cools more slowly than the recipe is not cut off;
+  - the batch time limit, a hard constraint whoever drives: ``scenario.max_batch_time_min`` of
+    recipe-clock time (default 1.5 x the recipe's duration; tag ``batch_time_limit_s``). There
+    the plant completes the batch and reports it: tag ``batch_time_limit_hit`` = 1 and
+    ``time_limit_hit`` in the batch report.
 - **Setpoint protection, as a DCS does it:** writes that are not finite, outside the engineering
   range or of the wrong type are rejected; accepted writes are clamped to the plant limits; the
   working setpoint moves towards its target no faster than ``max_rate_per_min``.
@@ -16,7 +23,19 @@
   If the heartbeat stops changing for ``shed_timeout_s`` of plant time, the loop sheds to local
   control (hold the working setpoint, or follow the recipe) and ``shed_active`` latches. It clears
   when the agent writes ``agent_mode`` = 2 again with a live heartbeat, the explicit re-entry an
-  operator expects after a communication loss.
+  operator expects after a communication loss. Whenever the recipe takes the setpoint back (a
+  shed with ``shed_action`` = recipe, or the agent leaving automatic) it continues from the
+  setpoint in force, bumplessly: the rest of the recipe from where its clock stands, joined to
+  that setpoint (ramp at the active step's rate to its target, the rest of its hold, then the
+  later steps), not a jump to where the recipe would be. The batch then ends when that joined
+  program does (or at the time limit).
+- **TIC-101, the local temperature loop,** acts on the measured reactor temperature: every plant
+  step (``step_s``: 1 s served, the output interval offline) it scans the TT-101 reading
+  (:meth:`plant_sim.sensors.SensorSuite.read_reactor_temperature`, with the RTD's lag, noise and
+  faults) and holds its jacket-inlet output over the step (:mod:`plant_sim.reactor`), so a
+  stuck or drifting RTD moves the true reactor temperature. While the reading is bad (NaN) the
+  loop goes to manual and holds its last output. ``jacket_saturated`` = 1 while the loop asks for
+  a jacket inlet beyond the thermostat's range: the jacket cannot follow the setpoint.
 
 The plant never raises on a write: every outcome is a :class:`WriteResult`, which the OPC UA and
 Modbus servers map to their status and exception codes.
@@ -24,61 +43,23 @@ Modbus servers map to their status and exception codes.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from plant_sim import validate
+from conf.contract import validate
+from conf.contract.codes import N_FACET_SLOTS, AgentMode, BatchCommand, BatchState, ShedAction, encode_hkl
+from conf.contract.materials import Material, SolubilityPolynomial, get_material
+from conf.contract.process import recipe_setpoint
+from conf.contract.tagmap import TagMap, TagMapError
 from plant_sim.kinetics import FacetKinetics, GrowthCalibration, PowerLawKinetics, facet_kinetics_for_material
-from plant_sim.materials import Material, SolubilityPolynomial, get_material
 from plant_sim.pbe import size_statistics
 from plant_sim.reactor import Controls, Reactor, Step, facet_rates_fn, power_law_rates_fn
-from plant_sim.scenarios import (
-    KineticsModel,
-    Operation,
-    Scenario,
-    fouling_resistance_m2k_per_w,
-    impurity_ppm_at,
-    recipe_setpoint,
-)
+from plant_sim.scenarios import KineticsModel, Operation, Scenario, fouling_resistance_m2k_per_w, impurity_ppm_at
 from plant_sim.sensors import MEASURED_SIGNALS, SensorSuite, Truth
-from plant_sim.tagmap import TagMap, TagMapError
-
-N_FACET_SLOTS = 4
-
-
-class BatchState(enum.IntEnum):
-    IDLE = 0
-    EXECUTE = 1
-    HELD = 2
-    COMPLETED = 3
-    ABORTED = 4
-
-
-class BatchCommand(enum.IntEnum):
-    NONE = 0
-    START = 1
-    HOLD = 2
-    RESUME = 3
-    ABORT = 4
-    RESET = 5
-    COMPLETE = 6
-
-
-class AgentMode(enum.IntEnum):
-    MANUAL = 0
-    ADVISORY = 1
-    AUTOMATIC = 2
-
-
-class ShedAction(str, enum.Enum):
-    """What the local loop does after heartbeat loss: hold the setpoint or run the recipe."""
-
-    hold = "hold"
-    recipe = "recipe"
-
 
 # Integer signals whose values are codes; anything else is rejected as out of range.
 _ENUM_SIGNALS: dict[str, type[enum.IntEnum]] = {"batch_command": BatchCommand, "agent_mode": AgentMode}
@@ -152,6 +133,9 @@ STATUS_SIGNALS = (
     "batch_time_s",
     "control_source",
     "shed_active",
+    "jacket_saturated",
+    "batch_time_limit_s",
+    "batch_time_limit_hit",
 ) + tuple(f"facet_{k}_hkl" for k in range(1, N_FACET_SLOTS + 1))
 WRITABLE_SIGNALS = (
     "reactor_temperature_setpoint_c",
@@ -168,9 +152,30 @@ class PlantConfigError(ValueError):
     """A scenario the simulated plant cannot run (unknown material, not a solution system...)."""
 
 
-def hkl_code(hkl: tuple[int, int, int]) -> int:
-    """{hkl} as the integer the facet_k_hkl tags carry: 100 h + 10 k + l (indices 0..9)."""
-    return 100 * hkl[0] + 10 * hkl[1] + hkl[2]
+def _rejoin(steps: tuple, start_c: float, program_min: float) -> tuple:
+    """What is left of a temperature program at ``program_min``, to run from wherever the
+    setpoint stands: the active step (ramp to its target at its rate, then the rest of its
+    hold), then the later steps. A finished program leaves a ramp back to its end temperature.
+
+    Args:
+        steps: the program's recipe steps.
+        start_c: temperature the program started from.
+        program_min: time since the program started.
+
+    Returns:
+        Recipe steps, to start at the present setpoint and time.
+    """
+    t, temp = program_min, start_c
+    for i, step in enumerate(steps):
+        ramp_min = abs(step.temperature_c - temp) / step.rate_k_per_min
+        if t < ramp_min + step.hold_min:
+            hold_left = step.hold_min - max(t - ramp_min, 0.0)
+            return (dataclasses.replace(step, hold_min=hold_left), *steps[i + 1 :])
+        t -= ramp_min + step.hold_min
+        temp = step.temperature_c
+    if not steps:
+        return ()
+    return (dataclasses.replace(steps[-1], hold_min=0.0, antisolvent_rate_kg_per_min=0.0),)
 
 
 def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, int], ...]]:
@@ -260,7 +265,7 @@ class Plant:
         self.settings = settings
         self.reactor, self.facet_hkls = build_reactor(scenario)
         self.sensors = SensorSuite(scenario.sensors, scenario.faults)
-        self._facet_codes = [hkl_code(h) for h in self.facet_hkls] + [0] * (N_FACET_SLOTS - len(self.facet_hkls))
+        self._facet_codes = [encode_hkl(h) for h in self.facet_hkls] + [0] * (N_FACET_SLOTS - len(self.facet_hkls))
         self._plant_time_s = 0.0
         self._pending_s = 0.0
         self._batch_index = 0
@@ -274,6 +279,9 @@ class Plant:
         self._remote = False
         self._measured: dict[str, float] = {}
         self._step_physics_and_measure(record=False, n_steps=0)
+        # TIC-101's PV (the TT-101 reading at the start of the next step) and its last output.
+        self._pid_pv_c = self._measured["reactor_temperature_c"]
+        self._pid_output_c = self._last_step.jacket_inlet_temperature_c
         if settings.autostart:
             self.write("batch_command", float(BatchCommand.START))
 
@@ -290,6 +298,12 @@ class Plant:
         self._recipe_time_s = 0.0
         self._batch_time_s = 0.0
         self._recipe_start_c = sc.initial_temperature_c
+        # The local program TIC-101 follows: (steps, start temperature, recipe time it starts at).
+        # The recipe from batch start, or its rest joined to the setpoint at a handover.
+        self._program = (sc.recipe, sc.initial_temperature_c, 0.0)
+        self._following_program = True
+        self._time_limit_s = math.inf
+        self._time_limit_hit = False
         self._working_setpoint_c = sc.initial_temperature_c
         self._working_antisolvent = 0.0
         # Remote setpoints start at (and, while the local loop drives, track) the working ones, so
@@ -316,6 +330,14 @@ class Plant:
     @property
     def shed_active(self) -> bool:
         return self._shed
+
+    @property
+    def batch_time_limit_s(self) -> float:
+        """The executing-time limit of this batch (before start: the one it would get); NaN: none."""
+        limit_s = self._time_limit_s
+        if self.state is BatchState.IDLE:
+            limit_s = self.scenario.batch_time_limit_min(self._working_setpoint_c) * 60.0
+        return limit_s if math.isfinite(limit_s) else math.nan
 
     @property
     def last_step(self) -> Step | None:
@@ -387,6 +409,9 @@ class Plant:
             self._charge()
         elif command is BatchCommand.START:
             self._recipe_start_c = self._working_setpoint_c
+            self._program = (self.scenario.recipe, self._recipe_start_c, 0.0)
+            self._following_program = True
+            self._time_limit_s = self.scenario.batch_time_limit_min(self._recipe_start_c) * 60.0
         self.state = nxt
         self._last_command = float(command)
         return WriteResult(WriteStatus.ok, float(command), "")
@@ -399,24 +424,37 @@ class Plant:
         """Target temperature setpoint and antisolvent rate for the next step."""
         sc = self.scenario
         executing = self.state is BatchState.EXECUTE
-        recipe_c, recipe_anti = self._working_setpoint_c, 0.0
-        if executing:
-            # The setpoint for the step ending at recipe time t + dt.
-            recipe_min = (self._recipe_time_s + self.settings.step_s) / 60.0
-            recipe_c, recipe_anti, finished = recipe_setpoint(sc.recipe, self._recipe_start_c, recipe_min)
-            if finished and sc.operation is Operation.batch:
-                # The batch ends on its recipe time whoever drives the setpoint (a DCS phase
-                # timer); this step is its last.
-                self.state = BatchState.COMPLETED
         wants_remote = self._agent_mode is AgentMode.AUTOMATIC
         if wants_remote and executing and not self._heartbeat_fresh():
             self._shed = True
         self._remote = executing and wants_remote and not self._shed
+        if not executing:
+            return self._working_setpoint_c, 0.0
+        batch = sc.operation is Operation.batch
+        # The setpoint for the step ending at recipe time t + dt.
+        end_s = self._recipe_time_s + self.settings.step_s
         if self._remote:
-            return self._remote_setpoint_c, self._remote_antisolvent
-        if executing and (not self._shed or self.settings.shed_action is ShedAction.recipe):
-            return recipe_c, recipe_anti
-        return self._working_setpoint_c, 0.0
+            target = self._remote_setpoint_c, self._remote_antisolvent
+            self._following_program = False
+        else:
+            follow = not self._shed or self.settings.shed_action is ShedAction.recipe
+            if follow and not self._following_program:
+                # The recipe takes the setpoint back where it stands (bumpless): its rest, from here.
+                steps, start_c, t0_s = self._program
+                joined = _rejoin(steps, start_c, (self._recipe_time_s - t0_s) / 60.0)
+                self._program = (joined, self._working_setpoint_c, self._recipe_time_s)
+            self._following_program = follow
+            steps, start_c, t0_s = self._program
+            program_c, program_anti, finished = recipe_setpoint(steps, start_c, (end_s - t0_s) / 60.0)
+            target = (program_c, program_anti) if follow else (self._working_setpoint_c, 0.0)
+            if finished and batch:
+                # The local program ends the batch (a DCS phase timer); this step is its last.
+                self.state = BatchState.COMPLETED
+        if batch and self.state is BatchState.EXECUTE and end_s >= self._time_limit_s - 1e-9:
+            # The hard limit, whoever drives: this step is the batch's last.
+            self.state = BatchState.COMPLETED
+            self._time_limit_hit = True
+        return target
 
     def _ramp(self, current: float, target: float, name: str, dt_s: float) -> float:
         rate = self.tagmap[name].max_rate_per_min if name in self.tagmap else None
@@ -445,8 +483,14 @@ class Plant:
             self._seeded = True
         batch_min = self._batch_time_s / 60.0
         continuous = sc.operation is Operation.continuous and executing
+        # TIC-101 scans its PV, the TT-101 reading now; while that is bad it goes to manual and
+        # holds its last output (a DCS's bad-PV shed), so the loop never acts on a NaN.
+        pv_c = self._pid_pv_c
+        pv_bad = not math.isfinite(pv_c)
         controls = Controls(
             temperature_setpoint_c=self._working_setpoint_c,
+            temperature_measurement_c=pv_c,
+            pid_manual_output_c=self._pid_output_c if pv_bad else None,
             antisolvent_rate_kg_per_min=self._working_antisolvent if executing else 0.0,
             impurity_ppm=impurity_ppm_at(sc.impurity, batch_min),
             fouling_resistance_m2k_per_w=fouling_resistance_m2k_per_w(sc.fouling, batch_min),
@@ -456,6 +500,8 @@ class Plant:
         )
         self.x, step = self.reactor.advance(self.x, dt, controls)
         self._plant_time_s += dt
+        self._pid_pv_c = self.sensors.read_reactor_temperature(self._plant_time_s, float(self.x[self.reactor.n + 1]))
+        self._pid_output_c = step.jacket_inlet_temperature_c
         if self.state in (BatchState.EXECUTE, BatchState.HELD):
             self._batch_time_s += dt
         if self.state is BatchState.EXECUTE:
@@ -474,16 +520,21 @@ class Plant:
 
         Keys: batch_index, batch_time_h, d43_um (volume-weighted mean size), d10_um, cv (of the
         volume distribution), fines_mass_fraction (below 100 um), yield (crystallised solute /
-        the most the recipe's end temperature allows, seeds excluded), peak_sigma (largest ln(C/C*)
-        while executing), crystal_mass_kg, final_temperature_c, target_mean_size_um.
+        the most the colder of the recipe's end and the final temperature allows, seeds
+        excluded: at most 1), peak_sigma (largest ln(C/C*) while executing), crystal_mass_kg,
+        final_temperature_c, target_mean_size_um, time_limit_hit (the batch ended on its time limit, not on its recipe or a Complete),
+        batch_time_limit_h (that limit; NaN: none).
         """
         r, x = self.reactor, self.x
         stats = size_statistics(r.csd_per_m_per_kg(x), r.grid.centers_m, r.grid.widths_m)
         solvent_kg = r.solvent_mass_kg(x)
-        # Yield against what the recipe's end temperature allows, so a batch that stops cooling
-        # early shows the solute it left in solution.
+        # Yield against what the colder of the recipe's end temperature and the final one allows:
+        # a batch that stops cooling early shows the solute it left in solution, and one that
+        # ends colder than the recipe (an undershoot) is not credited with more than all of it.
         end_c = self.scenario.recipe[-1].temperature_c if self.scenario.recipe else None
-        recoverable_kg = self._charged_solute_kg - r.solubility_at(x, end_c) * solvent_kg / 1000.0
+        final_c = float(x[r.n + 1])
+        reference_c = final_c if end_c is None else min(end_c, final_c)
+        recoverable_kg = self._charged_solute_kg - r.solubility_at(x, reference_c) * solvent_kg / 1000.0
         grown_kg = r.crystal_mass_kg(x) - self.seed_mass_charged_g / 1000.0
         return {
             "batch_index": self._batch_index,
@@ -495,6 +546,8 @@ class Plant:
             "crystal_mass_kg": r.crystal_mass_kg(x),
             "final_temperature_c": float(x[r.n + 1]),
             "target_mean_size_um": self.scenario.target_mean_size_um or None,
+            "time_limit_hit": self._time_limit_hit,
+            "batch_time_limit_h": self.batch_time_limit_s / 3600.0,
         }
 
     def _complete_batch(self) -> None:
@@ -549,6 +602,7 @@ class Plant:
             batch_state=float(self.state),
             control_source=1.0 if self._remote else 0.0,
             shed_active=1.0 if self._shed else 0.0,
+            jacket_saturated=1.0 if step.jacket_saturated else 0.0,
             solubility_g_per_kg=step.solubility_g_per_kg,
             crystal_mass_kg=step.crystal_mass_kg,
             growth_rate_m_per_s=step.rates.growth_rate_m_per_s,
@@ -592,7 +646,7 @@ class Plant:
         if not record or measured is None:
             return None
         out = {"plant_time_s": truth.plant_time_s}
-        for name in ("batch_state", "control_source", "shed_active"):
+        for name in ("batch_state", "control_source", "shed_active", "jacket_saturated"):
             out[name] = np.array([r[name] for r in rows])
         out["reactor_temperature_setpoint_active_c"] = np.array([r["setpoint_c"] for r in rows])
         out.update(measured)
@@ -630,6 +684,9 @@ class Plant:
             "batch_time_s": self._recipe_time_s,
             "control_source": 1.0 if self._remote else 0.0,
             "shed_active": 1.0 if self._shed else 0.0,
+            "jacket_saturated": 1.0 if self._last_step is not None and self._last_step.jacket_saturated else 0.0,
+            "batch_time_limit_s": self.batch_time_limit_s,
+            "batch_time_limit_hit": 1.0 if self._time_limit_hit else 0.0,
             "reactor_temperature_setpoint_c": self._remote_setpoint_c,
             "antisolvent_rate_setpoint_kg_per_min": self._remote_antisolvent,
             "agent_heartbeat": self._heartbeat,

@@ -27,8 +27,17 @@ State (one flat vector, so the integrator stays simple and fast)::
 
   with UA = 1 / (1/UA_clean + R_f / A) reduced by fouling.
 - Local PID (what the DCS runs on TIC-101): the jacket inlet temperature is
-  T_in = T_sp + K_c (e + I / T_i), e = T_sp - T_r, clamped to the thermostat range, with
-  conditional integration as anti-windup. Setpoint feed-forward keeps the PI small.
+  T_in = T_sp + K_c (e + I / T_i), e = T_sp - T_pv, clamped to the thermostat range, with
+  conditional integration as anti-windup. Setpoint feed-forward keeps the PI small. The PV is
+  what the DCS reads: given :attr:`Controls.temperature_measurement_c` (the TT-101 reading,
+  with its lag, noise and faults), the PID is a sampled controller that scans once per
+  :meth:`Reactor.advance` call: it computes T_in from that reading at the start of the call,
+  holds it over the call (zero-order hold) and integrates the error it saw. So a stuck or
+  drifting RTD moves the true reactor temperature. Without a reading the PV is the true T_r,
+  read continuously (an ideal transmitter, for physics checks). In manual
+  (:attr:`Controls.pid_manual_output_c`, what the DCS does while the PV is bad) T_in is held and
+  the integral frozen. :attr:`Step.jacket_saturated` reports a demand beyond the thermostat
+  range: the jacket inlet sits at a limit and the reactor cannot follow its setpoint.
 
 Integration: strong-stability-preserving RK3 (Shu & Osher 1988) with the step limited by the
 CFL number of the growth term, the relative change of the supersaturation and a maximum step,
@@ -44,7 +53,8 @@ from typing import Callable
 
 import numpy as np
 
-from plant_sim import pbe, validate
+from conf.contract import validate
+from plant_sim import pbe
 from plant_sim.kinetics import (
     K_BOLTZMANN_J_PER_K,
     MIN_POISONED_FRACTION,
@@ -53,7 +63,7 @@ from plant_sim.kinetics import (
     FacetKinetics,
     PowerLawKinetics,
 )
-from plant_sim.morphology import Habit, kinetic_wulff
+from conf.contract.morphology import Habit, kinetic_wulff
 
 # Offsets of the scalar states after the n size classes.
 I_SOLUTE, I_TR, I_TJ, I_PID, I_ANTI, I_WATER = range(6)
@@ -136,6 +146,10 @@ class Controls:
 
     Attributes:
         temperature_setpoint_c: working setpoint of the local PID.
+        temperature_measurement_c: the PID's PV, the TT-101 reading at the start of the call
+            (a sampled loop scanning once per call); None: the true temperature, continuously.
+        pid_manual_output_c: the PID in manual: the jacket inlet held at this value (clamped
+            to the thermostat range), the integral frozen; None: automatic.
         antisolvent_rate_kg_per_min: antisolvent feed.
         impurity_ppm: impurity concentration in the liquid.
         fouling_resistance_m2k_per_w: jacket-wall fouling.
@@ -145,6 +159,8 @@ class Controls:
     """
 
     temperature_setpoint_c: float
+    temperature_measurement_c: float | None = None
+    pid_manual_output_c: float | None = None
     antisolvent_rate_kg_per_min: float = 0.0
     impurity_ppm: float = 0.0
     fouling_resistance_m2k_per_w: float = 0.0
@@ -187,6 +203,8 @@ class Step:
         rates: kinetics at the end of the step.
         solvent_mass_kg: water + antisolvent.
         crystal_mass_kg: discrete rho k_v mu_3.
+        jacket_saturated: the PID asked for a jacket inlet beyond the thermostat range (the
+            sampled loop: at its scan; the continuous one: at the end of the step).
     """
 
     concentration_g_per_kg: float
@@ -195,6 +213,7 @@ class Step:
     rates: Rates
     solvent_mass_kg: float
     crystal_mass_kg: float
+    jacket_saturated: bool = False
 
 
 class Reactor:
@@ -281,14 +300,28 @@ class Reactor:
         return x[: self.n] / self.solvent_mass_kg(x)
 
     # ----------------------------------------------------------------------------- equations
-    def _pid_output(self, x: np.ndarray, u: Controls) -> tuple[float, bool]:
+    def _pid_law(self, setpoint_c: float, pv_c: float, integral_k_s: float) -> tuple[float, float, bool]:
+        """One evaluation of TIC-101. Returns (jacket inlet, integral rate dI/dt, saturated)."""
         s = self.settings
-        error = u.temperature_setpoint_c - float(x[self.n + I_TR])
-        raw = u.temperature_setpoint_c + s.pid_gain * (error + float(x[self.n + I_PID]) / s.pid_integral_time_s)
+        error = setpoint_c - pv_c
+        raw = setpoint_c + s.pid_gain * (error + integral_k_s / s.pid_integral_time_s)
         clamped = min(max(raw, s.jacket_inlet_min_c), s.jacket_inlet_max_c)
         # Conditional integration: stop integrating while saturated in the error's direction.
         integrate = clamped == raw or (raw > clamped) != (error > 0)
-        return clamped, integrate
+        return clamped, error if integrate else 0.0, clamped != raw
+
+    def _pid_scan(self, x: np.ndarray, u: Controls) -> tuple[float, float, bool] | None:
+        """The sampled loop's scan at the start of a call (held over it); None: continuous loop."""
+        s = self.settings
+        if u.pid_manual_output_c is not None:
+            return min(max(u.pid_manual_output_c, s.jacket_inlet_min_c), s.jacket_inlet_max_c), 0.0, False
+        if u.temperature_measurement_c is None:
+            return None
+        pv, integral = u.temperature_measurement_c, float(x[self.n + I_PID])
+        if not math.isfinite(pv):
+            # A bad PV without a manual output: act on no error and stop integrating.
+            return self._pid_law(u.temperature_setpoint_c, u.temperature_setpoint_c, integral)[0], 0.0, False
+        return self._pid_law(u.temperature_setpoint_c, pv, integral)
 
     def rates_at(self, x: np.ndarray, impurity_ppm: float) -> tuple[Rates, float, float, float]:
         """Kinetics at state x. Returns (rates, C, C*, crystal mass in kg)."""
@@ -304,11 +337,16 @@ class Reactor:
         return rates, c, c_star, crystal_kg
 
     def rhs(
-        self, x: np.ndarray, u: Controls, known: tuple[Rates, float, float, float] | None = None
+        self,
+        x: np.ndarray,
+        u: Controls,
+        known: tuple[Rates, float, float, float] | None = None,
+        scan: tuple[float, float, bool] | None = None,
     ) -> tuple[np.ndarray, Rates, float, float, float]:
         """dx/dt. Returns (dx/dt, rates, C, C*, jacket inlet temperature).
 
-        ``known`` passes :meth:`rates_at` already evaluated at x.
+        ``known`` passes :meth:`rates_at` already evaluated at x; ``scan`` the sampled PID's
+        held (jacket inlet, integral rate, saturated), None for the continuous PID on T_r.
         """
         s, n = self.settings, self.n
         rates, c, c_star, crystal_kg = known if known is not None else self.rates_at(x, u.impurity_ppm)
@@ -320,7 +358,10 @@ class Reactor:
         dx[n + I_SOLUTE] = -crystallisation_kg_per_s
 
         t_r, t_j = float(x[n + I_TR]), float(x[n + I_TJ])
-        t_in, integrate = self._pid_output(x, u)
+        if scan is None:
+            t_in, d_integral, _ = self._pid_law(u.temperature_setpoint_c, t_r, float(x[n + I_PID]))
+        else:
+            t_in, d_integral, _ = scan
         ua = 1.0 / (1.0 / s.heat_transfer_w_per_k + u.fouling_resistance_m2k_per_w / s.heat_transfer_area_m2)
         anti_kg_per_s = u.antisolvent_rate_kg_per_min / 60.0
         slurry_kg = solvent + float(x[n + I_SOLUTE]) + crystal_kg
@@ -345,7 +386,7 @@ class Reactor:
         dx[n + I_TJ] = (
             s.jacket_flow_kg_per_s * s.coolant_heat_capacity_j_per_kg_k * (t_in - t_j) + ua * (t_r - t_j)
         ) / (s.jacket_mass_kg * s.coolant_heat_capacity_j_per_kg_k)
-        dx[n + I_PID] = (u.temperature_setpoint_c - t_r) if integrate else 0.0
+        dx[n + I_PID] = d_integral
         return dx, rates, c, c_star, t_in
 
     # ----------------------------------------------------------------------------- integrator
@@ -379,16 +420,17 @@ class Reactor:
         # the state was replaced (seeding) or the impurity changed.
         end = self._end_of_last_advance
         known = end[2] if end is not None and end[0] is x and end[1] == u.impurity_ppm else None
+        scan = self._pid_scan(x, u)
         while remaining > 1e-9:
-            f0, rates, c, c_star, t_in = self.rhs(x, u, known)
+            f0, rates, c, c_star, t_in = self.rhs(x, u, known, scan)
             known = None
             dt = min(remaining, self._stable_step_s(x, f0, rates, c, c_star))
             u1 = x + dt * f0
             np.maximum(u1[: self.n], 0.0, out=u1[: self.n])
-            f1 = self.rhs(u1, u)[0]
+            f1 = self.rhs(u1, u, None, scan)[0]
             u2 = 0.75 * x + 0.25 * (u1 + dt * f1)
             np.maximum(u2[: self.n], 0.0, out=u2[: self.n])
-            f2 = self.rhs(u2, u)[0]
+            f2 = self.rhs(u2, u, None, scan)[0]
             x = x / 3.0 + (2.0 / 3.0) * (u2 + dt * f2)
             # The limiter keeps N >= 0 under the CFL bound; clip round-off only.
             np.maximum(x[: self.n], 0.0, out=x[: self.n])
@@ -397,8 +439,12 @@ class Reactor:
         known = self.rates_at(x, u.impurity_ppm)
         rates, c, c_star, crystal_kg = known
         self._end_of_last_advance = (x, u.impurity_ppm, known)
-        if math.isnan(t_in):
-            t_in = self._pid_output(x, u)[0]
+        if scan is None:
+            t_r, integral = float(x[self.n + I_TR]), float(x[self.n + I_PID])
+            t_end, _, saturated = self._pid_law(u.temperature_setpoint_c, t_r, integral)
+            t_in = t_end if math.isnan(t_in) else t_in
+        else:
+            t_in, _, saturated = scan
         step = Step(
             concentration_g_per_kg=c,
             solubility_g_per_kg=c_star,
@@ -406,6 +452,7 @@ class Reactor:
             rates=rates,
             solvent_mass_kg=self.solvent_mass_kg(x),
             crystal_mass_kg=crystal_kg,
+            jacket_saturated=saturated,
         )
         return x, step
 

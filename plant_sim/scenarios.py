@@ -5,8 +5,11 @@ reactor, heat to dissolve, seed at 50 C, cool to 20 C at 0.3 K/min, hold 30 min.
 the disturbances the run meets: seed-mass variation, impurity pulses, fouling and sensor faults.
 Scenarios live in ``conf/scenario/*.yaml`` and are deterministic for a given ``seed``.
 
-Everything here is pure data plus two pure functions of plant time (:func:`recipe_setpoint`,
-:func:`impurity_ppm_at`), so the served plant and the offline simulator read one recipe.
+Everything here is pure data plus pure functions of plant time (:func:`impurity_ppm_at`,
+:func:`fouling_resistance_m2k_per_w`). The recipe sheet's own part (:class:`RecipeStep`,
+:class:`Seeding` and the recipe program :func:`conf.contract.process.recipe_setpoint`) is the
+process schema of :mod:`conf.contract.process`, so the served plant, the offline simulator and
+the agent read one recipe.
 """
 
 from __future__ import annotations
@@ -17,9 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plant_sim import validate
+from conf.contract import validate
+from conf.contract.process import RecipeStep, Seeding, recipe_duration_min
 from plant_sim.reactor import ReactorSettings
 from plant_sim.sensors import SensorFault, SensorSettings
+
+
+# Default batch time limit as a multiple of the recipe's duration: room for a supervisor that
+# cools more slowly than the recipe, not for one that never finishes.
+DEFAULT_BATCH_TIME_LIMIT_FACTOR = 1.5
 
 
 class Operation(str, enum.Enum):
@@ -34,51 +43,6 @@ class KineticsModel(str, enum.Enum):
 
     physics = "physics"
     power_law = "power_law"
-
-
-@dataclass(frozen=True)
-class RecipeStep:
-    """One recipe line: ramp to ``temperature_c`` at ``rate_k_per_min``, then hold ``hold_min``.
-
-    Attributes:
-        temperature_c: target of the step.
-        rate_k_per_min: ramp rate towards the target (absolute value; direction follows).
-        hold_min: hold at the target once reached.
-        antisolvent_rate_kg_per_min: antisolvent feed during this step (ramp and hold).
-    """
-
-    temperature_c: float
-    rate_k_per_min: float = 0.5
-    hold_min: float = 0.0
-    antisolvent_rate_kg_per_min: float = 0.0
-
-    def __post_init__(self) -> None:
-        validate.positive(self, "rate_k_per_min")
-        validate.non_negative(self, "hold_min", "antisolvent_rate_kg_per_min")
-
-
-@dataclass(frozen=True)
-class Seeding:
-    """Seed charge.
-
-    Attributes:
-        mass_g: nominal seed mass (0: unseeded).
-        mean_size_um: mean volume-equivalent seed size.
-        std_size_um: standard deviation of the (Gaussian) seed size distribution.
-        at_min: recipe time at which the seeds are charged.
-        mass_rel_std: relative standard deviation of the charged seed mass between batches
-            (seed-mass variation); the draw is deterministic for the scenario seed.
-    """
-
-    mass_g: float = 0.0
-    mean_size_um: float = 100.0
-    std_size_um: float = 20.0
-    at_min: float = 0.0
-    mass_rel_std: float = 0.0
-
-    def __post_init__(self) -> None:
-        validate.non_negative(self, "mass_g", "at_min", "mass_rel_std")
-        validate.positive(self, "mean_size_um", "std_size_um")
 
 
 @dataclass(frozen=True)
@@ -211,7 +175,7 @@ class Scenario:
         name: scenario name.
         description: one line for humans.
         seed: seed of every random draw (sensor noise, seed-mass variation).
-        material: key of :data:`plant_sim.materials.MATERIALS` (physics kinetics).
+        material: key of :data:`conf.contract.materials.MATERIALS` (physics kinetics).
         operation: batch or continuous.
         initial_temperature_c: reactor temperature at charge.
         initial_saturation_temperature_c: the charge is saturated at this temperature
@@ -220,6 +184,10 @@ class Scenario:
         seeding: seed charge.
         target_mean_size_um: product specification (volume-weighted mean size).
         duration_min: offline simulation length; the served plant runs until stopped.
+        max_batch_time_min: hard limit on a batch's executing (recipe-clock) time: the plant
+            completes the batch there and reports ``time_limit_hit``, whoever drives the
+            setpoint. None: :data:`DEFAULT_BATCH_TIME_LIMIT_FACTOR` x the recipe's duration
+            (no limit without a recipe). Continuous operation has no limit.
         continuous: MSMPR settings (operation continuous).
         impurity: impurity pulses.
         fouling: jacket fouling.
@@ -240,6 +208,7 @@ class Scenario:
     seeding: Seeding = field(default_factory=Seeding)
     target_mean_size_um: float = 0.0
     duration_min: float = 240.0
+    max_batch_time_min: float | None = None
     continuous: Continuous = field(default_factory=Continuous)
     impurity: tuple[ImpurityPulse, ...] = ()
     fouling: Fouling = field(default_factory=Fouling)
@@ -250,9 +219,22 @@ class Scenario:
 
     def __post_init__(self) -> None:
         validate.positive(self, "duration_min")
+        if self.max_batch_time_min is not None:
+            validate.positive(self, "max_batch_time_min")
         validate.non_negative(self, "target_mean_size_um")
         validate.within(self, "initial_temperature_c", -50.0, 200.0)
         validate.within(self, "initial_saturation_temperature_c", -50.0, 200.0)
+
+    def batch_time_limit_min(self, start_temperature_c: float | None = None) -> float:
+        """The batch time limit (see ``max_batch_time_min``) for a recipe started at
+        ``start_temperature_c`` (default: the charge temperature); inf: no limit."""
+        if self.operation is Operation.continuous:
+            return math.inf
+        if self.max_batch_time_min is not None:
+            return self.max_batch_time_min
+        start_c = self.initial_temperature_c if start_temperature_c is None else start_temperature_c
+        duration_min = recipe_duration_min(self.recipe, start_c)
+        return DEFAULT_BATCH_TIME_LIMIT_FACTOR * duration_min if duration_min > 0 else math.inf
 
     def drawn_seed_mass_g(self, batch_index: int = 0) -> float:
         """The seed mass charged in batch ``batch_index``: nominal x (1 + rel_std z), z ~ N(0, 1).
@@ -263,42 +245,6 @@ class Scenario:
             return self.seeding.mass_g
         z = np.random.default_rng([self.seed, 7, batch_index]).standard_normal()
         return max(self.seeding.mass_g * (1.0 + self.seeding.mass_rel_std * z), 0.0)
-
-
-def recipe_duration_min(recipe: tuple[RecipeStep, ...], start_temperature_c: float) -> float:
-    """Total recipe time: ramps at their rates plus holds."""
-    total, temp = 0.0, start_temperature_c
-    for step in recipe:
-        total += abs(step.temperature_c - temp) / max(step.rate_k_per_min, 1e-9) + step.hold_min
-        temp = step.temperature_c
-    return total
-
-
-def recipe_setpoint(
-    recipe: tuple[RecipeStep, ...], start_temperature_c: float, recipe_time_min: float
-) -> tuple[float, float, bool]:
-    """Local program at a recipe time.
-
-    Args:
-        recipe: the steps.
-        start_temperature_c: temperature at batch start (where the first ramp begins).
-        recipe_time_min: time since batch start (held time excluded).
-
-    Returns:
-        (temperature setpoint in C, antisolvent rate in kg/min, finished).
-    """
-    t, temp = recipe_time_min, start_temperature_c
-    for step in recipe:
-        ramp_min = abs(step.temperature_c - temp) / max(step.rate_k_per_min, 1e-9)
-        if t < ramp_min:
-            direction = math.copysign(1.0, step.temperature_c - temp)
-            return temp + direction * step.rate_k_per_min * t, step.antisolvent_rate_kg_per_min, False
-        t -= ramp_min
-        if t < step.hold_min:
-            return step.temperature_c, step.antisolvent_rate_kg_per_min, False
-        t -= step.hold_min
-        temp = step.temperature_c
-    return temp, 0.0, True
 
 
 def impurity_ppm_at(pulses: tuple[ImpurityPulse, ...], batch_time_min: float) -> float:

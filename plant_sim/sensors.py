@@ -8,7 +8,11 @@ Instrument models:
 
 - **Temperatures** (TT-101/102/103): first-order lag tau dy/dt = x - y, integrated exactly over
   each step with the truth linear between consecutive samples (first-order hold), plus
-  Gaussian noise.
+  Gaussian noise. The reactor RTD TT-101 is also the PV of the DCS temperature loop, which
+  scans it every plant step before the step is integrated, so it is a :class:`Transmitter` read
+  one sample at a time (:meth:`SensorSuite.read_reactor_temperature`) with its own random
+  stream; :meth:`SensorSuite.measure` reports the readings the loop took, so the loop and the
+  served tag see the same value.
 - **Concentration** (ATR-FTIR, AT-101): dead time D (sample loop and spectrum acquisition; the
   reading at t is the latest truth sample taken at or before t - D), then a first-order lag,
   plus Gaussian noise.
@@ -31,8 +35,9 @@ Faults (:class:`SensorFault`) act on the measured value within [start_s, end_s).
 Chunk invariance: measuring 100 steps at once or 1 step 100 times gives identical arrays. All
 filter, dead-time, hold and fault state lives in the suite, every step draws the same number
 of standard normals from one ``np.random.Generator`` in a fixed order (a (T, K) draw equals T
-draws of K), and every operation whose rounding could depend on the chunk length (dot
-products, exponentials) runs per step.
+draws of K; TT-101 draws from a second generator, one sample at a time), and every operation
+whose rounding could depend on the chunk length (dot products, exponentials) runs per step.
+Whether the DCS read TT-101 ahead of :meth:`SensorSuite.measure` or not changes no reading.
 
 References:
 
@@ -53,8 +58,9 @@ from typing import Sequence
 
 import numpy as np
 
+from conf.contract.codes import N_FACET_SLOTS
+
 N_FBRM_BINS = 6
-N_FACETS = 4
 
 MEASURED_SIGNALS: tuple[str, ...] = (
     "reactor_temperature_c",
@@ -66,21 +72,24 @@ MEASURED_SIGNALS: tuple[str, ...] = (
     *(f"fbrm_counts_bin{j}_per_s" for j in range(1, N_FBRM_BINS + 1)),
     "image_mean_size_um",
     "image_aspect_ratio",
-    *(f"facet_{j}_area_fraction" for j in range(1, N_FACETS + 1)),
-    *(f"facet_{j}_growth_rate_um_per_min" for j in range(1, N_FACETS + 1)),
+    *(f"facet_{j}_area_fraction" for j in range(1, N_FACET_SLOTS + 1)),
+    *(f"facet_{j}_growth_rate_um_per_min" for j in range(1, N_FACET_SLOTS + 1)),
 )
 _ROW = {name: i for i, name in enumerate(MEASURED_SIGNALS)}
 _ROW_FBRM = _ROW["fbrm_counts_bin1_per_s"]
 _ROW_IMAGE = _ROW["image_mean_size_um"]  # image size, aspect, 4 fractions, 4 growth rates
-_N_IMAGE = 2 + 2 * N_FACETS
+_N_IMAGE = 2 + 2 * N_FACET_SLOTS
 
-# Columns of the per-step standard-normal draw; fault draws follow at _N_NOISE + fault index.
-_Z_TEMPERATURE = slice(0, 3)
-_Z_CONCENTRATION = 3
-_Z_FLOW = 4
-_Z_FBRM = slice(5, 5 + N_FBRM_BINS)
-_Z_IMAGE = slice(5 + N_FBRM_BINS, 5 + N_FBRM_BINS + _N_IMAGE)
-_N_NOISE = 5 + N_FBRM_BINS + _N_IMAGE
+# Columns of the per-step standard-normal draw (all instruments but TT-101, see Transmitter);
+# fault draws follow at _N_NOISE + fault index.
+_Z_TEMPERATURE = slice(0, 2)  # TT-102, TT-103
+_Z_CONCENTRATION = 2
+_Z_FLOW = 3
+_Z_FBRM = slice(4, 4 + N_FBRM_BINS)
+_Z_IMAGE = slice(4 + N_FBRM_BINS, 4 + N_FBRM_BINS + _N_IMAGE)
+_N_NOISE = 4 + N_FBRM_BINS + _N_IMAGE
+# Key mixed into the settings seed for TT-101's own generator.
+_RTD_STREAM = 101
 
 _M_PER_S_TO_UM_PER_MIN = 6e7
 # Two plant times closer than this are the same instant (dead-time look-up).
@@ -302,6 +311,61 @@ def _lag_step(y: float, x_prev: float, x: float, dt_s: float, tau_s: float) -> f
     return x - m_tau + (y - x_prev + m_tau) * math.exp(-dt_s / tau_s)
 
 
+class Transmitter:
+    """One lagged, noisy analogue transmitter with its faults, read one sample at a time.
+
+    The same models as the chunked instruments of :class:`SensorSuite`: the first-order lag of
+    :func:`_lag_step`, Gaussian noise, then each fault in order (:class:`SensorFaultKind`). Every
+    sample draws 1 + n_faults standard normals from ``rng`` (noise first, then one per fault
+    for dropout and spike hits), so the readings depend only on the sample times and values.
+
+    Args:
+        lag_s: first-order time constant.
+        noise_std: standard deviation of the noise, in signal units.
+        faults: faults of this signal, applied in order.
+        rng: the transmitter's own generator.
+    """
+
+    def __init__(
+        self, lag_s: float, noise_std: float, faults: Sequence[SensorFault], rng: np.random.Generator
+    ) -> None:
+        self.lag_s = lag_s
+        self.noise_std = noise_std
+        self.faults = tuple(faults)
+        self._rng = rng
+        self._thresholds = tuple(_normal_threshold(f.probability) for f in self.faults)
+        self._stuck: list[float | None] = [None] * len(self.faults)
+        self._last_time_s: float | None = None
+        self._y = 0.0
+        self._x_prev = 0.0
+
+    def read(self, t_s: float, true_value: float) -> float:
+        """The reading at plant time ``t_s`` (after the last one read) of the true ``true_value``."""
+        if self._last_time_s is None:
+            self._y = true_value
+        else:
+            self._y = _lag_step(self._y, self._x_prev, true_value, t_s - self._last_time_s, self.lag_s)
+        self._x_prev = true_value
+        self._last_time_s = t_s
+        z = self._rng.standard_normal(1 + len(self.faults)).tolist()
+        value = self._y + self.noise_std * z[0]
+        for i, fault in enumerate(self.faults):
+            if not fault.start_s <= t_s < fault.end_s:
+                continue
+            kind = fault.kind
+            if kind is SensorFaultKind.stuck:
+                if self._stuck[i] is None:
+                    self._stuck[i] = value
+                value = self._stuck[i]
+            elif kind is SensorFaultKind.drift:
+                value += fault.magnitude * (t_s - fault.start_s) / 60.0
+            elif kind is SensorFaultKind.nan:
+                value = math.nan
+            elif z[1 + i] < self._thresholds[i]:
+                value = math.nan if kind is SensorFaultKind.dropout else value + fault.magnitude
+        return value
+
+
 class SensorSuite:
     """All instruments of one reactor, with their filter, hold and fault state.
 
@@ -319,13 +383,23 @@ class SensorSuite:
         self.settings = settings
         self.faults = tuple(faults)
         self._rng = np.random.default_rng(settings.seed)
-        self._n_draws = _N_NOISE + len(self.faults)
-        # Spike/dropout hit when z < Phi^-1(p): one normal per fault per step keeps one stream.
-        self._fault_rows = tuple(_ROW[f.signal] for f in self.faults)
-        self._fault_thresholds = tuple(_normal_threshold(f.probability) for f in self.faults)
-        self._stuck_values: list[float | None] = [None] * len(self.faults)
-        self._taus_s = (
+        # TT-101 is read sample by sample (the DCS loop's PV); the rest chunk by chunk.
+        self._rtd = Transmitter(
             settings.reactor_temperature_lag_s,
+            settings.temperature_noise_std_k,
+            [f for f in self.faults if f.signal == "reactor_temperature_c"],
+            np.random.default_rng([settings.seed, _RTD_STREAM]),
+        )
+        # TT-101 readings taken ahead of measure(), oldest first: (plant time, reading).
+        self._rtd_pending: deque[tuple[float, float]] = deque()
+        self._last_rtd_reading = math.nan
+        self._chunk_faults = tuple(f for f in self.faults if f.signal != "reactor_temperature_c")
+        self._n_draws = _N_NOISE + len(self._chunk_faults)
+        # Spike/dropout hit when z < Phi^-1(p): one normal per fault per step keeps one stream.
+        self._fault_rows = tuple(_ROW[f.signal] for f in self._chunk_faults)
+        self._fault_thresholds = tuple(_normal_threshold(f.probability) for f in self._chunk_faults)
+        self._stuck_values: list[float | None] = [None] * len(self._chunk_faults)
+        self._taus_s = (
             settings.jacket_temperature_lag_s,
             settings.jacket_inlet_temperature_lag_s,
             settings.concentration_lag_s,
@@ -336,13 +410,36 @@ class SensorSuite:
         self._size_matrix: np.ndarray | None = None
         # Time-stepping state.
         self._last_time_s: float | None = None
-        self._lag_y = [0.0, 0.0, 0.0, 0.0]
-        self._lag_x = [0.0, 0.0, 0.0, 0.0]
+        self._lag_y = [0.0, 0.0, 0.0]
+        self._lag_x = [0.0, 0.0, 0.0]
         self._dead_time_buffer: deque[tuple[float, float]] = deque()
         self._next_image_time_s = -math.inf
         self._image_held = np.full(_N_IMAGE, np.nan)
 
     # ----------------------------------------------------------------------------------------
+    def read_reactor_temperature(self, t_s: float, true_c: float) -> float:
+        """TT-101 at plant time ``t_s``, ahead of :meth:`measure` (the DCS loop's PV scan).
+
+        Every instant is read once: :meth:`measure` reports the readings taken here for the
+        times of its chunk instead of reading again, so the served tag is the PID's PV. A time
+        not after the last one read or measured gives back that last reading.
+
+        Args:
+            t_s: plant time, later than the last time read here or measured.
+            true_c: true reactor temperature at ``t_s``.
+
+        Returns:
+            The reading; NaN is a bad one (dropout or NaN fault).
+        """
+        last = self._rtd_pending[-1] if self._rtd_pending else None
+        if last is not None and t_s <= last[0] + _TIME_EPS_S:
+            return last[1]
+        if self._last_time_s is not None and t_s <= self._last_time_s + _TIME_EPS_S:
+            return self._last_rtd_reading
+        value = self._rtd.read(t_s, true_c)
+        self._rtd_pending.append((t_s, value))
+        return value
+
     def size_matrix(self, size_centers_m: np.ndarray, size_widths_m: np.ndarray) -> np.ndarray:
         """Matrix that maps one CSD row to FBRM counts and imaging number sums.
 
@@ -399,36 +496,45 @@ class SensorSuite:
 
         # --- stateful part, step by step (also keeps rounding independent of chunking) -------
         time_list = times.tolist()
+        rtd_true = np.asarray(truth.reactor_temperature_c, dtype=float).reshape(-1).tolist()
+        rtd = out[_ROW["reactor_temperature_c"]]
+        pending = self._rtd_pending
         lag_inputs = (
-            np.asarray(truth.reactor_temperature_c, dtype=float).reshape(-1).tolist(),
             np.asarray(truth.jacket_temperature_c, dtype=float).reshape(-1).tolist(),
             np.asarray(truth.jacket_inlet_temperature_c, dtype=float).reshape(-1).tolist(),
         )
         concentration = np.asarray(truth.concentration_g_per_kg, dtype=float).reshape(-1).tolist()
-        lagged = np.empty((4, n_steps))
+        lagged = np.empty((3, n_steps))
         sums = csd @ matrix  # (T, 8): chord-count rates, and the imaging size sums
         image = np.empty((n_steps, _N_IMAGE))
         habit = (
             np.asarray(truth.aspect_ratio, dtype=float).reshape(-1),
-            np.asarray(truth.facet_area_fractions, dtype=float).reshape(-1, N_FACETS),
-            np.asarray(truth.facet_growth_rates_m_per_s, dtype=float).reshape(-1, N_FACETS),
+            np.asarray(truth.facet_area_fractions, dtype=float).reshape(-1, N_FACET_SLOTS),
+            np.asarray(truth.facet_growth_rates_m_per_s, dtype=float).reshape(-1, N_FACET_SLOTS),
         )
         buffer, dead_time_s = self._dead_time_buffer, s.concentration_dead_time_s
         y, x_prev, taus = self._lag_y, self._lag_x, self._taus_s
         for k, t in enumerate(time_list):
+            while pending and pending[0][0] < t - _TIME_EPS_S:
+                pending.popleft()  # read ahead for a time this chunk skips
+            if pending and pending[0][0] <= t + _TIME_EPS_S:
+                rtd[k] = pending.popleft()[1]  # the DCS loop read this instant already
+            else:
+                rtd[k] = self._rtd.read(t, rtd_true[k])
             buffer.append((t, concentration[k]))
             while len(buffer) > 1 and buffer[1][0] <= t - dead_time_s + _TIME_EPS_S:
                 buffer.popleft()
-            x = (lag_inputs[0][k], lag_inputs[1][k], lag_inputs[2][k], buffer[0][1])
+            x = (lag_inputs[0][k], lag_inputs[1][k], buffer[0][1])
             if self._last_time_s is None:
                 y[:] = x
             else:
                 dt_s = t - self._last_time_s
-                for c in range(4):
+                for c in range(3):
                     y[c] = _lag_step(y[c], x_prev[c], x[c], dt_s, taus[c])
             x_prev[:] = x
             self._last_time_s = t
             lagged[:, k] = y
+            self._last_rtd_reading = rtd[k]
             if t >= self._next_image_time_s - _TIME_EPS_S:
                 self._image_held = self._image(habit[0][k], habit[1][k], habit[2][k], sums[k], z[k, _Z_IMAGE])
                 period = s.imaging_period_s
@@ -440,8 +546,8 @@ class SensorSuite:
             image[k] = self._image_held
 
         # --- stateless noise, vectorised over the chunk -------------------------------------
-        out[0:3] = lagged[0:3] + s.temperature_noise_std_k * z[:, _Z_TEMPERATURE].T
-        out[3] = lagged[3] + s.concentration_noise_std_g_per_kg * z[:, _Z_CONCENTRATION]
+        out[1:3] = lagged[0:2] + s.temperature_noise_std_k * z[:, _Z_TEMPERATURE].T
+        out[3] = lagged[2] + s.concentration_noise_std_g_per_kg * z[:, _Z_CONCENTRATION]
         flow = np.asarray(truth.antisolvent_flow_kg_per_min, dtype=float).reshape(-1)
         out[4] = np.maximum(flow + s.antisolvent_flow_noise_std_kg_per_min * z[:, _Z_FLOW], 0.0)
         rate = sums[:, :N_FBRM_BINS]
@@ -454,7 +560,7 @@ class SensorSuite:
         out[_ROW["fbrm_counts_total_per_s"]] = total
         out[_ROW_IMAGE : _ROW_IMAGE + _N_IMAGE] = image.T
 
-        if self.faults:
+        if self._chunk_faults:
             self._apply_faults(out, times, z[:, _N_NOISE:])
         return dict(zip(MEASURED_SIGNALS, out))
 
@@ -490,14 +596,14 @@ class SensorSuite:
         return reading
 
     def _apply_faults(self, out: np.ndarray, times: np.ndarray, z: np.ndarray) -> None:
-        """Apply every fault in order to the measured rows, in place.
+        """Apply every fault but TT-101's (its transmitter applies those) in order, in place.
 
         Args:
             out: measured values, shape (n_signals, T).
             times: plant time, shape (T,).
             z: one standard normal per fault per step, shape (T, n_faults).
         """
-        for i, fault in enumerate(self.faults):
+        for i, fault in enumerate(self._chunk_faults):
             window = (times >= fault.start_s) & (times < fault.end_s)
             if not window.any():
                 continue

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import gc
 import itertools
 import logging
@@ -34,18 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from conf.contract.codes import SecurityMode
 from plant_sim.modbus_server import PlantModbusServer
 from plant_sim.opcua_server import OpcUaSecurity, PlantOpcUaServer
 from plant_sim.security import SecurityConfigError, check_server_material, server_certificate_paths
 
 _log = logging.getLogger(__name__)
-
-
-class SecurityMode(str, enum.Enum):
-    """OPC UA security of the plant server (Modbus TCP has none)."""
-
-    insecure = "insecure"  # NoSecurity + anonymous; logged as a warning
-    sign_encrypt = "sign_encrypt"  # Basic256Sha256 SignAndEncrypt + user name/password
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def simulate(cfg, progress: bool | None = None) -> SimulationResult:
     """Run ``cfg.scenario`` for its duration.
 
     Args:
-        cfg: :class:`conf.schema.XtalpilotConfig`.
+        cfg: :class:`conf.simulator.SimulatorConfig`.
         progress: show a progress bar (default: ``cfg.simulate.progress``).
     """
     sc = cfg.scenario

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conf.contract.codes import SecurityMode
+from conf.contract.tagmap import TagMap
 from conf.schema import ConfigError, XtalpilotConfig, load_config
 from plant_sim.plant import Plant
 from plant_sim.scenarios import KineticsModel, Operation
-from plant_sim.serve import SecurityMode
-from plant_sim.tagmap import TagMap
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SCENARIOS = sorted(p.stem for p in (CONF / "scenario").glob("*.yaml"))

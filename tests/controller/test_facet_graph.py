@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from controller.facet_graph import decode_hkl, facet_graph_from_imaging, imaging_from_values
-from models.data import FACET_FEATURES, DataSettings, cluster_grid, facet_family_properties, generate
+from conf.contract.codes import decode_hkl
+from controller.facet_graph import facet_graph_from_imaging, imaging_from_values
+from models.data import DataSettings, generate
+from models.graphs import FACET_FEATURES, cluster_grid, facet_family_properties
 
 PROPS = facet_family_properties("KCl")
 _, DIRECTIONS, _ = cluster_grid(np.random.default_rng(0).random((50, 3)))

@@ -137,13 +137,14 @@ def test_the_model_age_rule_is_off_by_default():
     assert decide(auto(model_age_s=299.0, last_write_time_s=980.0), RICH).reasons == (Reason.ok,)
 
 
-def test_a_current_value_outside_the_limits_is_clamped_into_them():
-    # The guard never writes outside its limits, even to follow a read-back that is.
-    v = decide(auto(proposal=None, current={**CURRENT, TEMP.name: 95.0}), SETTINGS)
-    assert v.write[TEMP.name] == 80.0 and Reason.clamped in v.reasons
-    v = decide(auto(proposal={TEMP.name: 60.0}, current={**CURRENT, TEMP.name: 95.0}, last_write_time_s=999.0),
-               SETTINGS)
-    assert v.write[TEMP.name] == pytest.approx(80.0 - 2.0 / 60.0) and Reason.clamped in v.reasons
+def test_a_current_value_outside_the_limits_is_neither_stepped_in_nor_followed_out():
+    # Clamping 95 C to the 80 C limit would be a 15 K step; walking back at the rate would write
+    # outside the limits. The guard leaves that setpoint to the plant and says why.
+    for proposal in (None, {TEMP.name: 60.0}):
+        v = decide(auto(proposal=proposal, current={**CURRENT, TEMP.name: 95.0}), SETTINGS)
+        assert TEMP.name not in v.write and Reason.setpoint_out_of_limits in v.reasons
+        assert v.write[ANTI.name] == pytest.approx(0.1)  # the others carry on
+    assert decide(auto(current={**CURRENT, TEMP.name: 80.0}), SETTINGS).write[TEMP.name] <= 80.0
 
 
 def test_clamp_then_rate_limit():
@@ -373,3 +374,15 @@ def test_whatever_comes_in_what_is_written_is_safe(guard, mode, previous, propos
                 target = min(max(target, float(ref) - e.band_below), float(ref) + e.band_above)
             target = min(max(target, s.low), s.high)
             assert abs(written - target) <= abs(start - target) + 1e-9  # never moves away from the target
+
+
+def test_a_hold_that_lasts_max_hold_s_hands_the_loop_back_to_the_dcs():
+    guard = dataclasses.replace(SETTINGS, max_hold_s=600.0)
+    still = decide(auto(data_ok=False, held_for_s=599.0), guard)
+    assert still.held and not still.hand_back and still.heartbeat and still.write
+    back = decide(auto(data_ok=False, held_for_s=600.0), guard)
+    assert back.hand_back and Reason.handed_back in back.reasons and Reason.data_bad in back.reasons
+    assert back.write == {} and not back.heartbeat and not back.request_remote and back.batch_command is None
+    # a good cycle never hands back, however long the counter says
+    assert not decide(auto(held_for_s=1e9), guard).hand_back
+    assert not decide(auto(data_ok=False, held_for_s=1e9), SETTINGS).hand_back  # off by default

@@ -159,7 +159,7 @@ def test_on_the_batch_range_the_laws_reproduce_the_network_at_the_current_condit
 
 
 def test_without_imaging_the_material_s_habit_stands_in(tiny_checkpoint):
-    from models.data import FACET_FEATURES
+    from models.graphs import FACET_FEATURES
 
     service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
     for imaging in ([], [(0, math.nan, math.nan)] * 4):
@@ -172,3 +172,14 @@ def test_without_imaging_the_material_s_habit_stands_in(tiny_checkpoint):
     strict = KineticsService.load(tiny_checkpoint, "KCl", device="cpu", habit_fallback=False)
     with pytest.raises(ModelUnavailable, match="imaging"):
         strict.estimate([], 40.0, 0.01)
+
+
+def test_the_material_s_own_habit_is_its_structure_s_observed_at_the_network_s_rates(tiny_checkpoint):
+    from models.graphs import FACET_FEATURES, structure_habit
+
+    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    fx = service.material_facets.facet_x.numpy()
+    assert np.all(np.isfinite(fx)) and fx.shape[0] <= structure_habit("KCl").num_faces
+    assert fx[:, FACET_FEATURES.index("area_fraction")].sum() == pytest.approx(1.0, abs=1e-5)
+    # observed rates are the network's own at the reference condition, not the unknown floor
+    assert np.all(fx[:, FACET_FEATURES.index("log10_observed_rate_um_per_min")] > -4.0)

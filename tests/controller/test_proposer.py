@@ -116,3 +116,25 @@ def test_when_nothing_is_feasible_the_smaller_overshoot_is_chosen():
     ref = torch.tensor([list(reference_moves(pr)) + [1.0]], dtype=torch.float64)
     ref_out, _, _ = _evaluate(pr, ref, torch.as_tensor(GROWTH), torch.as_tensor(NUCLEATION))
     assert out.expected["peak_sigma"] <= float(ref_out.peak_sigma.max()) + 1e-12
+
+
+def test_a_hung_worker_is_killed_and_replaced():
+    from controller.proposer import ProposerTimeout
+
+    slow = problem(time_budget_s=1.0, proposal_timeout_s=0.05)  # no proposal is that fast
+
+    async def go():
+        worker = ProposerWorker()
+        try:
+            await worker.warm_up()
+            first_pid = next(iter(worker._pool._processes))
+            with pytest.raises(ProposerTimeout):
+                await worker.propose(slow)
+            assert worker.restarts == 1
+            answer = await worker.propose(problem(time_budget_s=0.5))  # the new worker answers
+            return first_pid, next(iter(worker._pool._processes)), answer
+        finally:
+            worker.close()
+
+    old, new, answer = asyncio.run(go())
+    assert old != new and answer.moves_k

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from conf.contract.tagmap import TagMap
 from controller.plant_io import PlantIOError
 from controller.recorded_io import RecordedIO, RecordingError
 from controller.state import SignalStatus, SignalTracker, ValidationSettings
-from plant_sim.tagmap import TagMap
 
 REPO_TAGMAP = __import__("pathlib").Path(__file__).resolve().parents[2] / "conf" / "plant" / "crystallizer.yaml"
 

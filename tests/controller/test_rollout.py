@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conf.contract.materials import get_material
 from controller.rollout import (
     BatchPlan,
     MaterialConstants,
@@ -17,7 +18,6 @@ from controller.rollout import (
     setpoint_path,
     step_moments,
 )
-from plant_sim.materials import get_material
 
 KCL = MaterialConstants.for_material("KCl")
 # ln G = a + g ln sigma + e (1/Tref - 1/T), G um/min; log10 B = c + b log10 sigma + f (...)
@@ -80,7 +80,7 @@ def test_solubility_in_torch_is_the_numpy_curve_batched_and_differentiable():
 def test_a_table_given_as_data_is_interpolated_like_the_plant_s():
     """A process defined as data brings its own measured points (here the plant's KNO3 fit
     sampled every 5 K): the model passes through them and follows the plant's PCHIP between."""
-    from plant_sim.materials import KNO3_MILLER_RAWLINGS_1994, Solubility
+    from conf.contract.materials import KNO3_MILLER_RAWLINGS_1994, Solubility
 
     t = np.arange(0.0, 61.0, 5.0)
     c = KNO3_MILLER_RAWLINGS_1994.g_per_kg(t)

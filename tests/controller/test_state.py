@@ -226,7 +226,7 @@ def test_the_simulated_stuck_rtd_is_caught_within_two_minutes_and_nothing_health
     blanks TT-102 from 9000 s. Read every 30 s, as the agent does."""
     from conf.schema import load_config
     from plant_sim.plant import Plant
-    from plant_sim.tagmap import TagMap
+    from conf.contract.tagmap import TagMap
 
     cfg = load_config(["scenario=sensor_faults"])
     tagmap = TagMap.from_dict(cfg.plant)

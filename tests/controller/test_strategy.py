@@ -41,6 +41,8 @@ def view(batch_min: float | None, held: bool = False, **values: float) -> PlantV
 
 def test_the_recipe_as_setpoints():
     lc = LinearCooling(RECIPE)
+    assert not lc.advise(view(RECIPE.duration_min - 0.5)).complete_batch
+    assert lc.advise(view(RECIPE.duration_min)).complete_batch  # the plant waits for Complete
     assert lc.advise(view(None)).setpoints is None
     assert lc.advise(view(0.0)).setpoints[TEMPERATURE_SP] == pytest.approx(55.0)
     assert lc.advise(view(12.0)).setpoints[TEMPERATURE_SP] == pytest.approx(49.0)
@@ -182,6 +184,11 @@ def test_the_estimate_survives_an_agent_restart_within_the_batch(tiny_checkpoint
     second.advise(view(19.0))
     assert second.estimate is not None and second.estimate.seeded_at_s == saved.seeded_at_s
     second.close()
+    # a later batch that starts at the same plant time (a restarted plant's clock) is not this one
+    later = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    later.advise(view(13.0))
+    assert later.estimate is None or later.estimate.seeded_at_s != saved.seeded_at_s
+    later.close()
     path.write_text("{not json")  # a corrupt file: a fresh estimate, no crash
     third = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
     assert third.advise(view(19.0)).setpoints is not None and third.estimate.seeded_at_s == 1000.0 + 19.0 * 60.0
@@ -270,6 +277,74 @@ def test_with_batch_time_in_the_objective_it_completes_the_batch_a_final_hold_af
     recipe_led = _model_agent(tiny_checkpoint, weight_batch_time_per_h=0.0, antisolvent=False)
     p = _answered(recipe_led, 13.0).problem
     recipe_led.accept(Proposal(p.plant_time_s, p.state.setpoint_c, (-10.0, -10.0, -10.0), 600.0))
-    assert not any(recipe_led.advise(view(14.0 + k)).complete_batch for k in range(0, 200, 5))
+    assert not any(recipe_led.advise(view(14.0 + k)).complete_batch for k in range(0, 180, 5))
+    # at the recipe's end the batch is done (under remote control the plant waits for Complete)
+    assert recipe_led.advise(view(RECIPE.duration_min)).complete_batch
     agent.close()
     recipe_led.close()
+
+
+def test_a_plan_still_above_the_final_temperature_at_the_recipe_end_ramps_on_before_completing(agent):
+    p = _answered(agent, 13.0).problem
+    agent.accept(Proposal(p.plant_time_s, p.state.setpoint_c, (-0.5, -0.5, -0.5), 600.0))  # slow, holds after
+    batch_min, done = 14.0, None
+    while batch_min < RECIPE.duration_min + 200.0 and done is None:
+        a = agent.advise(view(batch_min))
+        agent.written(a.setpoints, 1000.0 + batch_min * 60.0)
+        if a.complete_batch:
+            done = (batch_min, a.setpoints[TEMPERATURE_SP])
+        batch_min += 0.5
+    assert done is not None and done[0] > RECIPE.duration_min  # not cut off at the recipe's end
+    assert done[1] == pytest.approx(RECIPE.final_temperature_c)  # at the final temperature
+
+
+class _HungModel:
+    """A model whose first query never returns (a stuck device); later ones answer."""
+
+    version = "hung"
+
+    def __init__(self, real) -> None:
+        import threading
+
+        self.real, self.calls, self.release = real, 0, threading.Event()
+
+    def estimate(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(30.0)
+        return self.real.estimate(*args, **kwargs)
+
+
+def test_a_hung_model_query_is_abandoned_and_the_recipe_followed_meanwhile(tiny_checkpoint):
+    import time
+
+    from controller.kinetics_service import KineticsService
+
+    hung = _HungModel(KineticsService.load(tiny_checkpoint, "KCl", device="cpu"))
+    agent = _model_agent(tiny_checkpoint, service=hung, antisolvent=False, model_timeout_s=0.2)
+    agent.advise(view(13.0))  # asks; the query hangs
+    time.sleep(0.3)
+    timed_out = agent.advise(view(13.5))
+    assert "timed out" in timed_out.inputs["model_error"] and timed_out.inputs["fallback"] == "recipe"
+    assert timed_out.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(13.5))
+    agent.advise(view(14.0))  # asks again, on a fresh thread
+    agent.wait_for_model()
+    answered = agent.advise(view(14.5))
+    assert answered.problem is not None and "fallback" not in answered.inputs and hung.calls >= 2
+    hung.release.set()
+    agent.close()
+
+
+def test_switching_to_a_slower_plan_blends_without_heating():
+    from controller.strategy import PathFollower
+
+    fast = lambda t: 50.0 - 0.02 * t  # noqa: E731  (1.2 K/min)
+    slow = lambda t: 50.2 - 0.0001 * t  # noqa: E731  (0.006 K/min, above the fast plan at the switch)
+    plain, cooling = PathFollower(600.0), PathFollower(600.0, non_increasing=True)
+    for follower in (plain, cooling):
+        follower.value("fast", fast, 0.0)
+        follower.value("fast", fast, 10.0)
+    path = {f: [f.value("slow", slow, 10.0 + k) for k in range(0, 300, 5)] for f in (plain, cooling)}
+    assert path[plain][0] == pytest.approx(fast(10.0)) == path[cooling][0]  # bumpless at the switch
+    assert max(b - a for a, b in zip(path[plain], path[plain][1:])) > 0  # blending alone heats here
+    assert max(b - a for a, b in zip(path[cooling], path[cooling][1:])) <= 0.0  # a cooling design does not

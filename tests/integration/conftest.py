@@ -87,7 +87,7 @@ def fixture_mode() -> str:
 
 
 def load_tagmap():
-    from plant_sim.tagmap import TagMap
+    from conf.contract.tagmap import TagMap
 
     return TagMap.from_dict(yaml.safe_load(TAGMAP_YAML.read_text()))
 
@@ -95,7 +95,8 @@ def load_tagmap():
 def make_test_plant(shed_timeout_s: float):
     """The real plant with a recipe that keeps the batch executing (in-process fixture)."""
     from plant_sim.plant import Plant, PlantSettings
-    from plant_sim.scenarios import RecipeStep, Scenario
+    from conf.contract.process import RecipeStep
+    from plant_sim.scenarios import Scenario
 
     scenario = Scenario(recipe=(RecipeStep(temperature_c=55.0, hold_min=10_000.0),), duration_min=20_000.0)
     return Plant(load_tagmap(), scenario, PlantSettings(shed_timeout_s=shed_timeout_s))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from controller.agent import run_agent
+from controller.demo import run_agent_in_automatic
 from controller.decision_log import read_decisions
 from controller.plant_io import ModbusIO, OpcUaIO
 from conftest import REPO, free_port, load_tagmap, plant_server
@@ -32,17 +33,24 @@ def agent_overrides(plant, tmp_path: Path, *extra: str) -> list[str]:
 
 
 def run_in_process(overrides: list[str], timeout_s: float = 90.0, during=None, metrics_server: bool = False,
-                   strategy=None):
+                   strategy=None, operator: bool | None = None):
     """``run_agent`` until it stops by itself (plant time limit); ``during(stop)`` runs beside it.
-    ``strategy(cfg)`` builds a strategy in place of the configured one."""
+    ``strategy(cfg)`` builds a strategy in place of the configured one. ``operator``: a simulated
+    operator requests automatic after the agent's first cycle (default: when the overrides ask
+    for automatic)."""
     from conf.schema import load_config
 
     cfg = load_config(overrides)
+    # The agent enters automatic only on an operator request made after its start: a simulated
+    # operator makes it after the first cycle.
+    if operator is None:
+        operator = "agent.mode=automatic" in overrides
+    run = run_agent_in_automatic if operator else run_agent
 
     async def go():
         stop = asyncio.Event()
-        task = asyncio.create_task(run_agent(cfg, stop, metrics_server=metrics_server,
-                                             strategy=None if strategy is None else strategy(cfg)))
+        task = asyncio.create_task(run(cfg, stop, metrics_server=metrics_server,
+                                       strategy=None if strategy is None else strategy(cfg)))
         if during is not None:
             await during(stop)
         return await asyncio.wait_for(task, timeout_s)
@@ -89,8 +97,8 @@ def test_closed_loop_in_automatic_completes_a_batch(tmp_path, protocol):
     assert 54.0 - 1e-6 <= written[0] <= 55.0 and min(written) == pytest.approx(20.0)
     assert all(5.0 <= w <= 80.0 for w in written)
     assert values[sp] == pytest.approx(written[-1], abs=1e-4)
-    # the state estimate in the log: CSD figures from the FBRM bins once the seeds are in
-    fbrm = [i.get("fbrm_volume_mean_size_um") for i in log["inputs"]]
+    # the state estimate in the log: chord statistics of the FBRM bins once the seeds are in
+    fbrm = [i.get("fbrm_chord_volume_mean_um") for i in log["inputs"]]
     assert any(v is not None and v > 100.0 for v in fbrm)
 
 
@@ -103,6 +111,8 @@ def test_manual_and_advisory_write_nothing(tmp_path, mode):
         await io.close()
 
     with plant_server(speed=1000.0) as plant:
+        # the operator's standing request at the HMI: the agent never starts above it
+        request_mode(plant, {"manual": 0.0, "advisory": 1.0}[mode])
         report = run_in_process(agent_overrides(plant, tmp_path, f"agent.mode={mode}", "agent.start_batch=true",
                                                 "agent.max_plant_time_s=5000"), during=start_batch)
         values = asyncio.run(read_plant(plant, "control_source", "agent_heartbeat", "agent_mode", "batch_state"))
@@ -242,6 +252,38 @@ def _agent_subprocess(overrides: list[str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def request_mode(plant, code: float) -> None:
+    """The operator's request at the HMI (operator_mode_request: 0 manual, 1 advisory, 2 automatic)."""
+    async def go():
+        io = OpcUaIO(load_tagmap(), plant.opcua_url)
+        await io.connect()
+        try:
+            assert (await io.write({"operator_mode_request": code}))["operator_mode_request"].accepted
+        finally:
+            await io.close()
+    asyncio.run(go())
+
+
+def request_automatic(plant) -> None:
+    """The operator asks for automatic at the HMI (after the agent started)."""
+    request_mode(plant, 2.0)
+
+
+def test_a_restarted_agent_keeps_to_the_operators_standing_request(tmp_path):
+    """Configured automatic (as a systemd unit is): a standing automatic that predates the agent
+    is not obeyed, a standing manual is obeyed at once; only a later request enters automatic."""
+    overrides = ["agent.mode=automatic", "agent.start_batch=true"]
+    with plant_server(speed=1000.0) as plant:
+        request_mode(plant, 2.0)  # standing from before the (re)start
+        report = run_in_process(agent_overrides(plant, tmp_path / "a", *overrides, "agent.max_plant_time_s=3000"),
+                                operator=False)
+        request_mode(plant, 0.0)
+        manual = run_in_process(agent_overrides(plant, tmp_path / "b", *overrides, "agent.max_plant_time_s=6000"),
+                                operator=False)
+    assert report.writes == 0 and report.verdicts["advisory"] > 5 and set(report.verdicts) == {"advisory"}
+    assert manual.writes == 0 and set(manual.verdicts) == {"manual"}
+
+
 def _wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -258,6 +300,8 @@ def test_sigterm_stops_writing_and_the_plant_sheds(tmp_path):
     with plant_server(speed=200.0, shed_timeout_s=120.0) as plant:
         proc = _agent_subprocess(agent_overrides(plant, tmp_path, "agent.mode=automatic", "agent.start_batch=true"))
         try:
+            _wait_for_rows(tmp_path / "decisions.sqlite", 1, proc)
+            request_automatic(plant)
             _wait_for_rows(tmp_path / "decisions.sqlite", 10, proc)
             assert asyncio.run(read_plant(plant, "control_source"))["control_source"] == 1
             proc.send_signal(signal.SIGTERM)
@@ -275,6 +319,7 @@ def test_sigterm_stops_writing_and_the_plant_sheds(tmp_path):
         # A restarted agent in automatic re-enters explicitly: it reports automatic_pending and
         # writes heartbeat + agent_mode until the plant shows the remote cascade again (before,
         # it wrote nothing while the plant was shed and never got back in).
+        request_mode(plant, 1.0)  # the HMI shows the agent out of automatic; the operator then re-selects it
         log2 = tmp_path / "second.sqlite"
         overrides = [o for o in agent_overrides(plant, tmp_path, "agent.mode=automatic") if "decision_log" not in o]
         report = run_in_process([*overrides, f"agent.decision_log={log2}", "agent.max_plant_time_s=1e9"],
@@ -302,6 +347,8 @@ def test_the_decision_log_survives_sigkill(tmp_path):
     with plant_server(speed=500.0) as plant:
         proc = _agent_subprocess(agent_overrides(plant, tmp_path, "agent.mode=automatic", "agent.start_batch=true"))
         try:
+            _wait_for_rows(path, 1, proc)
+            request_automatic(plant)
             _wait_for_rows(path, 30, proc)
         finally:
             proc.kill()
@@ -349,3 +396,91 @@ def test_the_model_predictive_agent_proposes_over_opcua(tmp_path, tiny_checkpoin
                  'xtalpilot_mode{mode="automatic",reactor="R101"} 1.0'):
         assert name in text, name
     assert 'xtalpilot_plant_connected{reactor="R101"} 1.0' in text
+
+
+def test_a_decision_log_that_cannot_be_written_refuses_automatic(tmp_path):
+    """The log is locked by another writer mid-batch: the agent writes nothing it has not
+    logged, leaves automatic, and the plant sheds on the missing heartbeat."""
+    import sqlite3
+
+    path = tmp_path / "decisions.sqlite"
+    locked_at: dict = {}
+
+    async def lock_the_log(stop):
+        deadline = time.monotonic() + 30.0
+        while (await read_plant(plant, "control_source"))["control_source"] != 1:
+            assert time.monotonic() < deadline, "the agent never drove the plant"
+            await asyncio.sleep(0.2)
+        blocker = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # no other writer gets in
+        locked_at.update(await read_plant(plant, "agent_heartbeat", "plant_time_s"))
+        await asyncio.sleep(3.0)
+        locked_at["after"] = await read_plant(plant, "agent_heartbeat", "shed_active")
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        stop.set()
+
+    with plant_server(speed=200.0, shed_timeout_s=60.0) as plant:
+        report = run_in_process(agent_overrides(plant, tmp_path, "agent.mode=automatic", "agent.start_batch=true"),
+                                during=lock_the_log, timeout_s=120.0)
+    # the heartbeat stopped within a cycle or two of the lock (each needs a logged decision)
+    assert locked_at["after"]["agent_heartbeat"] - locked_at["agent_heartbeat"] <= 2
+    assert locked_at["after"]["shed_active"] == 1
+    log = read_decisions(path)
+    assert report.writes >= 1 and (log["mode"] == "automatic").any()
+    assert log["mode"].iloc[-1] == "advisory"  # it did not go back to automatic on its own
+
+
+# 75 s of recipe: 50.1 -> 49.8 C at 1 K/min, seeds at 18 s, hold 6 s, -> 49.0 C at 1 K/min, hold 6 s.
+SHORT_BATCH = ("scenario.initial_temperature_c=50.1", "scenario.seeding.at_min=0.3", "scenario.duration_min=3",
+               "scenario.recipe=[{temperature_c:49.8,rate_k_per_min:1.0,hold_min:0.1},"
+               "{temperature_c:49.0,rate_k_per_min:1.0,hold_min:0.1}]")
+
+
+def test_a_short_batch_at_real_time_follows_its_plan_without_steps(tmp_path, tiny_checkpoint):
+    """1x real time over OPC UA, the model-predictive agent: proposals arrive within a cycle of
+    being posed. The written path never heats, never steps faster than the plan's rate, keeps up
+    with the plan, and ramps (not steps) to the final temperature; the batch completes."""
+    sp = "reactor_temperature_setpoint_c"
+    interval_s = 2.0
+    with plant_server(speed=1.0, shed_timeout_s=120.0, mode="subprocess", extra=SHORT_BATCH) as plant:
+        report = run_in_process(
+            agent_overrides(plant, tmp_path, *SHORT_BATCH, "agent.strategy=model_predictive", "agent.mode=automatic",
+                            "agent.start_batch=true", "agent.stop_after_batch=true",
+                            f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu",
+                            f"agent.control_interval_s={interval_s}", "proposer.move_interval_min=0.5",
+                            "proposer.rollout_step_s=5", "proposer.model_refresh_s=10",
+                            "proposer.weight_batch_time_per_h=0"),
+            timeout_s=240.0)
+    assert report.stopped_by == "batch completed", report.summary()
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    rows = log[[sp in w for w in log["written"]]]
+    written = [w[sp] for w in rows["written"]]
+    times = list(rows["plant_time_s"])
+    assert len(written) > 20 and len(report.proposal_s) >= 3
+    steps = [(b - a) / max(t1 - t0, 1e-9) * 60.0 for a, b, t0, t1 in zip(written, written[1:], times, times[1:])]
+    assert max(steps) <= 1e-6  # never heats
+    assert min(steps) >= -1.0 * 1.5  # never faster than 1 K/min (the plan's fastest) plus the blend
+    # the batch reached its final temperature by ramping, and ended there
+    assert written[-1] == pytest.approx(49.0, abs=0.05)
+    proposals = [p.get(sp) for p in log["proposal"] if p]
+    assert any(i.get("expected_d43_um") is not None for i in log["inputs"]) and proposals
+
+
+def test_on_a_plant_with_only_temperature_and_concentration_the_model_agent_completes_a_batch(tmp_path,
+                                                                                             tiny_checkpoint):
+    """conf/plant/minimal.yaml: no FBRM, no imaging, no antisolvent. The model-predictive agent
+    gets the material's habit for its model, growth from the desupersaturation, and the batch
+    completes in automatic."""
+    with plant_server(speed=1000.0, shed_timeout_s=2000.0) as plant:
+        report = run_in_process(
+            agent_overrides(plant, tmp_path, "plant=minimal", "agent.strategy=model_predictive", "agent.mode=automatic",
+                            "agent.start_batch=true", "agent.stop_after_batch=true",
+                            f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu"),
+            timeout_s=180.0)
+    assert report.stopped_by == "batch completed" and report.write_failures == 0, report.summary()
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    inputs = [i for i in log["inputs"] if i.get("estimated_crystal_kg_per_kg") is not None]
+    assert inputs and all("fbrm_counts_total_per_s" not in i for i in log["inputs"])
+    assert any(i.get("facet_source") == "material_habit" for i in inputs)  # the model answered without imaging
+    assert inputs[-1]["estimated_crystal_kg_per_kg"] > 0.05  # crystals grew by the mass balance

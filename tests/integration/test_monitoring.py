@@ -106,6 +106,22 @@ def _process(args: list[str], **kw):
                 proc.wait()
 
 
+def _request_automatic(plant) -> None:
+    import asyncio
+
+    from controller.plant_io import OpcUaIO
+    from conftest import load_tagmap
+
+    async def go():
+        io = OpcUaIO(load_tagmap(), plant.opcua_url)
+        await io.connect()
+        try:
+            await io.write({"operator_mode_request": 2.0})
+        finally:
+            await io.close()
+    asyncio.run(go())
+
+
 def test_a_real_prometheus_scrapes_the_agent_and_answers_every_dashboard_query(tmp_path):
     prometheus = _tool("prometheus")
     metrics_port, prom_port = free_port(), free_port()
@@ -124,6 +140,8 @@ def test_a_real_prometheus_scrapes_the_agent_and_answers_every_dashboard_query(t
                       f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"]) as prom:
         up = _wait_for(prom_port, 'up{job="xtalpilot"} == 1', 60.0, prom)
         assert up[0]["metric"]["instance"] == f"127.0.0.1:{metrics_port}", agent.poll()
+        _wait_for(prom_port, "xtalpilot_cycle_duration_seconds_count > 0", 60.0, prom)
+        _request_automatic(plant)  # the operator, after the agent started
         # a few scrapes of a running agent, so that rate() has samples to work on
         _wait_for(prom_port, "xtalpilot_cycle_duration_seconds_count > 5", 60.0, prom)
         time.sleep(3.0)

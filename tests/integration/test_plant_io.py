@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import TAGMAP_YAML, free_port
+from conf.contract.tagmap import TagMap
 from controller.plant_io import Backoff, ModbusIO, OpcUaIO, PlantIOError
-from plant_sim.tagmap import TagMap
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from pymodbus.client import AsyncModbusTcpClient
 
+from conf.contract.tagmap import ModbusTable, TagMap, decode_registers, encode_registers
 from plant_sim.security import CLIENT_APPLICATION_URI
-from plant_sim.tagmap import ModbusTable, TagMap, decode_registers, encode_registers
 
 pytestmark = pytest.mark.integration
 

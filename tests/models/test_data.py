@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import (
-    CLUSTER_FEATURES,
-    FACET_FEATURES,
-    HKLS,
-    DataSettings,
-    _physics,
-    cross_edges,
-    cluster_grid,
-    face_rates_m_per_s,
-    generate,
-    split,
-)
-from plant_sim.morphology import all_faces
+from conf.contract.morphology import all_faces
+from models.data import DataSettings, _physics, face_rates_m_per_s, generate, split
+from models.graphs import CLUSTER_FEATURES, FACET_FEATURES, HKLS, cluster_grid, cross_edges
 
 SMALL = DataSettings(materials=("NaCl", "KCl", "CsCl", "Cu", "Al", "Si", "Fe"), variants_per_material=2,
                      conditions_per_variant=3, seed=1)

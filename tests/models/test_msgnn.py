@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import GRAPH_TARGETS, DataSettings, generate, split
+from models.data import DataSettings, generate, split
+from models.graphs import GRAPH_TARGETS
 from models.msgnn import (
     CheckpointError,
     Ensemble,

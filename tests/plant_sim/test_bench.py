@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from conf.schema import load_config
+from conf.contract.tagmap import TagMap
 from plant_sim.bench import served_benchmark, served_overrides
-from plant_sim.tagmap import TagMap
 
 
 def test_user_overrides_reach_the_served_plant_except_the_benchmarks_own_keys():

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from conf.contract.materials import get_material
 from plant_sim.kinetics import (
     K_BOLTZMANN_J_PER_K,
     MIN_POISONED_FRACTION,
@@ -24,7 +25,6 @@ from plant_sim.kinetics import (
     facet_kinetics_for_material,
     facet_kinetics_from_energies,
 )
-from plant_sim.materials import get_material
 from plant_sim.reactor import power_law_rates_fn
 
 T_REF_C = 25.0  # T_REF_K - 273.15: the Arrhenius factor is exactly 1 here

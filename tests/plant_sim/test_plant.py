@@ -9,11 +9,13 @@ import math
 import numpy as np
 import pytest
 
+from conf.contract.codes import BatchCommand, BatchState, ShedAction
+from conf.contract.process import recipe_duration_min
+from conf.contract.tagmap import TagMapError
 from conf.schema import load_config
-from plant_sim.plant import BatchCommand, BatchState, Plant, PlantSettings, ShedAction, WriteStatus
+from plant_sim.plant import Plant, PlantSettings, WriteStatus
 from plant_sim.reactor import ReactorSettings
-from plant_sim.scenarios import recipe_duration_min
-from plant_sim.tagmap import TagMapError
+from plant_sim.sensors import SensorFault
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +122,59 @@ def test_entering_automatic_is_bumpless(cfg):
     assert plant.values()["reactor_temperature_setpoint_active_c"] == pytest.approx(working, abs=1e-9)
 
 
-def test_a_batch_under_remote_control_completes_on_its_recipe_time(cfg):
-    plant = make_plant(cfg, shed_timeout_s=1e9)
+def _remote(plant: Plant) -> None:
     command(plant, BatchCommand.START)
     plant.write("agent_heartbeat", 1)
     plant.write("agent_mode", 2)
+
+
+def test_a_batch_under_remote_control_outlives_its_recipe_until_the_time_limit(cfg):
+    plant = make_plant(cfg, step_s=10.0, shed_timeout_s=1e9)
+    _remote(plant)
     duration_s = recipe_duration_min(plant.scenario.recipe, plant.scenario.initial_temperature_c) * 60.0
-    plant.advance(duration_s - 120.0)
-    assert plant.values()["batch_state"] == float(BatchState.EXECUTE)
-    assert plant.values()["control_source"] == 1.0
-    plant.advance(240.0)
-    assert plant.values()["batch_state"] == float(BatchState.COMPLETED)
-    assert plant.values()["control_source"] == 0.0
+    plant.write("reactor_temperature_setpoint_c", 40.0)  # a supervisor slower than the recipe
+    plant.advance(duration_s + 600.0)
+    values = plant.values()
+    assert values["batch_state"] == float(BatchState.EXECUTE) and values["control_source"] == 1.0
+    assert values["reactor_temperature_setpoint_active_c"] == pytest.approx(40.0)
+    assert values["batch_time_limit_hit"] == 0.0 and plant.last_batch_report is None
+    limit_s = values["batch_time_limit_s"]
+    assert limit_s == pytest.approx(1.5 * duration_s)  # the default: 1.5 x the recipe
+    plant.advance(limit_s - duration_s)
+    values = plant.values()
+    assert values["batch_state"] == float(BatchState.COMPLETED) and values["control_source"] == 0.0
+    assert values["batch_time_limit_hit"] == 1.0
+    report = plant.last_batch_report
+    assert report["time_limit_hit"] is True and report["batch_state"] == "completed"
+    assert report["batch_time_h"] == pytest.approx(limit_s / 3600.0, abs=0.01)
+    assert report["batch_time_limit_h"] == pytest.approx(limit_s / 3600.0)
+
+
+def test_a_remote_batch_ends_on_the_supervisors_complete_after_the_recipe_time(cfg):
+    plant = make_plant(cfg, step_s=10.0, shed_timeout_s=1e9)
+    _remote(plant)
+    duration_s = recipe_duration_min(plant.scenario.recipe, plant.scenario.initial_temperature_c) * 60.0
+    plant.advance(duration_s + 1200.0)
+    assert plant.state is BatchState.EXECUTE
+    assert command(plant, BatchCommand.COMPLETE).accepted and plant.state is BatchState.COMPLETED
+    plant.advance(10.0)
+    assert plant.last_batch_report["time_limit_hit"] is False
+    assert plant.values()["batch_time_limit_hit"] == 0.0
+
+
+def test_the_time_limit_is_a_scenario_setting_that_binds_whoever_drives(cfg):
+    scenario = dataclasses.replace(
+        cfg.scenario, reactor=dataclasses.replace(ReactorSettings(), n_classes=80), max_batch_time_min=30.0
+    )
+    plant = Plant.from_config(cfg.plant, scenario, PlantSettings(step_s=10.0, autostart=True))
+    assert plant.values()["batch_time_limit_s"] == 1800.0
+    plant.advance(1790.0)
+    assert plant.state is BatchState.EXECUTE  # the recipe (local) would run for over 3 h
+    plant.advance(20.0)
+    assert plant.state is BatchState.COMPLETED and plant.values()["batch_time_limit_hit"] == 1.0
+    assert plant.last_batch_report["time_limit_hit"] is True
+    command(plant, BatchCommand.RESET)  # a new batch starts with a clean record
+    assert plant.values()["batch_time_limit_hit"] == 0.0
 
 
 def test_reset_returns_the_remote_setpoint_to_the_charge_temperature(cfg):
@@ -194,6 +237,34 @@ def test_shed_to_recipe_follows_the_recipe(cfg):
     assert a - b == pytest.approx(0.5, abs=1e-6)  # the first recipe ramp, 0.5 K/min
 
 
+@pytest.mark.parametrize("handover", ["shed", "agent_leaves_automatic"])
+def test_the_recipe_takes_over_from_the_setpoint_in_force(cfg, handover):
+    plant = make_plant(cfg, shed_timeout_s=30.0, shed_action=ShedAction.recipe)
+    _remote(plant)
+    # The agent holds 53 C while the recipe ramps to 49 C at 0.5 K/min (12 min) and holds 10 min.
+    plant.write("reactor_temperature_setpoint_c", 53.0)
+    for beat in range(2, 122):
+        plant.advance(10.0)
+        plant.write("agent_heartbeat", beat)
+    if handover == "agent_leaves_automatic":
+        plant.write("agent_mode", 1)
+    while plant.values()["control_source"] == 1.0:
+        plant.advance(1.0)
+    values = plant.values()
+    assert values["reactor_temperature_setpoint_active_c"] == pytest.approx(53.0, abs=0.01)  # no jump to 49 C
+    assert values["shed_active"] == (1.0 if handover == "shed" else 0.0)
+    a = values["reactor_temperature_setpoint_active_c"]
+    plant.advance(60.0)
+    assert a - plant.values()["reactor_temperature_setpoint_active_c"] == pytest.approx(0.5, abs=1e-6)  # recipe's rate
+    plant.advance(7 * 60.0)
+    assert plant.values()["reactor_temperature_setpoint_active_c"] == pytest.approx(49.0, abs=1e-6)
+    # Then the rest of the 10 min hold and the 0.2 K/min ramp: that ramp begins at recipe time
+    # 30 min (8 min of ramp, then the 22 - t min of hold the recipe had left), not at 22 min.
+    plant.advance(35 * 60.0 - plant.values()["batch_time_s"])
+    assert plant.values()["reactor_temperature_setpoint_active_c"] == pytest.approx(49.0 - 5 * 0.2, abs=1e-6)
+    assert plant.state is BatchState.EXECUTE
+
+
 def test_batch_runs_to_completion_with_seeds_and_closes_mass(cfg):
     plant = make_plant(cfg, step_s=10.0, autostart=True)
     total0 = plant.reactor.total_solute_kg(plant.x)
@@ -217,7 +288,8 @@ def test_a_completed_batch_reports_its_product(cfg, tmp_path):
     report = json.loads((tmp_path / "batch_0.json").read_text())
     assert report["batch_index"] == 0 and report["batch_state"] == "completed"
     duration_h = recipe_duration_min(cfg.scenario.recipe, cfg.scenario.initial_temperature_c) / 60.0
-    assert report["batch_time_h"] == pytest.approx(duration_h, abs=0.01)
+    assert report["batch_time_h"] == pytest.approx(duration_h, abs=0.01)  # the local recipe ends it
+    assert report["time_limit_hit"] is False
     assert report["d43_um"] > cfg.scenario.seeding.mean_size_um  # the seeds grew
     assert 0.5 < report["yield"] <= 1.0 and 0.0 < report["peak_sigma"] < 0.1 and 0 <= report["cv"] < 1
     csd = report["csd"]  # the final CSD travels with the file; its volume-weighted mean is d43
@@ -227,6 +299,13 @@ def test_a_completed_batch_reports_its_product(cfg, tmp_path):
     # the report is of the batch at completion: later time changes nothing in it
     plant.advance(600.0)
     assert plant.last_batch_report["batch_time_h"] == report["batch_time_h"]
+    # a batch that ends colder than its recipe's end (here: a recipe read as ending at 26 C) is
+    # not credited with more than all the solute (against the nominal end it reads 1.25)
+    import dataclasses
+
+    warm = dataclasses.replace(cfg.scenario.recipe[-1], temperature_c=26.0)
+    plant.scenario = dataclasses.replace(plant.scenario, recipe=(*cfg.scenario.recipe[:-1], warm))
+    assert plant.batch_report()["yield"] <= 1.0
 
 
 def test_hold_freezes_the_recipe_clock(cfg):
@@ -282,3 +361,70 @@ def test_tag_map_with_a_signal_the_plant_does_not_make_is_refused(cfg):
     tagmap["signals"] = signals
     with pytest.raises(TagMapError, match="bogus_pressure_bar"):
         Plant.from_config(tagmap, cfg.scenario)
+
+
+# --- TIC-101 on the measured temperature ----------------------------------------------------
+
+
+def _rtd_run(cfg, *faults: SensorFault, until_s: float = 4199.0) -> tuple[Plant, list[tuple[float, float, float]]]:
+    """The default batch with TT-101 faults, local recipe: (setpoint, true, measured) each minute
+    from 50 min (the 0.2 K/min ramp) to ``until_s``."""
+    reactor = dataclasses.replace(ReactorSettings(), n_classes=80)
+    scenario = dataclasses.replace(cfg.scenario, reactor=reactor, faults=faults)
+    plant = Plant.from_config(cfg.plant, scenario, PlantSettings(autostart=True))
+    plant.advance(3000.0)
+    rows = []
+    while plant.plant_time_s < until_s:
+        plant.advance(min(60.0, until_s - plant.plant_time_s))
+        v = plant.values()
+        true_c = float(plant.x[plant.reactor.n + 1])
+        rows.append((v["reactor_temperature_setpoint_active_c"], true_c, v["reactor_temperature_c"]))
+    return plant, rows
+
+
+def test_a_stuck_rtd_reading_high_makes_the_loop_cool_the_true_reactor_further(cfg):
+    _, clean = _rtd_run(cfg)
+    _, stuck = _rtd_run(cfg, SensorFault("reactor_temperature_c", "stuck", 3000.0, 4200.0))
+    setpoint, true_c, measured = stuck[-1]
+    assert measured == stuck[0][2] and measured > setpoint + 3.0  # frozen above the falling setpoint
+    assert true_c < setpoint - 3.0  # the loop drives the real reactor away from its setpoint
+    assert true_c < clean[-1][1] - 3.0
+    assert all(abs(sp - t) < 0.1 for sp, t, _ in clean)
+
+
+def test_a_drifting_rtd_offsets_the_true_temperature_by_the_drift(cfg):
+    # +0.1 K/min for 20 min: the loop keeps the reading on the setpoint, the reactor 2 K colder.
+    _, drift = _rtd_run(cfg, SensorFault("reactor_temperature_c", "drift", 3000.0, 4200.0, magnitude=0.1))
+    setpoint, true_c, measured = drift[-1]
+    assert abs(measured - setpoint) < 0.5
+    assert setpoint - true_c == pytest.approx(2.0, abs=0.5)
+
+
+def test_a_bad_rtd_reading_puts_the_loop_in_manual_holding_its_output(cfg):
+    plant, _ = _rtd_run(cfg, SensorFault("reactor_temperature_c", "nan", 3000.0, 3600.0), until_s=3100.0)
+    assert math.isnan(plant.values()["reactor_temperature_c"])
+    held = plant.last_step.jacket_inlet_temperature_c
+    plant.advance(300.0)  # the setpoint ramps on, the output stays
+    assert plant.last_step.jacket_inlet_temperature_c == held
+    plant.advance(1200.0)  # the reading is back: the loop closes again
+    assert abs(float(plant.x[plant.reactor.n + 1]) - plant.values()["reactor_temperature_setpoint_active_c"]) < 0.2
+
+
+# --- the jacket constraint ------------------------------------------------------------------
+
+
+def test_fouling_saturates_the_jacket_late_in_the_ramp():
+    cfg = load_config(["scenario=fouling"])
+    scenario = dataclasses.replace(cfg.scenario, reactor=dataclasses.replace(cfg.scenario.reactor, n_classes=80))
+    plant = Plant.from_config(cfg.plant, scenario, PlantSettings(step_s=10.0, autostart=True))
+    rec = plant.advance(cfg.scenario.duration_min * 60.0, record=True)
+    t_min = rec["plant_time_s"] / 60.0
+    saturated = rec["jacket_saturated"] == 1.0
+    assert saturated.sum() * 10.0 >= 10 * 60.0 and t_min[saturated].min() > 120.0  # late, for a while
+    floor_c = scenario.reactor.jacket_inlet_min_c
+    assert np.all(rec["jacket_inlet_temperature_c"][saturated] < floor_c + 0.3)  # TT-103 at the floor
+    lag = rec["true_reactor_temperature_c"] - rec["reactor_temperature_setpoint_active_c"]
+    assert lag[saturated].max() > 0.5  # the reactor cannot follow its setpoint
+    clean_wall = dataclasses.replace(scenario, fouling=dataclasses.replace(scenario.fouling, resistance_m2k_per_w_per_h=0))
+    clean = Plant.from_config(cfg.plant, clean_wall, PlantSettings(step_s=10.0, autostart=True))
+    assert not np.any(clean.advance(cfg.scenario.duration_min * 60.0, record=True)["jacket_saturated"])

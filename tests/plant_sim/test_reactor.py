@@ -12,11 +12,22 @@ import math
 import numpy as np
 import pytest
 
+from conf.contract.materials import get_material
+from conf.contract.morphology import kinetic_wulff, volume_equivalent_growth_rate_m_per_s
 from plant_sim.kinetics import facet_kinetics_for_material
-from plant_sim.materials import get_material
-from plant_sim.morphology import kinetic_wulff, volume_equivalent_growth_rate_m_per_s
 from plant_sim.plant import build_reactor
-from plant_sim.reactor import I_ANTI, I_SOLUTE, I_TJ, I_TR, I_WATER, Controls, Reactor, ReactorSettings, facet_rates_fn
+from plant_sim.reactor import (
+    I_ANTI,
+    I_PID,
+    I_SOLUTE,
+    I_TJ,
+    I_TR,
+    I_WATER,
+    Controls,
+    Reactor,
+    ReactorSettings,
+    facet_rates_fn,
+)
 from plant_sim.scenarios import Scenario
 
 
@@ -139,6 +150,40 @@ def test_pid_respects_clamp_and_still_settles():
     assert np.all(inlets >= 45.0 - 1e-12)
     assert np.any(inlets == 45.0)  # the clamp was active during the cool-down
     assert abs(_temperature(r, x) - 50.0) < 0.1  # anti-windup: no lasting overshoot
+
+
+def test_the_sampled_pid_acts_on_the_measurement_and_holds_its_output(fresh_reactor):
+    """A reading 2 K high: the loop puts the reading, not the reactor, on the setpoint."""
+    r, s = fresh_reactor, fresh_reactor.settings
+    x = r.initial_state(60.0, 30.0)
+    for _ in range(720):  # 2 h of 10 s scans
+        reading = _temperature(r, x) + 2.0
+        x, _ = r.advance(x, 10.0, Controls(temperature_setpoint_c=50.0, temperature_measurement_c=reading))
+    assert abs(_temperature(r, x) - 48.0) < 0.1
+    # One scan per call: the output comes from the reading at the start and is held over the call.
+    pv = _temperature(r, x) + 2.5
+    integral = float(x[r.n + I_PID])
+    y, step = r.advance(x, 10.0, Controls(temperature_setpoint_c=50.0, temperature_measurement_c=pv))
+    expected = 50.0 + s.pid_gain * ((50.0 - pv) + integral / s.pid_integral_time_s)
+    assert step.jacket_inlet_temperature_c == pytest.approx(expected, rel=1e-12)
+    assert float(y[r.n + I_PID]) - integral == pytest.approx((50.0 - pv) * 10.0, rel=1e-9)
+    # Manual (the DCS's answer to a bad PV): the output is the one given and the integral stops.
+    u = Controls(temperature_setpoint_c=50.0, temperature_measurement_c=math.nan, pid_manual_output_c=30.0)
+    z, step = r.advance(y, 60.0, u)
+    assert step.jacket_inlet_temperature_c == 30.0 and z[r.n + I_PID] == y[r.n + I_PID]
+    assert _temperature(r, z) < _temperature(r, y)
+
+
+def test_a_demand_beyond_the_thermostat_range_is_reported_saturated():
+    settings = dataclasses.replace(ReactorSettings(), jacket_inlet_min_c=45.0)
+    r = build_reactor(Scenario(reactor=settings))[0]
+    x = r.initial_state(60.0, 30.0)
+    x, step = r.advance(x, 10.0, Controls(temperature_setpoint_c=40.0, temperature_measurement_c=60.0))
+    assert step.jacket_saturated and step.jacket_inlet_temperature_c == 45.0
+    x, step = r.advance(x, 10.0, Controls(temperature_setpoint_c=40.0))  # the continuous loop too
+    assert step.jacket_saturated and step.jacket_inlet_temperature_c == 45.0
+    x, step = r.advance(x, 10.0, Controls(temperature_setpoint_c=59.5, temperature_measurement_c=59.4))
+    assert not step.jacket_saturated and step.jacket_inlet_temperature_c > 45.0
 
 
 def test_undersaturated_clear_solution_stays_clear(fresh_reactor):

@@ -1,21 +1,15 @@
-"""Tests for plant_sim.scenarios: recipe program, impurity pulses, fouling, seed-mass draws."""
+"""Tests for plant_sim.scenarios: the recipe program it runs (conf.contract.process), impurity
+pulses, fouling, seed-mass draws."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
-from plant_sim.scenarios import (
-    Fouling,
-    ImpurityPulse,
-    RecipeStep,
-    Scenario,
-    Seeding,
-    fouling_resistance_m2k_per_w,
-    impurity_ppm_at,
-    recipe_duration_min,
-    recipe_setpoint,
-)
+from conf.contract.process import RecipeStep, Seeding, recipe_duration_min, recipe_setpoint
+from plant_sim.scenarios import Fouling, ImpurityPulse, Operation, Scenario, fouling_resistance_m2k_per_w, impurity_ppm_at
 
 # Heat to dissolve, cool to seed point, cool slowly, hold (50 -> 60 -> 45 -> 20).
 RECIPE = (
@@ -133,3 +127,16 @@ def test_seed_mass_never_negative():
     draws = np.array([sc.drawn_seed_mass_g(i) for i in range(500)])
     assert np.all(draws >= 0.0)
     assert np.any(draws == 0.0)  # z < -0.5 happens ~30 % of the time and must clamp to zero
+
+
+def test_batch_time_limit_defaults_to_one_and_a_half_recipes():
+    sc = Scenario(recipe=RECIPE, initial_temperature_c=START_C)
+    assert sc.max_batch_time_min is None
+    assert sc.batch_time_limit_min() == pytest.approx(1.5 * recipe_duration_min(RECIPE, START_C))
+    assert sc.batch_time_limit_min(60.0) == pytest.approx(1.5 * recipe_duration_min(RECIPE, 60.0))
+    assert Scenario(recipe=RECIPE, max_batch_time_min=200.0).batch_time_limit_min() == 200.0
+    assert Scenario().batch_time_limit_min() == math.inf  # nothing to time without a recipe
+    assert Scenario(recipe=RECIPE, operation=Operation.continuous).batch_time_limit_min() == math.inf
+    for bad in (0.0, -5.0, math.nan):
+        with pytest.raises(ValueError, match="max_batch_time_min"):
+            Scenario(recipe=RECIPE, max_batch_time_min=bad)

@@ -119,6 +119,22 @@ def test_chunked_measurement_equals_whole_batch(size):
     assert np.isnan(whole["concentration_g_per_kg"]).any()  # the faults really fired
 
 
+def test_reading_the_rtd_ahead_of_measure_changes_no_reading():
+    """The DCS loop reads TT-101 every step before the chunk is measured; measure reports those."""
+    truth = make_truth(np.arange(100.0))
+    whole = SensorSuite(SensorSettings(seed=3), ALL_FAULTS).measure(truth)
+    suite = SensorSuite(SensorSettings(seed=3), ALL_FAULTS)
+    times, true_c = truth.plant_time_s.tolist(), truth.reactor_temperature_c.tolist()
+    ahead = [suite.read_reactor_temperature(t, c) for t, c in zip(times[:60], true_c[:60])]
+    np.testing.assert_array_equal(ahead, whole["reactor_temperature_c"][:60])  # stuck fault included
+    assert suite.read_reactor_temperature(59.0, 0.0) == ahead[-1]  # an instant is read once
+    parts = [suite.measure(chunk(truth, 0, 50)), suite.measure(chunk(truth, 50, 100))]
+    for name in MEASURED_SIGNALS:
+        measured = np.concatenate([p[name] for p in parts])
+        np.testing.assert_allclose(measured, whole[name], rtol=1e-12, atol=0.0, err_msg=name)
+    assert suite.read_reactor_temperature(99.0, 0.0) == whole["reactor_temperature_c"][99]
+
+
 def test_same_seed_same_readings_other_seed_differs():
     truth = make_truth(np.arange(50.0))
     a = SensorSuite(SensorSettings(seed=11)).measure(truth)

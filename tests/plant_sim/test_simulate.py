@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from conf.schema import load_config
+from conf.contract.tagmap import SignalKind, TagMap
 from plant_sim.sensors import MEASURED_SIGNALS
 from plant_sim.simulate import simulate, simulate_to_files, size_statistics
-from plant_sim.tagmap import SignalKind, TagMap
 
 
 def run(scenario: str, *extra: str):

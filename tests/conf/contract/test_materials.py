@@ -1,4 +1,4 @@
-"""Tests for plant_sim.materials: presets agree with their lattices and the CRC solubility table."""
+"""Tests for conf.contract.materials: presets agree with their lattices and the CRC solubility table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ase.build import bulk
 from ase.symbols import string2symbols
 
-from plant_sim.materials import (
+from conf.contract.materials import (
     AVOGADRO_PER_MOL,
     DEFAULT_MATERIAL_NAME,
     EXTRAPOLATION_MARGIN_K,

@@ -9,7 +9,7 @@ import struct
 import pytest
 import yaml
 
-from plant_sim.tagmap import (
+from conf.contract.tagmap import (
     ModbusTable,
     TagMap,
     TagMapError,
@@ -19,7 +19,7 @@ from plant_sim.tagmap import (
 )
 from pathlib import Path
 
-CRYSTALLIZER = Path(__file__).resolve().parents[2] / "conf" / "plant" / "crystallizer.yaml"
+CRYSTALLIZER = Path(__file__).resolve().parents[3] / "conf" / "plant" / "crystallizer.yaml"
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ field name and the literature source in ``source``. It feeds physics steps 1-3 o
    needs the crystal molar density and the solubility;
 3. impurity poisoning per facet family (Kubota-Mullin alpha and Langmuir K).
 
-Solubility comes either from the CRC table shipped in ``plant_sim/data`` (:class:`Solubility`,
-monotone PCHIP interpolation) or from a published polynomial fit (:class:`SolubilityPolynomial`,
-used by empirical power-law kinetics presets).
+Solubility comes either from the CRC table shipped in ``conf/contract/data`` (:class:`Solubility`,
+monotone PCHIP interpolation, :mod:`conf.contract.solubility`) or from a published polynomial
+fit (:class:`SolubilityPolynomial`, used by empirical power-law kinetics presets).
 
 Units: solubility in g solute per kg solvent (water); temperature in degrees Celsius.
 
@@ -44,7 +44,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
+
+from conf.contract.solubility import PchipTable
 
 __all__ = [
     "AVOGADRO_PER_MOL",
@@ -143,8 +144,7 @@ class Solubility:
     temperatures_c: tuple[float, ...]
     solubility_g_per_kg: tuple[float, ...]
     source: str
-    _interpolant: PchipInterpolator = field(init=False, repr=False, compare=False)
-    _slope: PchipInterpolator = field(init=False, repr=False, compare=False)
+    _table: PchipTable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         t = np.asarray(self.temperatures_c, dtype=float)
@@ -155,9 +155,7 @@ class Solubility:
             raise ValueError(f"temperatures_c must be strictly increasing, got {self.temperatures_c}")
         if np.any(c <= 0.0) or not np.all(np.isfinite(c)):
             raise ValueError(f"solubility_g_per_kg must be positive and finite, got {self.solubility_g_per_kg}")
-        interpolant = PchipInterpolator(t, c, extrapolate=False)
-        object.__setattr__(self, "_interpolant", interpolant)
-        object.__setattr__(self, "_slope", interpolant.derivative())
+        object.__setattr__(self, "_table", PchipTable.through(t, c))
 
     @property
     def range_c(self) -> tuple[float, float]:
@@ -173,16 +171,13 @@ class Solubility:
         """Solubility C*(T) in g solute per kg solvent; same shape as ``temperature_c``."""
         t = np.asarray(temperature_c, dtype=float)
         self._check_range(t)
-        t0, t1 = self.temperatures_c[0], self.temperatures_c[-1]
-        inside = np.clip(t, t0, t1)
-        slope = self._slope(inside)
-        return self._interpolant(inside) + slope * (t - inside)
+        return self._table(t)
 
     def derivative_g_per_kg_per_k(self, temperature_c: np.ndarray | float) -> np.ndarray:
         """dC*/dT in g per kg solvent per K; constant end slope in the extrapolation margin."""
         t = np.asarray(temperature_c, dtype=float)
         self._check_range(t)
-        return self._slope(np.clip(t, self.temperatures_c[0], self.temperatures_c[-1]))
+        return self._table.derivative(t)
 
     def saturation_temperature_c(self, concentration_g_per_kg: np.ndarray | float) -> np.ndarray:
         """Temperature (C) at which ``concentration_g_per_kg`` is saturated: T with C*(T) = C.

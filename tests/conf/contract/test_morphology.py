@@ -1,11 +1,11 @@
-"""Tests for plant_sim.morphology: kinetic Wulff habits and the volume-equivalent growth rate."""
+"""Tests for conf.contract.morphology: kinetic Wulff habits and the volume-equivalent growth rate."""
 
 import math
 
 import numpy as np
 import pytest
 
-from plant_sim.morphology import (
+from conf.contract.morphology import (
     all_faces,
     family_normals,
     kinetic_wulff,

@@ -1,11 +1,11 @@
-"""Tests for plant_sim.lattice: bond graphs, broken-bond facet energetics, Mersmann."""
+"""Tests for conf.contract.lattice: bond graphs, broken-bond facet energetics, Mersmann."""
 
 import math
 
 import numpy as np
 import pytest
 
-from plant_sim.lattice import (
+from conf.contract.lattice import (
     KJ_PER_MOL_PER_EV,
     StructureType,
     bond_energy_ev,

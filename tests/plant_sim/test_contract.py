@@ -1,0 +1,61 @@
+"""The simulated plant speaks the contract: it uses the contract's codes, facet codes, recipe
+schema and recipe program (conf.contract) rather than copies, serves every signal the contract
+names, and its scenario carries every field of the process schema the agent reads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from conf.contract import codes, process, signals
+from conf.schema import load_config
+from conf.simulator import SimulatorConfig
+from plant_sim import plant, scenarios, sensors
+from plant_sim.reactor import ReactorSettings
+from plant_sim.sensors import MEASURED_SIGNALS
+
+
+def test_the_plant_uses_the_contract_s_codes():
+    assert plant.BatchState is codes.BatchState and plant.BatchCommand is codes.BatchCommand
+    assert plant.AgentMode is codes.AgentMode and plant.ShedAction is codes.ShedAction
+    assert plant.N_FACET_SLOTS == codes.N_FACET_SLOTS and sensors.N_FACET_SLOTS == codes.N_FACET_SLOTS
+    assert plant.encode_hkl is codes.encode_hkl
+
+
+def test_the_plant_reports_its_facet_slots_as_the_contract_decodes_them():
+    cfg = load_config([], simulator=True)
+    p = plant.Plant.from_config(cfg.plant, cfg.scenario, cfg.plant_settings())
+    assert p.facet_hkls
+    served = [codes.decode_hkl(p.values()[f"facet_{k}_hkl"]) for k in range(1, codes.N_FACET_SLOTS + 1)]
+    assert served == [*p.facet_hkls, *[None] * (codes.N_FACET_SLOTS - len(p.facet_hkls))]
+
+
+def test_the_plant_serves_every_signal_the_contract_names():
+    served = set(MEASURED_SIGNALS) | set(plant.STATUS_SIGNALS) | set(plant.WRITABLE_SIGNALS)
+    named = {getattr(signals, n) for n in signals.__all__ if n.isupper() and n != "SETPOINTS"}
+    assert named <= served and set(signals.SETPOINTS) <= set(plant.WRITABLE_SIGNALS)
+    for slot in range(1, codes.N_FACET_SLOTS + 1):
+        assert set(signals.facet_slot_signals(slot)) <= served
+
+
+def test_the_scenario_runs_the_contract_s_recipe_program():
+    assert scenarios.RecipeStep is process.RecipeStep and scenarios.Seeding is process.Seeding
+    assert scenarios.recipe_duration_min is process.recipe_duration_min
+    assert plant.recipe_setpoint is process.recipe_setpoint
+    sc = load_config([], simulator=True).scenario
+    assert all(type(s) is process.RecipeStep for s in sc.recipe) and type(sc.seeding) is process.Seeding
+
+
+def test_the_scenario_holds_the_process_schema_with_the_same_defaults():
+    full = {f.name: f for f in dataclasses.fields(scenarios.Scenario)}
+    for f in dataclasses.fields(process.BatchProcess):
+        assert f.name in full, f.name
+        if f.default is not dataclasses.MISSING:
+            assert full[f.name].default == f.default, f.name
+    assert process.Vessel().water_mass_kg == ReactorSettings().water_mass_kg
+
+
+def test_the_simulator_s_config_hands_the_plant_its_own_settings():
+    cfg = load_config(["shed_action=recipe", "security=sign_encrypt"], simulator=True)
+    assert isinstance(cfg, SimulatorConfig) and isinstance(cfg.scenario, scenarios.Scenario)
+    assert cfg.plant_settings().shed_action is codes.ShedAction.recipe
+    assert cfg.server_settings().security is codes.SecurityMode.sign_encrypt
