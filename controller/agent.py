@@ -755,16 +755,30 @@ def make_strategy(cfg, service=None):
     from controller.settings import StrategyName
     from controller.strategy import BatchRecipe, LinearCooling, ModelPredictive
 
+    from conf.contract.materials import MATERIALS
+    from controller.strategy import product_target_um
+
     a, p = cfg.agent, cfg.proposer
+    # One product specification: the process's where it gives one, else the proposer's default.
+    p = dataclasses.replace(p, target_size_um=product_target_um(cfg))
     recipe = BatchRecipe.from_scenario(cfg.scenario, p.target_size_um)
     if a.strategy is StrategyName.linear_cooling:
         return LinearCooling(recipe)
-    from controller.kinetics_service import KineticsService
+    from controller.kinetics_service import KineticsService, PriorKinetics
 
     material = a.material or cfg.scenario.material
+    data = cfg.scenario.material_data
+    if data is not None and data.metastable_sigma_limit > 0:
+        p = dataclasses.replace(p, metastable_sigma_limit=data.metastable_sigma_limit)
     if service is None:
-        service = KineticsService.load(a.checkpoint, material, a.device, grid_sigmas=tuple(p.grid_sigmas),
-                                       grid_temperatures=p.grid_temperatures)
+        if data is not None and material not in MATERIALS:
+            # A material given only as data has no structure for the MS-GNN: its kinetics prior
+            # is the model (the estimator corrects it online).
+            _log.info("material %s is given as data: the process's kinetics prior is the model", material)
+            service = PriorKinetics(data.kinetics, data.crystal_density_kg_per_m3, p.nucleation_suspension_kg_per_kg)
+        else:
+            service = KineticsService.load(a.checkpoint, material, a.device, grid_sigmas=tuple(p.grid_sigmas),
+                                           grid_temperatures=p.grid_temperatures)
     tagmap = TagMap.from_dict(cfg.plant)
     sp = tagmap[TEMPERATURE_SP]
     max_rate = sp.max_rate_per_min if sp.max_rate_per_min is not None else 1.0
@@ -773,8 +787,9 @@ def make_strategy(cfg, service=None):
     if ANTISOLVENT_SP in tagmap and tagmap[ANTISOLVENT_SP].writable:
         anti = tagmap[ANTISOLVENT_SP]
         max_antisolvent = max(anti.limits[1] if anti.limits is not None else anti.high, 0.0)
-    constants = MaterialConstants.for_material(material,
-                                               antisolvent_coefficient=p.antisolvent_solubility_coefficient)
+    constants = (MaterialConstants.for_material(a.material, antisolvent_coefficient=p.antisolvent_solubility_coefficient)
+                 if a.material else
+                 MaterialConstants.for_process(cfg.scenario, antisolvent_coefficient=p.antisolvent_solubility_coefficient))
     return ModelPredictive(recipe, service, constants, p, a.stirring_rpm,
                            # no heating moves: the moment model has no dissolution, so it cannot judge them
                            max_cooling_k_per_min=min(max_rate, 1.0), max_heating_k_per_min=0.0,

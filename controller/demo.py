@@ -184,7 +184,9 @@ def run_demo(cfg, overrides: Sequence[str] = ()) -> dict:
     runs = {}
     for name in (StrategyName.model_predictive, StrategyName.linear_cooling):
         runs[name.value] = run_batch(cfg, overrides, name, out / name.value, checkpoint)
-    p = cfg.proposer
+    from controller.strategy import product_target_um
+
+    p = dataclasses.replace(cfg.proposer, target_size_um=product_target_um(cfg))  # the agent's target
     agent_run = runs["model_predictive"]["agent"]
     summary = {
         "agent": demo_summary(runs["model_predictive"]["record"], p),

@@ -53,7 +53,7 @@ import torch
 from controller.facet_graph import facet_graph_from_imaging
 from controller.settings import SetupError
 
-__all__ = ["FacetSource", "KineticsEstimate", "KineticsLaws", "KineticsService", "ModelUnavailable",
+__all__ = ["FacetSource", "KineticsEstimate", "KineticsLaws", "KineticsService", "ModelUnavailable", "PriorKinetics",
            "batch_sigma_range", "constraint_uncertainty", "fit_laws", "query_grid"]
 
 T_REF_K = 298.15
@@ -73,6 +73,7 @@ class FacetSource(str, enum.Enum):
 
     imaging = "imaging"
     material_habit = "material_habit"
+    kinetics_prior = "kinetics_prior"  # no network: the process's own power laws (PriorKinetics)
 
 
 @dataclass(frozen=True)
@@ -445,3 +446,59 @@ class KineticsService:
     @property
     def embedding_directions(self) -> np.ndarray:
         return self.material_graph.cluster_direction.numpy()
+
+
+R_GAS_J_PER_MOL_K = 8.314462618
+
+
+class PriorKinetics:
+    """The process's kinetics prior (power laws in the preset form) as the agent's model, for a
+    material the MS-GNN cannot serve (one given only as data, with no structure).
+
+    The preset's laws in s = (C - C*)/C* become the agent's in sigma = ln(C/C*) (s ~ sigma at
+    the supersaturations of a controlled batch), one ensemble member:
+
+        ln G = ln k_g + g ln sigma + (E_g/R) (1/T_ref - 1/T)
+        log10 B = log10(k_b M_ref^j [/ rho per m^3 on a third-moment basis]) + b log10 sigma
+                  + (E_b/R) / ln 10 (1/T_ref - 1/T)
+
+    with M_ref the suspension density the rollout scales B from (linear in M_T: j = 1 is
+    assumed there). No spread: the estimator's online corrections adapt it to the plant.
+
+    Args:
+        preset: a :class:`conf.contract.process.PowerLawPreset`.
+        crystal_density_kg_per_m3: the material's density (a third-moment basis needs it).
+        suspension_ref_kg_per_kg: M_ref.
+    """
+
+    version = "kinetics_prior"
+
+    def __init__(self, preset, crystal_density_kg_per_m3: float, suspension_ref_kg_per_kg: float = 0.05) -> None:
+        if preset.growth_rate_um_per_min <= 0:
+            raise ModelUnavailable("the kinetics prior has no growth law (growth_rate_um_per_min = 0)")
+        ln_b_ref = math.log(max(preset.nucleation_rate_per_kg_s, 1e-300))
+        suspension = suspension_ref_kg_per_kg
+        if preset.nucleation_basis == "third_moment":
+            suspension = suspension_ref_kg_per_kg / crystal_density_kg_per_m3  # m^3 crystal per kg
+        ln_b_ref += preset.suspension_exponent * math.log(suspension)
+        self.laws = KineticsLaws(
+            np.array([[math.log(preset.growth_rate_um_per_min), preset.growth_exponent,
+                       preset.growth_activation_kj_per_mol * 1e3 / R_GAS_J_PER_MOL_K]]),
+            np.array([[ln_b_ref / math.log(10.0), preset.nucleation_exponent,
+                       preset.nucleation_activation_kj_per_mol * 1e3 / R_GAS_J_PER_MOL_K / math.log(10.0)]]),
+        )
+        self.name = preset.name
+
+    def estimate(self, imaging, temperature_c: float, sigma: float, impurity_ppm: float = 0.0,
+                 stirring_rpm: float = 300.0, **_: object) -> KineticsEstimate:
+        """The prior at the current conditions (the arguments the MS-GNN service takes)."""
+        if not math.isfinite(temperature_c):
+            raise ModelUnavailable("reactor temperature unknown")
+        s = sigma if math.isfinite(sigma) and sigma > 0 else 1e-3
+        log10_g = float(np.log10(self.laws.growth_um_per_min(temperature_c, s))[0])
+        log10_b = float(self.laws.log10_nucleation(temperature_c, s)[0])
+        return KineticsEstimate(10.0**log10_g, log10_b, math.nan, {"log10_G": 0.0, "log10_B": 0.0, "lambda": 0.0},
+                                self.laws, uncertainty_log10_growth=0.0, uncertainty_constraint=0.0,
+                                member_log10_growth_um_per_min=np.array([log10_g]),
+                                member_log10_nucleation=np.array([log10_b]), query_sigma=s,
+                                facet_source=FacetSource.kinetics_prior)

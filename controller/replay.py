@@ -109,7 +109,8 @@ def replay_summary(cfg, frame, signal_statuses, agent_summary: dict, source: str
     its ``signal_status`` column."""
     from controller.rollout import MaterialConstants
 
-    material = MaterialConstants.for_material(cfg.agent.material or cfg.scenario.material)
+    material = (MaterialConstants.for_material(cfg.agent.material) if cfg.agent.material
+                else MaterialConstants.for_process(cfg.scenario))
     proposed = _would_write(frame)
     recorded_sp = np.asarray(frame.get(ACTIVE_SP, np.full(len(frame), math.nan)), dtype=float)
     both = np.isfinite(proposed) & np.isfinite(recorded_sp)
@@ -169,7 +170,8 @@ def write_replay_report(path: Path, frame, cfg) -> Path:
 
     from controller.rollout import MaterialConstants
 
-    material = MaterialConstants.for_material(cfg.agent.material or cfg.scenario.material)
+    material = (MaterialConstants.for_material(cfg.agent.material) if cfg.agent.material
+                else MaterialConstants.for_process(cfg.scenario))
     limit = cfg.proposer.metastable_sigma_limit
     t_h = np.asarray(frame["plant_time_s"], dtype=float) / 3600.0 if len(frame) else np.zeros(0)
 

@@ -57,9 +57,10 @@ def write_report(out_dir: Path, logs: Mapping[str, str], records: Mapping[str, d
     import matplotlib.pyplot as plt
 
     from controller.rollout import MaterialConstants
-    from controller.strategy import observed_growth
+    from controller.strategy import observed_growth, product_target_um
 
-    material = MaterialConstants.for_material(cfg.agent.material or cfg.scenario.material)
+    material = (MaterialConstants.for_material(cfg.agent.material) if cfg.agent.material
+                else MaterialConstants.for_process(cfg.scenario))
     limit = cfg.proposer.metastable_sigma_limit
     frames = {}
     for name, path in logs.items():
@@ -88,7 +89,7 @@ def write_report(out_dir: Path, logs: Mapping[str, str], records: Mapping[str, d
             ax_csd.plot(rec["size_um"], rec["volume_fraction"], color=color,
                         label=f"{name}: d43 {records[name]['d43_um']:.0f} um")
     ax_s.axhline(limit, color="red", lw=1.0, ls="--", label="metastable limit")
-    ax_csd.axvline(cfg.proposer.target_size_um, color="grey", ls="--", label="target d43")
+    ax_csd.axvline(product_target_um(cfg), color="grey", ls="--", label="target d43")
 
     agent = frames.get("model_predictive")
     if agent is not None and len(agent):

@@ -111,6 +111,17 @@ class MaterialConstants:
                    tuple(solubilities_g_per_kg), float(antisolvent_coefficient))
 
     @classmethod
+    def for_process(cls, process, antisolvent_coefficient: float = 4.0) -> "MaterialConstants":
+        """The constants of a process's material: its own data where the process gives the
+        material as data (``material_data``), else the built-in material it names."""
+        data = getattr(process, "material_data", None)
+        if data is None:
+            return cls.for_material(process.material, antisolvent_coefficient=antisolvent_coefficient)
+        temps, values = data.solubility_table()
+        return cls.from_table(temps, values, data.crystal_density_kg_per_m3, data.volume_shape_factor,
+                              antisolvent_coefficient=antisolvent_coefficient)
+
+    @classmethod
     def for_material(cls, name: str, antisolvent_coefficient: float = 4.0) -> "MaterialConstants":
         """A material's table from the materials database (a fitted polynomial is sampled every
         1 K over its range)."""

@@ -52,7 +52,7 @@ from controller.settings import ProposerSettings
 from controller.state import DeadTimeAligner
 
 __all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PathFollower", "PlantView",
-           "Strategy", "observed_growth"]
+           "Strategy", "observed_growth", "product_target_um"]
 
 _log = logging.getLogger("xtalpilot.strategy")
 
@@ -193,6 +193,12 @@ class BatchRecipe:
         if antisolvent:
             out[ANTISOLVENT_SP] = self.antisolvent_kg_per_min(batch_min)
         return out
+
+
+def product_target_um(cfg) -> float:
+    """The product's d43 target: the process's specification where it gives one (the recipe
+    sheet's ``target_mean_size_um``), else ``proposer.target_size_um``."""
+    return float(cfg.scenario.target_mean_size_um or cfg.proposer.target_size_um)
 
 
 class LinearCooling:

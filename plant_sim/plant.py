@@ -52,7 +52,7 @@ import numpy as np
 
 from conf.contract import validate
 from conf.contract.codes import N_FACET_SLOTS, AgentMode, BatchCommand, BatchState, ShedAction, encode_hkl
-from conf.contract.materials import Material, SolubilityPolynomial, get_material
+from conf.contract.materials import Material, Solubility, SolubilityPolynomial, get_material
 from conf.contract.process import recipe_setpoint
 from conf.contract.tagmap import TagMap, TagMapError
 from plant_sim.kinetics import FacetKinetics, GrowthCalibration, PowerLawKinetics, facet_kinetics_for_material
@@ -181,7 +181,7 @@ def _rejoin(steps: tuple, start_c: float, program_min: float) -> tuple:
 def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, int], ...]]:
     """The scenario's reactor with its kinetics. Returns (reactor, facet families shown)."""
     k = scenario.kinetics
-    if k.model is KineticsModel.power_law:
+    if k.model is KineticsModel.power_law or scenario.material_data is not None:
         try:
             return _power_law_reactor(scenario)
         except ValueError as exc:
@@ -201,8 +201,8 @@ def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, in
 
 
 def _power_law_reactor(scenario: Scenario) -> tuple[Reactor, tuple]:
-    k = scenario.kinetics
-    p = k.power_law
+    data = scenario.material_data
+    p = data.kinetics if data is not None else scenario.kinetics.power_law
     law = PowerLawKinetics(
         name=p.name,
         growth_rate_m_per_s=p.growth_rate_um_per_min * 1e-6 / 60.0,
@@ -218,13 +218,20 @@ def _power_law_reactor(scenario: Scenario) -> tuple[Reactor, tuple]:
         volume_shape_factor=p.volume_shape_factor,
         reference=p.reference,
     )
-    solubility = SolubilityPolynomial(tuple(p.solubility_coefficients_g_per_kg), source=p.reference)
+    if data is not None:  # the process's own data: its measured solubility, density and shape
+        temps, values = data.solubility_table()
+        solubility = Solubility(temps, values, source=f"scenario.material_data ({scenario.material})")
+        density, shape = data.crystal_density_kg_per_m3, data.volume_shape_factor
+    else:
+        solubility = SolubilityPolynomial(tuple(p.solubility_coefficients_g_per_kg), source=p.reference)
+        density, shape = p.crystal_density_kg_per_m3, p.volume_shape_factor
+    law = dataclasses.replace(law, volume_shape_factor=shape)
     reactor = Reactor(
         scenario.reactor,
         power_law_rates_fn(law),
         solubility.g_per_kg,
-        crystal_density_kg_per_m3=p.crystal_density_kg_per_m3,
-        volume_shape_factor=p.volume_shape_factor,
+        crystal_density_kg_per_m3=density,
+        volume_shape_factor=shape,
     )
     return reactor, ()
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from conf.contract import validate
-from conf.contract.process import RecipeStep, Seeding, recipe_duration_min
+from conf.contract.process import MaterialData, PowerLawPreset, RecipeStep, Seeding, recipe_duration_min
 from plant_sim.reactor import ReactorSettings
 from plant_sim.sensors import SensorFault, SensorSettings
 
@@ -87,53 +88,6 @@ class Continuous:
 
 
 @dataclass(frozen=True)
-class PowerLawPreset:
-    """Empirical kinetics and the solution data they were fitted with (``conf/kinetics``).
-
-    Rates are in the units plants report them; see :class:`plant_sim.kinetics.PowerLawKinetics`.
-
-    Attributes:
-        name: preset name.
-        growth_rate_um_per_min: k_g.
-        growth_exponent: g.
-        dissolution_rate_um_per_min: k_d.
-        dissolution_exponent: d.
-        growth_activation_kj_per_mol: E_g.
-        nucleation_rate_per_kg_s: k_b (basis per ``nucleation_basis``).
-        nucleation_exponent: b.
-        suspension_exponent: j.
-        nucleation_activation_kj_per_mol: E_b.
-        nucleation_basis: suspension_density (M_T in kg/kg) or third_moment (mu_3 in m^3/kg).
-        volume_shape_factor: k_v.
-        crystal_density_kg_per_m3: crystal density.
-        solubility_coefficients_g_per_kg: C* = sum_k c_k T^k (T in C).
-        reference: literature source and caveats.
-    """
-
-    name: str = ""
-    growth_rate_um_per_min: float = 1.0
-    growth_exponent: float = 1.0
-    dissolution_rate_um_per_min: float = 1.0
-    dissolution_exponent: float = 1.0
-    growth_activation_kj_per_mol: float = 0.0
-    nucleation_rate_per_kg_s: float = 0.0
-    nucleation_exponent: float = 2.0
-    suspension_exponent: float = 1.0
-    nucleation_activation_kj_per_mol: float = 0.0
-    nucleation_basis: str = "suspension_density"
-    volume_shape_factor: float = math.pi / 6.0
-    crystal_density_kg_per_m3: float = 2000.0
-    solubility_coefficients_g_per_kg: tuple[float, ...] = (0.0,)
-    reference: str = ""
-
-    def __post_init__(self) -> None:
-        validate.non_negative(self, "growth_rate_um_per_min", "dissolution_rate_um_per_min", "nucleation_rate_per_kg_s")
-        validate.positive(self, "volume_shape_factor", "crystal_density_kg_per_m3")
-        if len(self.solubility_coefficients_g_per_kg) == 0:
-            raise ValueError("solubility_coefficients_g_per_kg needs at least one coefficient")
-
-
-@dataclass(frozen=True)
 class KineticsConfig:
     """Which kinetics drive the plant.
 
@@ -195,6 +149,8 @@ class Scenario:
         reactor: vessel, jacket, local PID and size grid.
         sensors: instrument noise, lags and probes.
         kinetics: kinetics model.
+        material_data: the material as data, not built in (its solubility, density, shape
+            factor and power-law kinetics then run the plant; ``material`` only names it).
     """
 
     name: str = "seeded_cooling"
@@ -216,6 +172,7 @@ class Scenario:
     reactor: ReactorSettings = field(default_factory=ReactorSettings)
     sensors: SensorSettings = field(default_factory=SensorSettings)
     kinetics: KineticsConfig = field(default_factory=KineticsConfig)
+    material_data: Optional[MaterialData] = None
 
     def __post_init__(self) -> None:
         validate.positive(self, "duration_min")

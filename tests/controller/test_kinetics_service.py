@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -183,3 +184,29 @@ def test_the_material_s_own_habit_is_its_structure_s_observed_at_the_network_s_r
     assert fx[:, FACET_FEATURES.index("area_fraction")].sum() == pytest.approx(1.0, abs=1e-5)
     # observed rates are the network's own at the reference condition, not the unknown floor
     assert np.all(fx[:, FACET_FEATURES.index("log10_observed_rate_um_per_min")] > -4.0)
+
+
+def test_a_kinetics_prior_in_the_preset_form_becomes_the_agents_laws():
+    """PriorKinetics: the process's power laws, in sigma = ln S (~ the relative supersaturation)."""
+    import math
+
+    from conf.contract.process import PowerLawPreset
+    from controller.kinetics_service import FacetSource, ModelUnavailable, PriorKinetics
+
+    preset = PowerLawPreset(growth_rate_um_per_min=100.0, growth_exponent=1.5, growth_activation_kj_per_mol=40.0,
+                            nucleation_rate_per_kg_s=1e6, nucleation_exponent=2.0, suspension_exponent=1.0,
+                            nucleation_basis="suspension_density")
+    prior = PriorKinetics(preset, 2000.0, suspension_ref_kg_per_kg=0.05)
+    est = prior.estimate([], 25.0, 0.01)
+    assert est.growth_um_per_min == pytest.approx(100.0 * 0.01**1.5)  # at T_ref: no Arrhenius factor
+    assert est.log10_nucleation == pytest.approx(math.log10(1e6 * 0.01**2 * 0.05))
+    assert est.facet_source is FacetSource.kinetics_prior and est.uncertainty == 0.0
+    warm = prior.estimate([], 45.0, 0.01).growth_um_per_min
+    expected = 100.0 * 0.01**1.5 * math.exp(40e3 / 8.314462618 * (1 / 298.15 - 1 / 318.15))
+    assert warm == pytest.approx(expected, rel=1e-9)
+    # a third-moment basis (mu_3 in m^3 crystal per kg) divides the suspension by the density
+    third = PriorKinetics(dataclasses.replace(preset, nucleation_basis="third_moment"), 2000.0, 0.05)
+    assert third.estimate([], 25.0, 0.01).log10_nucleation == pytest.approx(
+        est.log10_nucleation - math.log10(2000.0))
+    with pytest.raises(ModelUnavailable):
+        PriorKinetics(dataclasses.replace(preset, growth_rate_um_per_min=0.0), 2000.0)

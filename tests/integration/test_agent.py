@@ -484,3 +484,30 @@ def test_on_a_plant_with_only_temperature_and_concentration_the_model_agent_comp
     assert inputs and all("fbrm_counts_total_per_s" not in i for i in log["inputs"])
     assert any(i.get("facet_source") == "material_habit" for i in inputs)  # the model answered without imaging
     assert inputs[-1]["estimated_crystal_kg_per_kg"] > 0.05  # crystals grew by the mass balance
+
+
+def test_a_material_given_only_as_data_is_simulated_served_controlled_and_replayed(tmp_path):
+    """conf/scenario/kno3_as_data.yaml: KNO3 is not built in; its solubility, density, shape
+    factor and power-law kinetics are data. The plant runs them, the model-predictive agent
+    (its model: the process's kinetics prior) completes a batch in automatic over Modbus, and
+    replay runs it in shadow mode. No code knows KNO3."""
+    from conf.contract.materials import MATERIALS
+    from conf.schema import load_config
+    from controller.replay import run_replay
+
+    assert "KNO3" not in MATERIALS
+    with plant_server(speed=1000.0, shed_timeout_s=2000.0, mode="subprocess", extra=("scenario=kno3_as_data",)) as plant:
+        report = run_in_process(
+            agent_overrides(plant, tmp_path, "scenario=kno3_as_data", "agent.strategy=model_predictive",
+                            "agent.protocol=modbus", "agent.mode=automatic", "agent.start_batch=true",
+                            "agent.stop_after_batch=true"),
+            timeout_s=180.0)
+    assert report.stopped_by == "batch completed" and report.write_failures == 0, report.summary()
+    assert len(report.proposal_s) >= 3
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    inputs = [i for i in log["inputs"] if i.get("facet_source") == "kinetics_prior"]
+    assert inputs and inputs[-1]["estimated_crystal_kg_per_kg"] > 0.1  # KNO3 crystallises a lot
+    assert any("expected_d43_um" in i for i in log["inputs"])
+    summary = run_replay(load_config([f"replay.output_dir={tmp_path / 'replay'}", "scenario=kno3_as_data",
+                                      "agent.strategy=linear_cooling"]))
+    assert summary["writes"] == 0 and summary["stopped_by"] == "end of recording" and summary["cycles"] > 100

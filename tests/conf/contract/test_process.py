@@ -54,3 +54,25 @@ def test_the_agent_s_config_checks_what_it_reads_and_lets_the_simulator_s_keys_t
         with pytest.raises(ConfigError) as info:
             load_config(override, simulator=False)
         assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_a_material_as_data_needs_one_solubility_and_samples_a_polynomial():
+    import math
+
+    from conf.contract.process import MaterialData
+
+    poly = MaterialData(solubility_coefficients_g_per_kg=(128.6, 5.88, 0.1721))
+    temps, values = poly.solubility_table()
+    assert temps[0] == 0.0 and temps[-1] == 100.0 and values[8] == pytest.approx(128.6 + 5.88 * 20 + 0.1721 * 400)
+    table = MaterialData(solubility_temperatures_c=(10.0, 30.0, 50.0), solubility_g_per_kg=(300.0, 370.0, 430.0))
+    assert table.solubility_table() == ((10.0, 30.0, 50.0), (300.0, 370.0, 430.0))
+    for bad in (dict(), dict(solubility_temperatures_c=(10.0, 20.0), solubility_g_per_kg=(1.0, 2.0),
+                             solubility_coefficients_g_per_kg=(1.0,)),
+                dict(solubility_temperatures_c=(10.0,), solubility_g_per_kg=(1.0,)),
+                dict(solubility_temperatures_c=(20.0, 10.0), solubility_g_per_kg=(1.0, 2.0)),
+                dict(solubility_coefficients_g_per_kg=(1.0,), crystal_density_kg_per_m3=-1.0)):
+        with pytest.raises(ValueError):
+            MaterialData(**bad)
+    with pytest.raises(ValueError, match="not positive"):
+        MaterialData(solubility_coefficients_g_per_kg=(10.0, -1.0)).solubility_table()
+    assert math.isclose(MaterialData(solubility_coefficients_g_per_kg=(1.0,)).volume_shape_factor, math.pi / 6)
