@@ -72,7 +72,7 @@ _log = logging.getLogger("xtalpilot.agent")
 
 MODE_CODES = {Mode.manual: int(AgentMode.MANUAL), Mode.advisory: int(AgentMode.ADVISORY),
               Mode.automatic: int(AgentMode.AUTOMATIC)}
-_MODE_ORDER = MODE_CODES
+
 CODE_MODES = {v: k for k, v in MODE_CODES.items()}
 BATCH_IDLE, BATCH_EXECUTE, BATCH_HELD, BATCH_COMPLETED = (int(BatchState.IDLE), int(BatchState.EXECUTE),
                                                           int(BatchState.HELD), int(BatchState.COMPLETED))
@@ -685,7 +685,7 @@ class Agent:
         mode = CODE_MODES.get(int(value)) if value == int(value) else None
         if self._mode_request is None:
             self._mode_request = value
-            if mode is not None and _MODE_ORDER[mode] < _MODE_ORDER[self.mode]:
+            if mode is not None and MODE_CODES[mode] < MODE_CODES[self.mode]:
                 self.mode = mode
                 self._say("mode", f"the operator's standing request is {mode.value}: starting in {mode.value}")
             elif mode is Mode.automatic:

@@ -527,11 +527,11 @@ class ModelPredictive:
             setpoints[ANTISOLVENT_SP] = rate if rate is not None and not cooling_over else (
                 0.0 if cooling_over and key[0] == "proposal" else self.recipe.antisolvent_kg_per_min(batch_min))
         self._advised, self._advised_at_s = dict(setpoints), now
-        if self._final_at_s is None and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K:
-            self._final_at_s = now
-        if (self._cooled_at_s is None and key[0] == "proposal" and self.settings.weight_batch_time_per_h > 0
-                and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K):
-            self._cooled_at_s = now
+        if temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K:
+            if self._final_at_s is None:
+                self._final_at_s = now
+            if self._cooled_at_s is None and key[0] == "proposal" and self.settings.weight_batch_time_per_h > 0:
+                self._cooled_at_s = now
         kwargs.setdefault("reference", {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)})
         kwargs.setdefault("complete_batch", self._product_done(view))
         return Advice(setpoints, now, inputs=inputs, **kwargs)
