@@ -10,14 +10,19 @@ value and key; :func:`build` turns the result back into the frozen classes.
 Groups (``conf/<group>/<name>.yaml``):
 
 - ``plant``: the tag map (validated by :class:`conf.contract.tagmap.TagMap`).
-- ``scenario``: the batch's recipe sheet, and what the simulated plant runs.
-- ``kinetics`` (placed at ``scenario.kinetics``): physics chain or a power-law preset.
+- ``process``: the process as data (:class:`conf.contract.process.BatchProcess`: material,
+  charge, recipe, seeding, product specification, instruments), read by the agent, replay and
+  the simulator alike.
+- ``scenario``: what the simulated plant adds to the process (vessel physics, sensors,
+  disturbances, run length). A scenario written for another process than the default selects
+  it (``defaults: [{override /process: ...}]``); ``process=`` on the command line still wins.
+- ``kinetics`` (placed at ``scenario.kinetics``): the simulated plant's kinetics, physics chain
+  or a power-law preset.
 
 Two roots compose the same YAML with the same overrides. :class:`XtalpilotConfig`, the
-agent's, reads ``scenario`` as the process schema (:class:`conf.contract.process.BatchProcess`:
-recipe, seeding, charge); the keys only the simulator reads (the vessel's physics, instruments,
-disturbances, kinetics) pass through unread, so the agent's config never imports the simulator.
-The simulator's root (:class:`conf.simulator.SimulatorConfig`) types the whole scenario.
+agent's, types ``process`` and passes ``scenario`` through unread, so the agent's config never
+imports the simulator. The simulator's root (:class:`conf.simulator.SimulatorConfig`) types the
+scenario too and hands it the process (:meth:`plant_sim.scenarios.Scenario.with_process`).
 
 Compose with :func:`load_config`; a malformed config raises :class:`ConfigError` whose message
 names the field and, for enums, the allowed values.
@@ -25,10 +30,12 @@ names the field and, for enums, the allowed values.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import enum
 import functools
 import importlib.util
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +43,7 @@ from typing import Any, Optional, Sequence
 
 from conf.contract import validate
 from conf.contract.codes import SecurityMode, ShedAction
-from conf.contract.process import BatchProcess, Vessel
+from conf.contract.process import FROM_PROCESS, BatchProcess
 from controller.settings import AgentSettings, BenchLoopSettings, DemoSettings, ProposerSettings, ReplaySettings
 from models.settings import (
     DataSettings,
@@ -82,8 +89,9 @@ class XtalpilotConfig:
 
     Attributes:
         plant: tag map of the reactor (group ``plant``).
-        scenario: the batch's recipe sheet (group ``scenario``), as the agent reads it; the
-            simulated plant's whole scenario in :class:`conf.simulator.SimulatorConfig`.
+        process: the process (group ``process``): what the agent knows of the batch.
+        scenario: the simulated plant's additions (group ``scenario``), unread here and typed
+            in :class:`conf.simulator.SimulatorConfig`; it may not restate the process.
         speed: plant seconds per wall second of the served plant.
         host: address the servers bind.
         opcua_port: OPC UA port.
@@ -111,7 +119,8 @@ class XtalpilotConfig:
     """
 
     plant: dict = field(default_factory=dict)
-    scenario: BatchProcess = field(default_factory=BatchProcess)
+    process: BatchProcess = field(default_factory=BatchProcess)
+    scenario: dict = field(default_factory=dict)
     speed: float = 600.0
     host: str = "127.0.0.1"
     opcua_port: int = 4840
@@ -142,11 +151,6 @@ class XtalpilotConfig:
         validate.positive(self, "speed", "publish_interval_s", "shed_timeout_s")
         validate.within(self, "opcua_port", 1, 65535)
         validate.within(self, "modbus_port", 1, 65535)
-        if self.scenario.duration_min * 60.0 < self.simulate.output_interval_s:
-            raise ValueError(
-                f"scenario.duration_min ({self.scenario.duration_min} min) is shorter than one "
-                f"simulate.output_interval_s ({self.simulate.output_interval_s} s); lengthen the one or shorten the other"
-            )
 
 
 class ConfigError(ValueError):
@@ -162,51 +166,90 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _schema_type(tp: Any) -> Any:
+def _mapping_value_type(tp: Any) -> Any:
+    """The value type of ``dict[str, X]`` / ``Mapping[str, X]`` when X is a settings dataclass, else None."""
+    if typing.get_origin(tp) in (dict, collections.abc.Mapping):
+        args = typing.get_args(tp)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return args[1]
+    return None
+
+
+def _schema_type(tp: Any, leave_out: frozenset[str] = frozenset()) -> Any:
     inner, optional = _unwrap_optional(tp)
     origin = typing.get_origin(inner)
     if origin is tuple:
         args = typing.get_args(inner)
         out: Any = list[_schema_type(args[0])] if args else list
-    elif origin is dict or inner is dict:
+    elif _mapping_value_type(inner) is not None:
+        out = dict[str, hydra_schema(_mapping_value_type(inner))]
+    elif origin in (dict, collections.abc.Mapping) or inner is dict:
         out = dict
     elif dataclasses.is_dataclass(inner):
-        out = hydra_schema(inner)
+        out = hydra_schema(inner, leave_out)
     else:
         out = inner
     return Optional[out] if optional else out
 
 
-def _schema_default(value: Any) -> Any:
+def _schema_default(value: Any, leave_out: frozenset[str] = frozenset()) -> Any:
     if dataclasses.is_dataclass(value):
-        return _to_schema_instance(value)
+        return _to_schema_instance(value, leave_out)
     if isinstance(value, tuple):
         return [_schema_default(v) for v in value]
+    if isinstance(value, collections.abc.Mapping):
+        return {k: _schema_default(v) for k, v in value.items()}
     return value
 
 
-def _to_schema_instance(obj: Any) -> Any:
-    schema = hydra_schema(type(obj))
-    return schema(**{f.name: _schema_default(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+def _to_schema_instance(obj: Any, leave_out: frozenset[str] = frozenset()) -> Any:
+    schema = hydra_schema(type(obj), leave_out)
+    return schema(**{f.name: _schema_default(getattr(obj, f.name), _left_out(f))
+                     for f in dataclasses.fields(obj) if _composed(f, leave_out)})
+
+
+def _left_out(f: dataclasses.Field) -> frozenset[str]:
+    """Sub-fields of ``f`` the config fills from the process (metadata FROM_PROCESS: their names)."""
+    meta = f.metadata.get(FROM_PROCESS)
+    return frozenset(meta) if isinstance(meta, (tuple, list, frozenset)) else frozenset()
+
+
+def _composed(f: dataclasses.Field, leave_out: frozenset[str]) -> bool:
+    """Whether the YAML sets ``f``: not where it is a copy of the process's (FROM_PROCESS True)."""
+    return f.name not in leave_out and f.metadata.get(FROM_PROCESS) is not True
+
+
+def hydra_schema(cls: type, leave_out: frozenset[str] = frozenset()) -> type:
+    """The mutable twin of a frozen settings dataclass (tuples become lists).
+
+    Fields that copy the process's (field metadata :data:`conf.contract.process.FROM_PROCESS`),
+    and those named in ``leave_out``, are left out: the config fills them from ``process``, so
+    no YAML or override can set them in two places.
+    """
+    return _twin(cls, frozenset(leave_out))
 
 
 @functools.cache
-def hydra_schema(cls: type) -> type:
-    """The mutable twin of a frozen settings dataclass (tuples become lists)."""
+def _twin(cls: type, leave_out: frozenset[str]) -> type:
+    # One twin per (class, left-out fields), however the caller spelled the arguments: OmegaConf
+    # refuses an instance of one twin where another twin of the same class is the type.
     hints = typing.get_type_hints(cls)
     specs = []
     for f in dataclasses.fields(cls):
-        tp = _schema_type(hints[f.name])
+        if not _composed(f, leave_out):
+            continue
+        sub = _left_out(f)
+        tp = _schema_type(hints[f.name], sub)
         if f.default is not dataclasses.MISSING:
             default = f.default
             if isinstance(default, (tuple, list)) or dataclasses.is_dataclass(default):
                 value = default
-                specs.append((f.name, tp, field(default_factory=lambda v=value: _schema_default(v))))
+                specs.append((f.name, tp, field(default_factory=lambda v=value, sub=sub: _schema_default(v, sub))))
             else:
                 specs.append((f.name, tp, field(default=default)))
         elif f.default_factory is not dataclasses.MISSING:
             factory = f.default_factory
-            specs.append((f.name, tp, field(default_factory=lambda fac=factory: _schema_default(fac()))))
+            specs.append((f.name, tp, field(default_factory=lambda fac=factory, sub=sub: _schema_default(fac(), sub))))
         else:
             specs.append((f.name, tp))
     schema = dataclasses.make_dataclass(cls.__name__, specs)
@@ -241,6 +284,14 @@ def _build_value(tp: Any, value: Any) -> Any:
             except ValueError as exc:
                 raise ValueError(f"[{i}].{exc}") from None
         return tuple(items)
+    if _mapping_value_type(inner) is not None:
+        out = {}
+        for key, v in value.items():
+            try:
+                out[key] = _build_value(_mapping_value_type(inner), v)
+            except ValueError as exc:
+                raise ValueError(f"{key}.{exc}") from None
+        return out
     if dataclasses.is_dataclass(inner):
         return build(inner, value)
     if isinstance(inner, type) and issubclass(inner, enum.Enum):
@@ -249,24 +300,59 @@ def _build_value(tp: Any, value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- store + compose
-#: Settings classes composed open: each reads its part of a node whose YAML also carries keys for
-#: the simulator (the process schema of ``scenario``, the vessel of ``scenario.reactor``); the
-#: keys it does not know pass through unread. Their own fields are typed and checked as any.
-OPEN_NODES: tuple[type, ...] = (BatchProcess, Vessel)
+#: Root fields another root types: where a root leaves one a plain ``dict`` (the agent's
+#: ``scenario``, the simulator's), its node is composed open, so the simulator's keys and
+#: overrides pass through unread (the simulator's root checks them).
+OPEN_FIELDS: tuple[str, ...] = ("scenario",)
 
 
 def _open_nodes(cls: type, node: Any) -> None:
-    """Let the :data:`OPEN_NODES` under ``node`` (the schema of ``cls``) take unknown keys."""
+    """Let the :data:`OPEN_FIELDS` that ``cls`` leaves untyped take unknown keys."""
     from omegaconf import DictConfig, OmegaConf
 
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        inner, _ = _unwrap_optional(hints[f.name])
-        child = node.get(f.name) if isinstance(node, DictConfig) else None
-        if dataclasses.is_dataclass(inner) and isinstance(child, DictConfig):
-            if inner in OPEN_NODES:
-                OmegaConf.set_struct(child, False)
-            _open_nodes(inner, child)
+    for name in OPEN_FIELDS:
+        child = node.get(name)
+        if hints.get(name) is dict and isinstance(child, DictConfig):
+            OmegaConf.set_struct(child, False)
+
+
+#: Keys that live in the other node since the process became its own (``conf/process``), and
+#: where they went: a config that still writes them is told where.
+_MOVED_KEYS = {
+    "scenario.reactor.water_mass_kg": "process.solvent_mass_kg",
+    "scenario.seeding.mass_rel_std": "scenario.seed_mass_rel_std",
+    "process.seeding.mass_rel_std": "scenario.seed_mass_rel_std",
+    "process.duration_min": "scenario.duration_min",
+    "process.reactor.water_mass_kg": "process.solvent_mass_kg",
+    "process.material_data.solubility_g_per_kg": "process.material_data.solubility_values (with solubility_unit "
+                                                 "and solubility_basis)",
+    "process.material_data.solubility_coefficients_g_per_kg": "process.material_data.solubility_coefficients "
+                                                              "(with solubility_unit and solubility_basis)",
+}
+#: The process's own keys (a scenario has a name and description of its own).
+_PROCESS_KEYS = frozenset(f.name for f in dataclasses.fields(BatchProcess)) - {"name", "description"}
+
+
+def _moved(full_key: str) -> str | None:
+    """Where a key belongs instead, as a sentence, or None where it belongs where it is."""
+    for old, new in _MOVED_KEYS.items():
+        if full_key == old or full_key.startswith(old + "."):
+            return f"{full_key} is now {new}: set it there"
+    parts = full_key.split(".")
+    if parts[0] == "scenario" and len(parts) > 1 and parts[1].split("[")[0] in _PROCESS_KEYS:
+        return (f"{full_key} is the process's, not the scenario's: set process.{'.'.join(parts[1:])} or "
+                f"choose a process (process=<name>, conf/process/*.yaml)")
+    return None
+
+
+def _restated(scenario: dict) -> list[str]:
+    """The process's keys a scenario node restates (full keys)."""
+    keys = [f"scenario.{k}" for k in scenario if _moved(f"scenario.{k}") is not None]
+    for k, v in scenario.items():
+        if isinstance(v, dict):
+            keys += [f"scenario.{k}.{kk}" for kk in v if _moved(f"scenario.{k}.{kk}") is not None]
+    return keys
 
 
 def config_class(simulator: bool | None = None) -> type[XtalpilotConfig]:
@@ -322,7 +408,11 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot", *
     try:
         with initialize_config_module("conf", version_base=None):
             cfg = compose(config_name, overrides=list(overrides))
-        data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=False)
+        data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=False, throw_on_missing=True)
+        # One definition: a scenario (file or override) that restates the process is refused,
+        # in the agent's root (which does not read the scenario) as in the simulator's.
+        for key in _restated(data.get("scenario") or {}):
+            raise ConfigError(_moved(key))
         return build(root, data)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc)) from None
@@ -338,8 +428,18 @@ def _explain(exc: Exception) -> str:
     text = str(cause).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     keep = [ln for ln in lines if not ln.startswith(("reference_type", "object_type"))]
+    # An unknown key that belongs to the other node (an override or a file written before the
+    # process had its own node): say where it went.
+    full_key = getattr(cause, "full_key", None) or next(
+        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+    if full_key is None:
+        quoted = re.search(r"override '([^']+)'", text)
+        full_key = quoted.group(1) if quoted else None
+    hint = _moved(full_key) if full_key else None
+    if hint is not None:
+        keep.append(hint)
     return " | ".join(keep) if keep else type(exc).__name__
 
 
-__all__ = ["OPEN_NODES", "ConfigError", "OutputFormat", "SimulateSettings", "XtalpilotConfig", "build", "config_class",
+__all__ = ["OPEN_FIELDS", "ConfigError", "OutputFormat", "SimulateSettings", "XtalpilotConfig", "build", "config_class",
            "load_config"]

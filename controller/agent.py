@@ -4,11 +4,27 @@ Sibling tasks in one ``asyncio.TaskGroup``:
 
 - the control loop: reads the plant often, and runs a cycle each time ``control_interval_s`` of
   *plant* time has passed (a plant clock that jumps over an interval counts a missed cycle; a
-  cycle longer than its interval's wall time counts an overrun): validate -> strategy (state,
-  model) -> guard -> write -> decision log -> metrics;
+  cycle longer than its interval's wall time counts an overrun). One cycle is the design's data
+  flow, a method each::
+
+      read      validate the snapshot (controller.state), place the batch, follow the operator
+      estimate  PlantState = estimate(previous, view, model laws, process facts)  (controller.estimator)
+      advise    Advice = strategy.advise(state, model answer)                     (controller.strategy)
+      decide    Verdict = decide(GuardInput, GuardSettings)                       (controller.guard)
+      write     the verdict's tags (the decision committed to the log first)
+      record    outcome, persisted state, reports, metrics
+
+- the model: the MS-GNN answers in a background thread (controller.model_client); a cycle takes
+  the newest answer and asks again when one is due; replay awaits each answer;
 - the proposer: whenever the strategy poses a problem and the worker process is free, the
   problem goes to the worker; its proposal applies from the next cycle after it arrives;
 - a loop-lag monitor (how late a 10 ms sleep wakes up: what a stalled loop would show).
+
+The parts the cycle rests on are small and tested without a network: :class:`LogOnce` (each
+change of a condition logged once), :class:`Connection` (connect, capped backoff, hold while
+lost), :class:`BatchTracker` (batch start, time and completion), :class:`ModeSupervisor`
+(operator requests, leaving automatic) and :class:`Recorder` (decision log before the write,
+outcomes, the state an agent restarted within the batch continues from).
 
 Modes: the agent starts in ``agent.mode`` (CLI) but never in automatic, and never above the
 operator's standing ``operator_mode_request`` (0 manual, 1 advisory, 2 automatic); it enters
@@ -29,13 +45,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import gc
+import json
 import logging
 import math
+import os
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from controller.decision_log import Decision, DecisionLog, DecisionLogError
 from controller.guard import (
@@ -64,7 +83,10 @@ from controller.state import (
 from conf.contract import signals
 from conf.contract.codes import AgentMode, BatchCommand, BatchState
 from conf.contract.tagmap import SignalKind, TagMap
-from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, PlantView, Strategy
+from controller.estimator import PlantState, PlantView, ProcessFacts, estimate
+from controller.model_client import ModelAnswer, ModelClient
+from controller.settings import ProposerSettings
+from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, Advice, Strategy
 
 __all__ = ["Agent", "AgentReport", "check_instruments", "guard_settings", "validation_settings"]
 
@@ -112,17 +134,18 @@ def check_instruments(tagmap: TagMap) -> list[str]:
     return [why for name, why in OPTIONAL_SIGNALS if name not in tagmap]
 
 
-def validation_settings(tagmap: TagMap, settings: AgentSettings) -> dict[str, ValidationSettings]:
+def validation_settings(tagmap: TagMap, settings: AgentSettings,
+                        instruments=DEFAULT_INSTRUMENTS) -> dict[str, ValidationSettings]:
     """Validation per measured signal from the tag map's ranges, the instruments' noise and the
     agent's time limits (controller.state.validation_settings_for)."""
     ranges = {s.name: (s.low, s.high) for s in tagmap
               if s.kind is SignalKind.measurement and s.name != "plant_time_s"}
-    return validation_settings_for(ranges, DEFAULT_INSTRUMENTS, settings.stale_after_s, settings.stuck_after_s)
+    return validation_settings_for(ranges, instruments, settings.stale_after_s, settings.stuck_after_s)
 
 
-def concentration_delay_s(settings: AgentSettings) -> float:
+def concentration_delay_s(settings: AgentSettings, instruments=DEFAULT_INSTRUMENTS) -> float:
     """How far the concentration analyser lags the reactor RTD as the agent reads them (s)."""
-    return alignment_delay_s(DEFAULT_INSTRUMENTS["concentration_g_per_kg"], DEFAULT_INSTRUMENTS["reactor_temperature_c"],
+    return alignment_delay_s(instruments["concentration_g_per_kg"], instruments["reactor_temperature_c"],
                              settings.control_interval_s)
 
 
@@ -222,8 +245,271 @@ def _percentiles(samples: list[float], qs: tuple[float, ...], names: tuple[str, 
     return {n: round(float(v), 4) for n, v in zip(names, values)}
 
 
+# ----------------------------------------------------------------------------- small parts
+class LogOnce:
+    """Log a message only when it differs from the last one on its topic (a flapping signal or a
+    dead peer must not flood the journal)."""
+
+    def __init__(self, logger: logging.Logger = _log) -> None:
+        self._logger = logger
+        self._said: dict[str, str] = {}
+
+    def __call__(self, topic: str, message: str, level: int = logging.INFO) -> bool:
+        """Log ``message`` under ``topic`` unless it is what was said last; True when logged."""
+        if self._said.get(topic) == message:
+            return False
+        self._said[topic] = message
+        self._logger.log(level, message)
+        return True
+
+    def said(self, topic: str) -> bool:
+        return topic in self._said
+
+
+class Connection:
+    """The plant connection as the loop sees it: connect with capped backoff, hold while it is
+    lost, and say each change of state once.
+
+    Args:
+        io: the plant I/O.
+        say: a :class:`LogOnce`.
+        on_change: called with True/False on each connect/loss (the metrics' connection gauge).
+        backoff: the reconnection backoff.
+    """
+
+    def __init__(self, io: PlantIO, say: LogOnce, on_change=None, backoff: Backoff | None = None) -> None:
+        self.io, self.say, self.on_change = io, say, on_change
+        self.backoff = backoff or Backoff()
+        self.connected = False
+        self.reconnects = 0
+
+    async def ensure(self) -> bool:
+        """Connected now? Tries to connect when the backoff allows; never raises."""
+        if self.connected:
+            return True
+        if not self.backoff.ready():
+            return False
+        try:
+            await self.io.connect()
+        except PlantIOError as exc:
+            delay = self.backoff.failed()
+            self.say("connection", f"plant unreachable, holding; retrying with backoff (next in {delay:.1f} s): {exc}",
+                     logging.WARNING)
+            return False
+        if self.say.said("connection"):
+            self.reconnects += 1
+        self.backoff.succeeded()
+        self.connected = True
+        self.say("connection", "connected to the plant")
+        if self.on_change is not None:
+            self.on_change(True)
+        return True
+
+    def lost(self, exc: Exception) -> None:
+        self.connected = False
+        self.backoff.failed()
+        self.say("connection", f"plant connection lost, holding: {exc}", logging.WARNING)
+        if self.on_change is not None:
+            self.on_change(False)
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """Where the batch is this cycle (:class:`BatchTracker`).
+
+    Attributes:
+        state: the ISA-88 state code as read (NaN: unknown).
+        executing: the batch executes and the agent has seen it start.
+        batch_time_s: plant seconds into the batch (None: not executing).
+        started / completed: this cycle saw the batch start / complete.
+    """
+
+    state: float
+    executing: bool
+    batch_time_s: float | None
+    started: bool = False
+    completed: bool = False
+
+
+class BatchTracker:
+    """The batch's start, time and completion from the plant's batch state and phase timer (pure:
+    plant time passed in)."""
+
+    def __init__(self) -> None:
+        self.start_s: float | None = None
+        self._last_state: float | None = None
+
+    def reset(self) -> None:
+        """The plant clock went back (a restarted plant): track the batch afresh."""
+        self.start_s, self._last_state = None, None
+
+    def update(self, state: float, batch_time_tag: float, now_s: float) -> BatchStatus:
+        started = state == BATCH_EXECUTE and self._last_state != BATCH_EXECUTE and self.start_s is None
+        if started:
+            self.start_s = now_s
+        completed = state == BATCH_COMPLETED and self._last_state == BATCH_EXECUTE
+        if state != BATCH_EXECUTE and state != BATCH_HELD:
+            self.start_s = None
+        self._last_state = state
+        executing = state == BATCH_EXECUTE and self.start_s is not None
+        batch_time_s = None
+        if executing:
+            # The plant's phase timer when the tag map has one (right even if the agent joined
+            # mid-batch); else the time since the agent saw the batch start.
+            batch_time_s = batch_time_tag if math.isfinite(batch_time_tag) and batch_time_tag >= 0 else now_s - self.start_s
+        return BatchStatus(state, executing, batch_time_s, started, completed)
+
+
+class ModeSupervisor:
+    """The agent's mode and the operator's requests (pure).
+
+    The request standing at start-up is older than the agent: a lower one (manual, advisory) is
+    obeyed at once, a standing automatic is not (an agent restarted by systemd must not re-enter
+    automatic on the strength of an old request). Automatic is entered only on a request made
+    after the agent started, i.e. a change of ``operator_mode_request`` it sees.
+
+    Args:
+        configured: the mode the configuration asks for (never started in automatic).
+        say: a :class:`LogOnce`.
+    """
+
+    def __init__(self, configured: Mode, say: LogOnce) -> None:
+        self.say = say
+        self.mode: Mode = Mode.advisory if configured is Mode.automatic else configured
+        self.previous: Mode = Mode.manual  # the mode of the last cycle
+        self._request: float | None = None
+        if configured is Mode.automatic:
+            _log.info("agent.mode=automatic: starting in advisory; automatic on the operator's request "
+                      "(operator_mode_request = 2) made after this start")
+
+    def follow(self, request) -> None:
+        """Follow the operator's ``operator_mode_request`` (0 manual, 1 advisory, 2 automatic)."""
+        value = _number(request)
+        if not math.isfinite(value):
+            return
+        mode = CODE_MODES.get(int(value)) if value == int(value) else None
+        if self._request is None:
+            self._request = value
+            if mode is not None and MODE_CODES[mode] < MODE_CODES[self.mode]:
+                self.mode = mode
+                self.say("mode", f"the operator's standing request is {mode.value}: starting in {mode.value}")
+            elif mode is Mode.automatic:
+                self.say("mode", "the operator's standing request for automatic predates this agent: "
+                         "request automatic again to enter it")
+            return
+        if value != self._request:
+            self._request = value
+            if mode is None:
+                self.say("mode", f"operator_mode_request {value} is not 0, 1 or 2: ignored", logging.WARNING)
+                return
+            if mode is not self.mode:
+                self.mode = mode
+                self.say("mode", f"operator requested {mode.value} mode")
+
+    def leave_automatic(self, message: str) -> None:
+        """Out of automatic by the agent's own decision (a hand-back, a log that cannot be
+        written): advisory, and automatic again only on a new request."""
+        if self.mode is Mode.automatic:
+            self.mode = Mode.advisory
+            self.say("mode", message, logging.ERROR)
+
+    def plant_restarted(self) -> None:
+        if self.mode is Mode.automatic:
+            self.previous = Mode.manual
+
+    def cycle_done(self) -> None:
+        self.previous = self.mode
+
+
+class Recorder:
+    """The recording fan-out: the decision log (each decision committed before its write, then
+    its outcome), and the state an agent restarted within the batch continues from.
+
+    Args:
+        log: the decision log (None: not logged, e.g. benchmarks; writes are then not gated).
+        state_path: JSON file of the plant state and the strategy's plan milestones (None: not
+            persisted).
+        say: a :class:`LogOnce`.
+    """
+
+    def __init__(self, log: DecisionLog | None, state_path: str | Path | None, say: LogOnce) -> None:
+        self.log, self.say = log, say
+        self.state_path = Path(state_path) if state_path else None
+
+    async def decision(self, decision: Decision) -> int | None:
+        """Commit a decision (off the loop, in order): its id, 0 without a log, None when it could
+        not be stored."""
+        if self.log is None:
+            return 0
+        try:
+            return await asyncio.to_thread(self.log.append, decision)  # one committed transaction (fsync)
+        except DecisionLogError as exc:
+            self.say("log", f"decision log: {exc}", logging.ERROR)
+            return None
+
+    async def outcome(self, decision_id: int, written: dict, failed: dict) -> None:
+        if self.log is None:
+            return
+        try:
+            await asyncio.to_thread(self.log.record_outcome, decision_id, written, failed)
+        except DecisionLogError as exc:
+            self.say("log", f"decision log: {exc}", logging.ERROR)
+
+    def save_state(self, state: PlantState, memory: dict | None) -> None:
+        """Persist the batch's state (atomically: a crash leaves the old or the new file)."""
+        if self.state_path is None or state.batch_start_s is None:
+            return
+        record = {"state": state.to_dict(), "strategy": memory or {}}
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            self.say("state", f"cannot save the estimator state to {self.state_path}: {exc}", logging.WARNING)
+
+    def load_state(self) -> tuple[PlantState | None, dict | None]:
+        """The saved state and plan milestones (None, None: none, or unreadable: said so). The
+        estimator carries them only into the batch they belong to."""
+        if self.state_path is None or not self.state_path.is_file():
+            return None, None
+        try:
+            record = json.loads(self.state_path.read_text())
+            state = PlantState.from_dict(record["state"])
+            memory = record.get("strategy") or {}
+            if not isinstance(memory, dict):
+                raise ValueError("strategy milestones are not a mapping")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _log.warning("ignoring the estimator state in %s (%s): starting the estimate afresh", self.state_path, exc)
+            return None, None
+        _log.info("estimator state found in %s (batch started at plant time %s s)", self.state_path,
+                  f"{state.batch_start_s:.0f}" if state.batch_start_s is not None else "-")
+        return state, memory
+
+
+def chord_summary(validated: Mapping, bins: tuple[str, ...], edges_um) -> dict[str, float]:
+    """Chord statistics of the FBRM bins (controller.state.chord_statistics) for the log; empty
+    without the bins. Named as chords: a chord distribution is not the size distribution (a
+    crystal of size L gives chords from 0 to L), and the log must not pass one for the other."""
+    if not bins:
+        return {}
+    from controller.state import chord_statistics
+
+    counts = [validated[n].value if validated[n].ok else math.nan for n in bins]
+    stats = chord_statistics(counts, edges_um)
+    return {"fbrm_chord_total_per_s": stats.total_per_s, "fbrm_chord_mean_um": stats.mean_size_um,
+            "fbrm_chord_volume_mean_um": stats.volume_mean_size_um, "fbrm_chord_fines_fraction": stats.fines_fraction}
+
+
+# ----------------------------------------------------------------------------- the loop
 class Agent:
-    """The control daemon (module docstring).
+    """The control daemon (module docstring): the loop and the sequencing of one cycle,
+
+        read -> estimate -> advise -> decide -> write -> record
+
+    each a method of its own on the small parts above (connection, batch tracker, mode
+    supervisor, recorder), the state estimator (:func:`controller.estimator.estimate`), the
+    strategy and the guard (:func:`controller.guard.decide`).
 
     Args:
         io: plant connection (OPC UA, Modbus, or recorded data for replay).
@@ -242,31 +528,48 @@ class Agent:
             the recording ends the run.
         ready: set once the first cycle is done (the agent has seen the standing operator
             request: a simulated operator's request after it is a new one).
+        instruments: signal name -> :class:`controller.state.InstrumentSpec` (the process's
+            instruments): noise floors and delays for validation.
+        model: :class:`controller.model_client.ModelClient` (None: made from the strategy's
+            ``service`` where it has one).
+        facts: what the state estimator knows of the process (None: the strategy's ``facts``;
+            without either the state has no solubility nor population).
+        state_path: where the state survives an agent restart (None: not persisted).
     """
 
     def __init__(self, io: PlantIO, strategy: Strategy, settings: AgentSettings, log: DecisionLog | None = None,
                  metrics=None, proposer=None, poll_interval_s: float = 0.01,
                  measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
-                 replay: bool = False, ready: asyncio.Event | None = None) -> None:
+                 replay: bool = False, ready: asyncio.Event | None = None, instruments=DEFAULT_INSTRUMENTS,
+                 model=None, facts: ProcessFacts | None = None, state_path: str | Path | None = None) -> None:
         self.io, self.strategy, self.settings = io, strategy, settings
         self.replay = replay
-        self.decision_log, self.metrics, self.proposer = log, metrics, proposer
+        self.metrics, self.proposer = metrics, proposer
         self.poll_interval_s = poll_interval_s
         self.guard = guard_settings(io.tagmap, settings, tuple(getattr(strategy, "setpoints", (TEMPERATURE_SP,))))
-        self._complete_sent = False
-        self.trackers = {n: SignalTracker(v) for n, v in validation_settings(io.tagmap, settings).items()}
+        self.trackers = {n: SignalTracker(v) for n, v in validation_settings(io.tagmap, settings, instruments).items()}
         self._status_names = tuple(s.name for s in io.tagmap if s.kind is SignalKind.status)
         self._fbrm_bins = tuple(f"fbrm_counts_bin{k}_per_s" for k in range(1, len(settings.fbrm_bin_edges_um)))
         if not all(n in io.tagmap for n in self._fbrm_bins):
             self._fbrm_bins = ()
-        # Never automatic at start: only on an operator request newer than the agent (see
-        # _follow_mode_request).
-        self.mode: Mode = Mode.advisory if settings.mode is Mode.automatic else settings.mode
-        if settings.mode is Mode.automatic:
-            _log.info("agent.mode=automatic: starting in advisory; automatic on the operator's request "
-                      "(operator_mode_request = 2) made after this start")
+        self.say = LogOnce()
+        self.connection = Connection(io, self.say, metrics.set_connection if metrics is not None else None)
+        self.batch = BatchTracker()
+        self.modes = ModeSupervisor(settings.mode, self.say)
+        self.recorder = Recorder(log, state_path, self.say)
+        service = getattr(strategy, "service", None)
+        if model is None and service is not None:
+            proposer_settings = getattr(strategy, "settings", None) or ProposerSettings()
+            model = ModelClient(service, proposer_settings.model_refresh_s, proposer_settings.model_timeout_s,
+                                proposer_settings.metastable_sigma_limit, getattr(strategy, "stirring_rpm", 300.0))
+        self.model = model
+        self.facts = facts if facts is not None else getattr(strategy, "facts", None)
+        if self.facts is not None and self._fbrm_bins:
+            self.facts = dataclasses.replace(self.facts, fbrm_bin_edges_um=tuple(settings.fbrm_bin_edges_um))
+        self.state, memory = self.recorder.load_state()
+        if memory and hasattr(strategy, "restore"):
+            strategy.restore(memory)
         self.ready = ready
-        self.previous_mode: Mode = Mode.manual
         self.report = AgentReport()
         # A second report of the cycles from this plant time on (benchmarks measure a window).
         self.window = AgentReport() if measure_from_batch_s is not None else None
@@ -274,31 +577,27 @@ class Agent:
         self._stop_at_batch_s = stop_at_batch_s
         self._batch_time_s: float | None = None
         self._in_window = False
-        self._mode_request: float | None = None
         self._heartbeat = 0
         self._last_write_time_s: float | None = None
-        self._batch_start_s: float | None = None
-        self._last_batch_state: float | None = None
         self._last_plant_time_s: float | None = None
         self._proposing = False
         self._start_sent = False
-        self._said: dict[str, str] = {}
-        self._backoff = Backoff()
-        self._connected = False
+        self._complete_sent = False
         self._previous_remote_active: bool | None = None
         self._hold_since_s: float | None = None  # plant time the current continuous hold began
         self._speed_ref: tuple[float, float] | None = None  # (wall, plant) clocks of the last cycle
         self._speed = 1.0
 
+    @property
+    def mode(self) -> Mode:
+        return self.modes.mode
+
+    def request_mode(self, mode: Mode) -> None:
+        """Change the mode from outside (CLI, tests)."""
+        self.modes.mode = mode
+
     def _reports(self) -> tuple[AgentReport, ...]:
         return (self.report, self.window) if self._in_window else (self.report,)
-
-    # ------------------------------------------------------------------ logging once
-    def _say(self, topic: str, message: str, level: int = logging.INFO) -> None:
-        """Log ``message`` only when it differs from the last one on ``topic``."""
-        if self._said.get(topic) != message:
-            self._said[topic] = message
-            _log.log(level, message)
 
     # ------------------------------------------------------------------ main
     async def run(self, stop: asyncio.Event) -> AgentReport:
@@ -324,6 +623,9 @@ class Agent:
         finally:
             with contextlib.suppress(Exception):
                 await self.io.close()
+            if self.model is not None:
+                self.model.close()
+        self.report.reconnects = self.connection.reconnects
         if not self.report.stopped_by:
             self.report.stopped_by = "stop requested"
         _log.info("agent stopped (%s) after %d cycles; verdicts %s", self.report.stopped_by, self.report.cycles,
@@ -338,39 +640,11 @@ class Agent:
             for r in self._reports():
                 r.loop_lag_ms_max = max(r.loop_lag_ms_max, lag_ms)
 
-    async def _ensure_connected(self) -> bool:
-        if self._connected:
-            return True
-        if not self._backoff.ready():
-            return False
-        try:
-            await self.io.connect()
-        except PlantIOError as exc:
-            delay = self._backoff.failed()
-            self._say("connection", f"plant unreachable, holding; retrying with backoff (next in {delay:.1f} s): {exc}",
-                      logging.WARNING)
-            return False
-        if "connection" in self._said:
-            self.report.reconnects += 1
-        self._backoff.succeeded()
-        self._connected = True
-        self._say("connection", "connected to the plant")
-        if self.metrics is not None:
-            self.metrics.set_connection(True)
-        return True
-
-    def _lost(self, exc: Exception) -> None:
-        self._connected = False
-        self._backoff.failed()
-        self._say("connection", f"plant connection lost, holding: {exc}", logging.WARNING)
-        if self.metrics is not None:
-            self.metrics.set_connection(False)
-
     async def _control_loop(self, done: asyncio.Event) -> None:
         interval = self.settings.control_interval_s
         next_due: float | None = None
         while not done.is_set():
-            if not await self._ensure_connected():
+            if not await self.connection.ensure():
                 await asyncio.sleep(min(0.1, max(self.poll_interval_s, 0.01)))
                 continue
             try:
@@ -380,19 +654,19 @@ class Agent:
                     self.report.stopped_by = "end of recording"
                     done.set()
                     return
-                self._lost(exc)
+                self.connection.lost(exc)
                 continue
             now = snap.plant_time_s
             if not math.isfinite(now):
-                self._say("clock", "plant clock unreadable, holding", logging.WARNING)
+                self.say("clock", "plant clock unreadable, holding", logging.WARNING)
                 await asyncio.sleep(self.poll_interval_s)
                 continue
             if self._last_plant_time_s is not None and now < self._last_plant_time_s - interval:
-                self._say("clock", f"plant clock went back from {self._last_plant_time_s:.0f} s to {now:.0f} s "
-                          "(plant restarted?): batch tracking starts over", logging.WARNING)
-                next_due, self._batch_start_s, self._last_batch_state = None, None, None
-                self._last_write_time_s = None
-                self.previous_mode = Mode.manual if self.mode is Mode.automatic else self.previous_mode
+                self.say("clock", f"plant clock went back from {self._last_plant_time_s:.0f} s to {now:.0f} s "
+                         "(plant restarted?): batch tracking starts over", logging.WARNING)
+                next_due, self._last_write_time_s = None, None
+                self.batch.reset()
+                self.modes.plant_restarted()
             self._last_plant_time_s = now
             if next_due is None:
                 next_due = now
@@ -404,8 +678,7 @@ class Agent:
             if missed > 0:
                 for r in self._reports():
                     r.missed_cycles += missed
-                self._say("missed", f"plant clock passed {missed} control interval(s) without a cycle",
-                          logging.WARNING)
+                self.say("missed", f"plant clock passed {missed} control interval(s) without a cycle", logging.WARNING)
             next_due += (missed + 1) * interval
             await self._cycle(snap)
             if self.ready is not None:
@@ -429,78 +702,127 @@ class Agent:
     # ------------------------------------------------------------------ one cycle
     async def _cycle(self, snap) -> None:
         t0 = time.perf_counter()
-        now = snap.plant_time_s
         stages: dict[str, float] = {}
+        raw, validated, view, status = self._read(snap)
+        stages["state"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        state, answer = self._estimate(view)
+        advice = self._advise(state, answer)
+        stages["strategy"] = time.perf_counter() - t1
+        await self._dispatch(advice.problem)
+        inp, verdict = self._decide(state, advice, raw)
+        values = self._commands(verdict, raw, state.plant_time_s)
+        shadow = self._shadow(inp) if self.replay and self.mode is not Mode.automatic else {}
+        decision = Decision(
+            plant_time_s=state.plant_time_s, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
+            held=verdict.held,
+            # every validated measurement (NaN where not ok) and status tag, so a batch can be
+            # replayed from the log
+            inputs={**{n: v.value for n, v in validated.items()}, **status,
+                    **chord_summary(validated, self._fbrm_bins, self.settings.fbrm_bin_edges_um), **dict(advice.inputs),
+                    "batch_time_s": state.batch_time_s, "strategy": self.strategy.name, **shadow},
+            signal_status={n: v.status.value for n, v in validated.items()},
+            predictions=dict(advice.predictions), proposal=dict(advice.setpoints or {}), intent=dict(values))
+        # Record before write: the decision and what it is about to write are committed first,
+        # so no write is ever made that the log does not hold.
+        decision_id = await self.recorder.decision(decision)
+        if decision_id is None and values:
+            # A log that cannot be written refuses automatic: nothing is written (the plant sheds
+            # on the missing heartbeat).
+            values = {}
+            self.modes.leave_automatic("decision log cannot be written: automatic refused, agent now advisory; "
+                                       "fix the log (disk, permissions) and request automatic again")
+        t2 = time.perf_counter()
+        written = await self._write(values, verdict, decision_id, state.plant_time_s)
+        stages["write"] = time.perf_counter() - t2
+        self._record(state, advice, verdict, validated, written, stages, time.perf_counter() - t0)
+
+    def _read(self, snap):
+        """Validate the snapshot and place the batch: (raw values, validated, view, status tags)."""
+        now = snap.plant_time_s
         raw = {name: r.value for name, r in snap.readings.items()}
         validated = {name: tr.update(snap.readings.get(name), now) for name, tr in self.trackers.items()}
-        stages["state"] = time.perf_counter() - t0
-
-        batch_state = _number(raw.get(signals.BATCH_STATE))
-        if batch_state == BATCH_EXECUTE and self._last_batch_state != BATCH_EXECUTE and self._batch_start_s is None:
-            self._batch_start_s = now
-            self._say("batch", f"batch executing (plant time {now:.0f} s)")
-        if batch_state == BATCH_COMPLETED and self._last_batch_state == BATCH_EXECUTE:
+        batch = self.batch.update(_number(raw.get(signals.BATCH_STATE)), _number(raw.get(signals.BATCH_TIME)), now)
+        if batch.started:
+            self.say("batch", f"batch executing (plant time {now:.0f} s)")
+        if batch.completed:
             self.report.batch_completed = True
-            self._say("batch", f"batch completed (plant time {now:.0f} s)")
-        if batch_state != BATCH_EXECUTE and batch_state != BATCH_HELD:
-            self._batch_start_s = None
+            self.say("batch", f"batch completed (plant time {now:.0f} s)")
+        if batch.state != BATCH_EXECUTE and batch.state != BATCH_HELD:
             self._complete_sent = False
-        self._last_batch_state = batch_state
-        executing = batch_state == BATCH_EXECUTE and self._batch_start_s is not None
-        batch_time_s = None
-        if executing:
-            # The plant's phase timer when the tag map has one (right even if the agent joined
-            # mid-batch); else the time since the agent saw the batch start.
-            tag = _number(raw.get(signals.BATCH_TIME))
-            batch_time_s = tag if math.isfinite(tag) and tag >= 0 else now - self._batch_start_s
-        self._batch_time_s = batch_time_s
-        if (self.window is not None and not self._in_window and batch_time_s is not None
-                and batch_time_s >= self._measure_from_s):
+        self._batch_time_s = batch.batch_time_s
+        if (self.window is not None and not self._in_window and batch.batch_time_s is not None
+                and batch.batch_time_s >= self._measure_from_s):
             self._in_window = True  # from this cycle on
-
         if not self.replay:  # shadow mode is fixed; the recording's HMI requests were for the plant's own loop
-            self._follow_mode_request(raw.get(signals.OPERATOR_MODE_REQUEST))
+            self.modes.follow(raw.get(signals.OPERATOR_MODE_REQUEST))
+        # Measurements as validated; status tags (batch state, facet {hkl} codes) as read.
+        status = {n: _number(raw.get(n)) for n in self._status_names}
+        view = PlantView(now, batch.batch_time_s, {**status, **{n: v.value for n, v in validated.items()}},
+                         {**{n: math.isfinite(v) for n, v in status.items()}, **{n: v.ok for n, v in validated.items()}})
+        return raw, validated, view, status
+
+    def _estimate(self, view: PlantView) -> tuple[PlantState, ModelAnswer | None]:
+        """This cycle's plant state (the model's newest laws in the population step), and the
+        model asked again in the background when due."""
+        answer = None
+        if self.model is not None:
+            if self.replay:
+                self.model.wait()  # live, the model answers well within a control interval
+            answer = self.model.answer()
+        previous = self.state
+        try:
+            self.state = estimate(previous, view, answer.laws if answer is not None else None, self.facts)
+        except Exception as exc:  # an estimator bug must not end the daemon: the measured part only
+            self.say("estimator", f"state estimation failed: {type(exc).__name__}: {exc}", logging.ERROR)
+            self.state = estimate(None, view, None, None)
+        if self.model is not None:
+            if previous is not None and previous.batch_id_s is not None and self.state.batch_id_s != previous.batch_id_s:
+                self.model.reset()  # another batch: from the model's first answer
+                answer = self.model.answer()
+            self.model.ask(self.state)
+        return self.state, answer
+
+    def _advise(self, state: PlantState, answer: ModelAnswer | None) -> Advice:
+        try:
+            advice = self.strategy.advise(state, answer)
+        except Exception as exc:  # a strategy bug must not end the daemon: hold on it
+            self.say("strategy", f"strategy failed, holding: {type(exc).__name__}: {exc}", logging.ERROR)
+            advice = Advice(None, None, model_ok=False)
+        return advice
+
+    async def _dispatch(self, problem) -> None:
+        """A posed problem to the proposer when it is free (its answer applies from a later cycle)."""
+        if problem is None or self.proposer is None or self._proposing:
+            return
+        self._proposing = True
+        if self.replay:  # awaited: the proposal applies from the next cycle, as it would live
+            await self._propose(problem)
+        else:
+            self._tg.create_task(self._propose(problem))
+
+    def _decide(self, state: PlantState, advice: Advice, raw: Mapping) -> tuple[GuardInput, object]:
+        """The guard's verdict on the advice, and what follows from it (hand-back, hold clock)."""
+        now = state.plant_time_s
         shed = _number(raw.get(signals.SHED_ACTIVE)) == 1.0
         source = _number(raw.get(signals.CONTROL_SOURCE))
         remote_active = None if not math.isfinite(source) else source == 1.0
-
-        # Measurements as validated; status tags (batch state, facet {hkl} codes) as read.
-        status = {n: _number(raw.get(n)) for n in self._status_names}
-        view = PlantView(now, batch_time_s, {**status, **{n: v.value for n, v in validated.items()}},
-                         {**{n: math.isfinite(v) for n, v in status.items()}, **{n: v.ok for n, v in validated.items()}})
-        t1 = time.perf_counter()
-        if self.replay and hasattr(self.strategy, "wait_for_model"):
-            self.strategy.wait_for_model()  # live, the model answers well within a control interval
-        try:
-            advice = self.strategy.advise(view)
-        except Exception as exc:  # a strategy bug must not end the daemon: hold on it
-            self._say("strategy", f"strategy failed, holding: {type(exc).__name__}: {exc}", logging.ERROR)
-            from controller.strategy import Advice
-
-            advice = Advice(None, None, model_ok=False)
-        stages["strategy"] = time.perf_counter() - t1
-        if advice.problem is not None and self.proposer is not None and not self._proposing:
-            self._proposing = True
-            if self.replay:  # the proposal applies from the next cycle, as it would live
-                await self._propose(advice.problem)
-            else:
-                self._tg.create_task(self._propose(advice.problem))
-
-        data_ok = advice.data_ok and all(validated[n].ok for n in REQUIRED if n in validated)
+        data_ok = advice.data_ok and all(state.view.ok.get(n, False) for n in REQUIRED if n in self.trackers)
         current = {s.name: _number(raw.get(s.name)) for s in self.guard.setpoints}
+        batch_state = _number(raw.get(signals.BATCH_STATE))
         request = None  # batch commands are requests only an agent in automatic makes
         if self.mode is Mode.automatic and self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE:
             request = BatchRequest.start
-        elif self.mode is Mode.automatic and advice.complete_batch and executing and not self._complete_sent:
+        elif self.mode is Mode.automatic and advice.complete_batch and state.executing and not self._complete_sent:
             request = BatchRequest.complete
         permissive = _number(raw.get("batch_permissive"))
         inp = GuardInput(
-            mode=self.mode, previous_mode=self.previous_mode, plant_time_s=now, current=current,
+            mode=self.mode, previous_mode=self.modes.previous, plant_time_s=now, current=current,
             proposal=advice.setpoints, proposal_time_s=advice.proposal_time_s,
             last_write_time_s=self._last_write_time_s, data_ok=data_ok, model_ok=advice.model_ok,
-            uncertainty=advice.uncertainty, plant_shed=shed, plant_executing=executing,
+            uncertainty=advice.uncertainty, plant_shed=shed, plant_executing=state.executing,
             heating_permitted=self.settings.allow_heating, reference=advice.reference,
-            measured_sigma=_number(advice.inputs.get("sigma")),
+            measured_sigma=state.sigma,
             model_age_s=_number(advice.predictions.get("model_age_s", 0.0)),
             remote_active=remote_active, previous_remote_active=self._previous_remote_active,
             batch_request=request, batch_permissive=permissive != 0.0,  # no permissive tag: permitted
@@ -510,114 +832,104 @@ class Agent:
         holding = verdict.held and any(r in HOLD_REASONS for r in verdict.reasons)
         self._hold_since_s = (self._hold_since_s if self._hold_since_s is not None else now) if holding else None
         if verdict.hand_back:
-            self.mode, self._hold_since_s = Mode.advisory, None
+            self._hold_since_s = None
             self.report.handbacks += 1
-            self._say("mode", f"ALARM: setpoints held for {inp.held_for_s:.0f} s "
-                      f"({', '.join(r.value for r in verdict.reasons if r in HOLD_REASONS)}): loop handed back to "
-                      "the DCS, agent now advisory; request automatic again once the cause is cleared",
-                      logging.ERROR)
+            self.modes.leave_automatic(
+                f"ALARM: setpoints held for {inp.held_for_s:.0f} s "
+                f"({', '.join(r.value for r in verdict.reasons if r in HOLD_REASONS)}): loop handed back to "
+                "the DCS, agent now advisory; request automatic again once the cause is cleared")
         self._previous_remote_active = remote_active if self.mode is Mode.automatic else None
-        shadow: dict = {}
-        if self.replay and self.mode is not Mode.automatic:
-            # What the guard would have let through in automatic (shadow mode's answer).
-            # The recorded plant ran its own loop: its cascade and shed state say nothing of that.
-            would = decide(dataclasses.replace(inp, mode=Mode.automatic, previous_mode=Mode.automatic, plant_shed=False,
-                                               remote_active=None, previous_remote_active=None), self.guard)
-            shadow = {"shadow_reasons": ",".join(r.value for r in would.reasons),
-                      **{f"would_write_{k}": v for k, v in would.write.items()}}
         holds = [r.value for r in verdict.reasons if r in HOLD_REASONS]
-        self._say("hold", f"holding setpoints: {', '.join(holds)}" if holds else "not holding",
-                  logging.WARNING if holds else logging.INFO)
-        pending = Reason.automatic_pending in verdict.reasons
-        if pending:
-            self._say("mode", "automatic pending: waiting for the plant's remote cascade "
-                      f"({'shed: re-entering' if shed else 'not yet remote'})", logging.WARNING)
+        self.say("hold", f"holding setpoints: {', '.join(holds)}" if holds else "not holding",
+                 logging.WARNING if holds else logging.INFO)
+        if Reason.automatic_pending in verdict.reasons:
+            self.say("mode", "automatic pending: waiting for the plant's remote cascade "
+                     f"({'shed: re-entering' if shed else 'not yet remote'})", logging.WARNING)
+        return inp, verdict
 
+    def _shadow(self, inp: GuardInput) -> dict:
+        """What the guard would have let through in automatic (shadow mode's answer). The
+        recorded plant ran its own loop: its cascade and shed state say nothing of that."""
+        would = decide(dataclasses.replace(inp, mode=Mode.automatic, previous_mode=Mode.automatic, plant_shed=False,
+                                           remote_active=None, previous_remote_active=None), self.guard)
+        return {"shadow_reasons": ",".join(r.value for r in would.reasons),
+                **{f"would_write_{k}": v for k, v in would.write.items()}}
+
+    def _commands(self, verdict, raw: Mapping, now: float) -> dict[str, float]:
+        """Every tag this cycle writes: the guard's setpoints, a batch request it let through,
+        the heartbeat and the agent's mode."""
         values: dict[str, float] = dict(verdict.write)
         if verdict.batch_command is BatchRequest.start:
             values[signals.BATCH_COMMAND] = float(BATCH_START)
             self._start_sent = True
-            self._say("batch", f"starting the batch (agent.start_batch, plant time {now:.0f} s)")
+            self.say("batch", f"starting the batch (agent.start_batch, plant time {now:.0f} s)")
         elif verdict.batch_command is BatchRequest.complete:
             values[signals.BATCH_COMMAND] = float(BATCH_COMPLETE)
             self._complete_sent = True
-            self._say("batch", f"completing the batch: its product is done (plant time {now:.0f} s)")
+            self.say("batch", f"completing the batch: its product is done (plant time {now:.0f} s)")
         if verdict.heartbeat:
             self._heartbeat = (self._heartbeat + 1) % 65536
             values[signals.AGENT_HEARTBEAT] = float(self._heartbeat)
             # agent_mode = 2 with a live heartbeat is the plant's explicit re-entry after a shed
             if verdict.request_remote or _number(raw.get(signals.AGENT_MODE)) != MODE_CODES[Mode.automatic]:
                 values[signals.AGENT_MODE] = float(MODE_CODES[Mode.automatic])
-        elif self.previous_mode is Mode.automatic and self.mode is not Mode.automatic:
+        elif self.modes.previous is Mode.automatic and self.mode is not Mode.automatic:
             values[signals.AGENT_MODE] = float(MODE_CODES[self.mode])  # hand the loop back, once
-        # Record before write: the decision and what it is about to write are committed first,
-        # so no write is ever made that the log does not hold. A log that cannot be written
-        # refuses automatic: nothing is written (the plant sheds on the missing heartbeat).
-        decision = Decision(
-            plant_time_s=now, mode=self.mode.value, reasons=tuple(r.value for r in verdict.reasons),
-            held=verdict.held,
-            # every validated measurement (NaN where not ok) and status tag, so a batch can be
-            # replayed from the log
-            inputs={**{n: v.value for n, v in validated.items()}, **status, **self._chords(validated),
-                    **dict(advice.inputs),
-                    "batch_time_s": view.batch_time_s, "strategy": self.strategy.name, **shadow},
-            signal_status={n: v.status.value for n, v in validated.items()},
-            predictions=dict(advice.predictions),
-            proposal=dict(advice.setpoints or {}),
-            intent=dict(values),
-        )
-        decision_id = await self._record(decision)
-        if decision_id is None and values:
-            values = {}
-            if self.mode is Mode.automatic:
-                self.mode = Mode.advisory
-                self._say("mode", "decision log cannot be written: automatic refused, agent now advisory; "
-                          "fix the log (disk, permissions) and request automatic again", logging.ERROR)
-        t2 = time.perf_counter()
+        return values
+
+    async def _write(self, values: dict[str, float], verdict, decision_id: int | None, now: float) -> dict[str, float]:
+        """Write ``values``; what the plant accepted (its outcome recorded under the decision)."""
         written: dict[str, float] = {}
         failed: dict[str, str] = {}
-        if values:
-            try:
-                outcomes = await self.io.write(values)
-            except PlantIOError as exc:
-                outcomes = {}
-                self._lost(exc)
-            for name, value in values.items():
-                outcome = outcomes.get(name)
-                if outcome is not None and outcome.accepted:
-                    written[name] = value
-                    continue
-                failed[name] = outcome.detail if outcome else "no answer"
-                if name == "batch_command":  # try again next cycle
-                    if value == BATCH_START:
-                        self._start_sent = False
-                    else:
-                        self._complete_sent = False
-                elif name in verdict.write:
-                    self.report.write_failures += 1
-                    self._say("write", f"write of {name} failed: {failed[name]}", logging.WARNING)
-            if any(n in written for n in verdict.write):
-                self._last_write_time_s = now
-                for rep in self._reports():
-                    rep.writes += 1
-            if decision_id is not None:
-                await self._record_outcome(decision_id, written, failed)
+        if not values:
+            return written
+        try:
+            outcomes = await self.io.write(values)
+        except PlantIOError as exc:
+            outcomes = {}
+            self.connection.lost(exc)
+        for name, value in values.items():
+            outcome = outcomes.get(name)
+            if outcome is not None and outcome.accepted:
+                written[name] = value
+                continue
+            failed[name] = outcome.detail if outcome else "no answer"
+            if name == signals.BATCH_COMMAND:  # try again next cycle
+                if value == BATCH_START:
+                    self._start_sent = False
+                else:
+                    self._complete_sent = False
+            elif name in verdict.write:
+                self.report.write_failures += 1
+                self.say("write", f"write of {name} failed: {failed[name]}", logging.WARNING)
+        if any(n in written for n in verdict.write):
+            self._last_write_time_s = now
+            for rep in self._reports():
+                rep.writes += 1
+        if decision_id is not None:
+            await self.recorder.outcome(decision_id, written, failed)
+        return written
+
+    def _record(self, state: PlantState, advice: Advice, verdict, validated, written: dict, stages: dict,
+                cycle_s: float) -> None:
+        """After the write: the strategy learns what was written, the state is persisted, the
+        reports and metrics count the cycle."""
+        setpoints_written = {k: v for k, v in written.items() if k in verdict.write}
         if hasattr(self.strategy, "written"):
-            self.strategy.written({k: v for k, v in written.items() if k in verdict.write}, now)
-        stages["write"] = time.perf_counter() - t2
-        cycle_s = time.perf_counter() - t0
-        self.previous_mode = self.mode
+            self.strategy.written(setpoints_written, state.plant_time_s)
+        memory = self.strategy.memory() if hasattr(self.strategy, "memory") else None
+        self.recorder.save_state(state, memory)
+        self.modes.cycle_done()
         for rep in self._reports():
             rep.cycles += 1
             rep.cycle_ms.append(cycle_s * 1000.0)
             for r in verdict.reasons:
                 rep.verdicts[r.value] += 1
-        wall_interval_s = self.settings.control_interval_s / max(self._speed_estimate(now), 1e-9)
+        wall_interval_s = self.settings.control_interval_s / max(self._speed_estimate(state.plant_time_s), 1e-9)
         overrun = cycle_s > wall_interval_s
         if overrun:
             for rep in self._reports():
                 rep.overruns += 1
-
         if self.metrics is not None:
             m = self.metrics
             m.observe_cycle(cycle_s, stages, overrun)
@@ -626,42 +938,8 @@ class Agent:
                 m.set_prediction({k: advice.predictions[k] for k in ("G_um_per_min", "log10_B", "lambda")
                                   if k in advice.predictions},
                                  {k[len("spread_"):]: v for k, v in advice.predictions.items() if k.startswith("spread_")})
-            m.record_verdict(verdict.reasons, advice.setpoints, {k: v for k, v in written.items() if k in verdict.write})
-            m.set_mode("automatic_pending" if pending else self.mode)
-
-    async def _record(self, decision: Decision) -> int | None:
-        """Commit a decision (off the loop, still in order); None when it could not be stored, or
-        when there is no log (benchmarks: writes are then not gated on it)."""
-        if self.decision_log is None:
-            return 0
-        try:
-            # one committed transaction (fsync) per decision
-            return await asyncio.to_thread(self.decision_log.append, decision)
-        except DecisionLogError as exc:
-            self._say("log", f"decision log: {exc}", logging.ERROR)
-            return None
-
-    async def _record_outcome(self, decision_id: int, written: dict, failed: dict) -> None:
-        if self.decision_log is None:
-            return
-        try:
-            await asyncio.to_thread(self.decision_log.record_outcome, decision_id, written, failed)
-        except DecisionLogError as exc:
-            self._say("log", f"decision log: {exc}", logging.ERROR)
-
-    def _chords(self, validated) -> dict[str, float]:
-        """Chord statistics of the FBRM bins (state.chord_statistics); empty without the bins."""
-        if not self._fbrm_bins:
-            return {}
-        from controller.state import chord_statistics
-
-        counts = [validated[n].value if validated[n].ok else math.nan for n in self._fbrm_bins]
-        stats = chord_statistics(counts, self.settings.fbrm_bin_edges_um)
-        # Chord statistics, named so: a chord distribution is not the size distribution (a
-        # crystal of size L gives chords from 0 to L), and the log must not pass one for the other.
-        return {"fbrm_chord_total_per_s": stats.total_per_s, "fbrm_chord_mean_um": stats.mean_size_um,
-                "fbrm_chord_volume_mean_um": stats.volume_mean_size_um,
-                "fbrm_chord_fines_fraction": stats.fines_fraction}
+            m.record_verdict(verdict.reasons, advice.setpoints, setpoints_written)
+            m.set_mode("automatic_pending" if Reason.automatic_pending in verdict.reasons else self.mode)
 
     def _speed_estimate(self, now: float) -> float:
         """Plant seconds per wall second, from the last two cycles' clocks."""
@@ -672,48 +950,15 @@ class Agent:
         self._speed = (now - prev[1]) / (wall - prev[0])
         return self._speed
 
-    def _follow_mode_request(self, request) -> None:
-        """Follow the operator's ``operator_mode_request`` (0 manual, 1 advisory, 2 automatic).
-
-        The request standing at start-up is older than the agent: a lower one (manual,
-        advisory) is obeyed at once, a standing automatic is not (an agent restarted by systemd
-        must not re-enter automatic on the strength of an old request). Automatic is entered only
-        on a request made after the agent started, i.e. a change of the tag it sees."""
-        value = _number(request)
-        if not math.isfinite(value):
-            return
-        mode = CODE_MODES.get(int(value)) if value == int(value) else None
-        if self._mode_request is None:
-            self._mode_request = value
-            if mode is not None and MODE_CODES[mode] < MODE_CODES[self.mode]:
-                self.mode = mode
-                self._say("mode", f"the operator's standing request is {mode.value}: starting in {mode.value}")
-            elif mode is Mode.automatic:
-                self._say("mode", "the operator's standing request for automatic predates this agent: "
-                          "request automatic again to enter it")
-            return
-        if value != self._mode_request:
-            self._mode_request = value
-            if mode is None:
-                self._say("mode", f"operator_mode_request {value} is not 0, 1 or 2: ignored", logging.WARNING)
-                return
-            if mode is not self.mode:
-                self.mode = mode
-                self._say("mode", f"operator requested {mode.value} mode")
-
-    def request_mode(self, mode: Mode) -> None:
-        """Change the mode from outside (CLI, tests)."""
-        self.mode = mode
-
     async def _propose(self, problem) -> None:
         t0 = time.perf_counter()
         try:
             proposal = await self.proposer.propose(problem)
         except Exception as exc:  # the worker died or the problem was bad: hold until the next one
-            self._say("proposer", f"proposal failed: {type(exc).__name__}: {exc}", logging.WARNING)
+            self.say("proposer", f"proposal failed: {type(exc).__name__}: {exc}", logging.WARNING)
         else:
             self.strategy.accept(proposal)
-            self._say("proposer", "proposals flowing")
+            self.say("proposer", "proposals flowing")
         finally:
             seconds = time.perf_counter() - t0
             for r in self._reports():
@@ -749,9 +994,32 @@ def make_io(cfg):
                    subscribe=a.opcua_subscribe)
 
 
+def material_constants(cfg):
+    """The moment model's material: ``agent.material`` when set (built in), else the process's."""
+    from controller.rollout import MaterialConstants
+
+    a, p = cfg.agent, cfg.proposer
+    if a.material:
+        return MaterialConstants.for_material(a.material, antisolvent_coefficient=p.antisolvent_solubility_coefficient)
+    return MaterialConstants.for_process(cfg.process, antisolvent_coefficient=p.antisolvent_solubility_coefficient)
+
+
+def process_facts(cfg) -> ProcessFacts:
+    """What the state estimator knows of the process: the recipe's seeding and charge, the
+    material, the analyser's delay from the process's instruments (every strategy's state)."""
+    from controller.estimator import EstimatorSettings
+    from controller.strategy import BatchRecipe
+
+    p = cfg.proposer
+    return ProcessFacts.from_recipe(
+        BatchRecipe.from_process(cfg.process), material_constants(cfg),
+        concentration_delay_s=concentration_delay_s(cfg.agent, cfg.process.instruments),
+        antisolvent_low_flow_cutoff_kg_per_min=p.antisolvent_low_flow_cutoff_kg_per_min,
+        settings=EstimatorSettings(suspension_ref_kg_per_kg=p.nucleation_suspension_kg_per_kg))
+
+
 def make_strategy(cfg, service=None):
     """The strategy the config names (the model-predictive one loads the model unless given)."""
-    from controller.rollout import MaterialConstants
     from controller.settings import StrategyName
     from controller.strategy import BatchRecipe, LinearCooling, ModelPredictive
 
@@ -761,19 +1029,24 @@ def make_strategy(cfg, service=None):
     a, p = cfg.agent, cfg.proposer
     # One product specification: the process's where it gives one, else the proposer's default.
     p = dataclasses.replace(p, target_size_um=product_target_um(cfg))
-    recipe = BatchRecipe.from_scenario(cfg.scenario, p.target_size_um)
+    process = cfg.process
+    recipe = BatchRecipe.from_process(process, p.target_size_um)
     if a.strategy is StrategyName.linear_cooling:
         return LinearCooling(recipe)
     from controller.kinetics_service import KineticsService, PriorKinetics
 
-    material = a.material or cfg.scenario.material
-    data = cfg.scenario.material_data
+    material = a.material or process.material
+    data = process.material_data
     if data is not None and data.metastable_sigma_limit > 0:
         p = dataclasses.replace(p, metastable_sigma_limit=data.metastable_sigma_limit)
     if service is None:
         if data is not None and material not in MATERIALS:
             # A material given only as data has no structure for the MS-GNN: its kinetics prior
             # is the model (the estimator corrects it online).
+            if data.kinetics is None:
+                raise SetupError(f"material {material} is given as data with no kinetics prior, and the MS-GNN has "
+                                 "no structure for it: give process.material_data.kinetics (the preset form of "
+                                 "conf/kinetics), or run agent.strategy=linear_cooling")
             _log.info("material %s is given as data: the process's kinetics prior is the model", material)
             service = PriorKinetics(data.kinetics, data.crystal_density_kg_per_m3, p.nucleation_suspension_kg_per_kg)
         else:
@@ -787,15 +1060,11 @@ def make_strategy(cfg, service=None):
     if ANTISOLVENT_SP in tagmap and tagmap[ANTISOLVENT_SP].writable:
         anti = tagmap[ANTISOLVENT_SP]
         max_antisolvent = max(anti.limits[1] if anti.limits is not None else anti.high, 0.0)
-    constants = (MaterialConstants.for_material(a.material, antisolvent_coefficient=p.antisolvent_solubility_coefficient)
-                 if a.material else
-                 MaterialConstants.for_process(cfg.scenario, antisolvent_coefficient=p.antisolvent_solubility_coefficient))
-    return ModelPredictive(recipe, service, constants, p, a.stirring_rpm,
+    return ModelPredictive(recipe, service, material_constants(cfg), p, a.stirring_rpm,
                            # no heating moves: the moment model has no dissolution, so it cannot judge them
                            max_cooling_k_per_min=min(max_rate, 1.0), max_heating_k_per_min=0.0,
                            setpoint_low_c=low, max_antisolvent_kg_per_min=max_antisolvent,
-                           state_path=str(Path(a.decision_log).with_suffix(".estimate.json")),
-                           concentration_delay_s=concentration_delay_s(a))
+                           concentration_delay_s=concentration_delay_s(a, process.instruments))
 
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,
@@ -855,7 +1124,9 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         gc.freeze()
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
                       measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s,
-                      replay=replay, poll_interval_s=0.0 if replay else 0.01, ready=ready)
+                      replay=replay, poll_interval_s=0.0 if replay else 0.01, ready=ready,
+                      state_path=Path(a.decision_log).with_suffix(".estimate.json"),
+                      instruments=cfg.process.instruments, facts=getattr(strategy, "facts", None) or process_facts(cfg))
         report = await agent.run(stop)
         if agent.window is not None:
             report.window = agent.window.summary()

@@ -48,7 +48,7 @@ def _one_protocol(cfg, overrides: Sequence[str], protocol: Protocol, out_dir: Pa
 
     b = cfg.bench_loop
     opcua_port, modbus_port = free_port_pair()
-    seeded_s = cfg.scenario.seeding.at_min * 60.0
+    seeded_s = cfg.process.seeding.at_min * 60.0
     log_path = out_dir / f"{label or protocol.value}_decisions.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(str(log_path) + suffix).unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """The ``xtalpilot`` command. Every subcommand takes Hydra overrides (``key=value``).
 
     xtalpilot plant [overrides]             serve the simulated plant (OPC UA + Modbus TCP)
-    xtalpilot plant simulate [overrides]    run a scenario offline, write data and a plot
+    xtalpilot plant simulate [overrides]    run a process and scenario offline, write data and a plot
     xtalpilot agent [overrides]             the control agent (OPC UA or Modbus) until SIGTERM
     xtalpilot demo [overrides]              plant + agent, one batch beside linear cooling, JSON
     xtalpilot replay [overrides]            the agent in shadow mode over a recorded batch, report
@@ -17,6 +17,8 @@ Examples::
     xtalpilot plant speed=1000 scenario=impurity_pulse
     xtalpilot agent agent.mode=automatic agent.protocol=modbus modbus_port=5020
     xtalpilot plant simulate scenario=unseeded_cooling simulate.format=csv
+    xtalpilot plant simulate process=kno3_seeded_cooling scenario=fouling
+    xtalpilot agent process=kno3_seeded_cooling agent.protocol=modbus
     xtalpilot replay replay.recording=historian_export.csv agent.strategy=linear_cooling
     xtalpilot plant kinetics=kno3_miller_rawlings_1994
     xtalpilot plant security=sign_encrypt users_file=certs/users.yaml
@@ -25,6 +27,11 @@ Examples::
 
 The entry point only parses, composes the config and calls a plain function; errors a user can
 fix (bad config, busy port, missing certificate) print one line and exit with code 2.
+
+Every command composes the same ``process`` (``conf/process/*.yaml``, ``process=<name>``; a
+scenario may select one, the command line wins): the plant, the agent, replay, the demo and the
+loop benchmark read one definition of the batch. Commands that start a plant of their own
+(demo, bench) pass the user's overrides, ``process=`` included, to it.
 
 ``xtalpilot agent`` is the agent alone: it composes the agent's config
 (:class:`conf.schema.XtalpilotConfig`) and never imports the simulator (``plant_sim``), so it runs
@@ -70,7 +77,7 @@ def cmd_plant(overrides: Sequence[str]) -> int:
 
 
 def cmd_simulate(overrides: Sequence[str]) -> int:
-    """Run a scenario offline and write its time series, final CSD and plot."""
+    """Run the process on a scenario offline and write its time series, final CSD and plot."""
     from plant_sim.simulate import simulate_to_files
 
     cfg = _load(overrides)

@@ -5,8 +5,8 @@
    the next run.
 2. For each strategy (the model-predictive agent, then the recipe's linear cooling): the
    simulated plant is started as ``xtalpilot plant`` on free loopback ports with the same
-   scenario and seed, the batch starts, and the agent runs in automatic mode over OPC UA
-   until the batch completes. Metrics are served meanwhile; decisions go to a decision log.
+   process, scenario and seed (the agent reads the same ``process``), the batch starts, and
+   the agent runs in automatic mode over OPC UA until the batch completes. Metrics are served meanwhile; decisions go to a decision log.
 3. The plant's batch record (product size, CV, fines, yield, peak supersaturation, final CSD)
    and the decision logs give the JSON summary and a report with plots in ``demo.output_dir``.
 
@@ -136,7 +136,7 @@ def _root_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def _plant_overrides(overrides: Sequence[str]) -> list[str]:
-    """What the plant subprocess shares with the demo: scenario, kinetics, speed, plant knobs."""
+    """What the plant subprocess shares with the demo: process, scenario, kinetics, speed, plant knobs."""
     agent_only = ("agent.", "proposer.", "demo.", "train", "data.", "split.", "msgnn.", "tune.", "bench")
     return [o for o in _root_overrides(overrides) if not o.lstrip("+~").startswith(agent_only)]
 
@@ -200,8 +200,9 @@ def run_demo(cfg, overrides: Sequence[str] = ()) -> dict:
             "proposal_s_p50": float(np.median(agent_run.proposal_s)) if agent_run.proposal_s else None,
             "cycle_ms_p99": float(np.percentile(agent_run.cycle_ms, 99)) if agent_run.cycle_ms else None,
         },
+        "process": cfg.process.name,
         "scenario": cfg.scenario.name,
-        "material": cfg.agent.material or cfg.scenario.material,
+        "material": cfg.agent.material or cfg.process.material,
         "checkpoint": checkpoint,
         "plant_speed": cfg.demo.speed,
         "wall_s": round(time.monotonic() - wall0, 1),

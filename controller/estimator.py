@@ -22,7 +22,10 @@ controller/rollout.py), with the local kinetic laws of the model and two online 
    growth correction, filtered over ``growth_time_s``. The solute state is the measured one
    (C is measured; the moments were made to agree with it), so crystals never grow without
    drawing solute.
-3. **Correct nucleation from FBRM.** Chord counts are proportional to sum N_i L_i, the first
+3. **Growth from the probes' sizes** where there is no mass balance (the concentration analyser
+   is out): the relative trend of the imaging mean size and of the FBRM mean chord is the
+   crystals' (:func:`growth_from_size_trends`), and the step grows the population by it.
+4. **Correct nucleation from FBRM.** Chord counts are proportional to sum N_i L_i, the first
    moment (plant_sim/sensors.py documents the probe: counts = k_s sum_i N_i L_i P_ij). The
    factor counts / mu_1 is calibrated while the seeds alone are in suspension (the first
    ``fbrm_calibration_s`` after seeding); afterwards the counts above what the seeds explain are
@@ -31,22 +34,39 @@ controller/rollout.py), with the local kinetic laws of the model and two online 
 
 States are bounded physically: moments finite and >= 0, mu_3 of the nuclei no more than the
 crystal mass allows, corrections within +-``max_ln_correction``. Without a valid concentration
-the step predicts with the model alone (corrections frozen) and the solute follows the
-consumption of the moments.
+there is no supersaturation, so no model rate: the step grows the population by the probes' size
+trend (births stop, corrections frozen) and the solute follows the consumption of the moments;
+without a trend either the estimate waits.
 
 The estimate is a frozen dataclass that serialises to JSON (:meth:`PopulationEstimate.to_dict`), so
 the agent persists it per batch and an agent restarted mid-batch continues where it was.
+
+**The plant state.** :func:`estimate` is the agent's whole state estimator, one pure step per
+cycle: ``estimate(previous, view, laws, facts) -> PlantState``. From the cycle's validated signals
+(:class:`PlantView`), the last state and the model's local laws it makes the frozen
+:class:`PlantState` every strategy decides on: the batch (ISA-88 state, start, batch time), the
+validated temperature and concentration, the reactor temperature the analyser's sample saw (its
+dead time, :func:`aligned`), the solubility and the supersaturation from them, the antisolvent
+totalised from the flowmeter, and the population above (seeded at the recipe's seeding time).
+Held freezes what integrates (population, totaliser) while the measured part stays current; Idle,
+Completed and Aborted end the batch's state; a state of another batch (another start) is not
+carried into this one. What the process is, the estimator is told (:class:`ProcessFacts`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping
 
 import numpy as np
 
-__all__ = ["EstimatorSettings", "Measurement", "PopulationEstimate", "crystal_mass_kg_per_kg", "seed", "step"]
+from conf.contract import signals
+from conf.contract.codes import BatchState
+
+__all__ = ["EstimatorSettings", "Measurement", "PlantState", "PlantView", "PopulationEstimate", "ProcessFacts",
+           "aligned", "crystal_mass_kg_per_kg", "estimate", "growth_from_size_trends", "seed", "size_trend_per_min",
+           "step"]
 
 N_MOMENTS = 6
 T_REF_K = 298.15
@@ -100,6 +120,9 @@ class Measurement:
         solubility_g_per_kg: C* at the temperature and solvent composition (per kg solvent).
         antisolvent_per_water: antisolvent fed so far, kg per kg water.
         fbrm_total_per_s: FBRM total chord count rate (NaN: no probe).
+        growth_trend_um_per_min: growth seen in the trend of the imaging and FBRM mean sizes
+            (:func:`growth_from_size_trends`; NaN: none). Used where the mass balance is not
+            (the concentration analyser is out).
     """
 
     time_s: float
@@ -108,6 +131,7 @@ class Measurement:
     solubility_g_per_kg: float
     antisolvent_per_water: float = 0.0
     fbrm_total_per_s: float = math.nan
+    growth_trend_um_per_min: float = math.nan
 
     @property
     def solute_g_per_kg_water(self) -> float:
@@ -291,6 +315,13 @@ def step(est: PopulationEstimate, m: Measurement, laws, mass_per_um3_kg: float,
             alpha = 1.0 - math.exp(-dt / settings.growth_time_s)
             residual = math.log(length / (g_model * dt))
             ln_growth = ln_growth + alpha * (residual - ln_growth)
+    elif math.isfinite(m.growth_trend_um_per_min) and m.growth_trend_um_per_min >= 0:
+        # No mass balance this step: the sizes' trend says how far the crystals grew.
+        length = m.growth_trend_um_per_min / 60.0 * dt
+        observed = m.growth_trend_um_per_min
+        if g_model > 0 and sigma > settings.min_sigma_for_growth and length > 0:
+            alpha = 1.0 - math.exp(-dt / settings.growth_time_s)
+            ln_growth = ln_growth + alpha * (math.log(length / (g_model * dt)) - ln_growth)
     seeds, nuclei = _grown(est, length, births, dt)
     if measured:
         solute = m.solute_g_per_kg_water
@@ -339,3 +370,370 @@ def _bounded(moments: np.ndarray) -> tuple[float, ...]:
 
 def _clip(x: float, bound: float) -> float:
     return float(min(max(x, -bound), bound))
+
+
+
+# ----------------------------------------------------------------------------- the plant state
+@dataclass(frozen=True)
+class PlantView:
+    """The validated signals of one cycle (controller.state validates them).
+
+    Attributes:
+        plant_time_s: plant time of the cycle.
+        batch_time_s: plant seconds since the batch started executing (None: not executing).
+        values: filtered value per signal (a signal that is not ok keeps its last good value
+            here, so read through :meth:`value`); status tags as read (``batch_state``).
+        ok: whether each signal passed validation this cycle.
+    """
+
+    plant_time_s: float
+    batch_time_s: float | None
+    values: Mapping[str, float]
+    ok: Mapping[str, bool]
+
+    def value(self, name: str) -> float:
+        """The validated value, NaN when the signal is not ok or absent."""
+        return float(self.values.get(name, math.nan)) if self.ok.get(name, False) else math.nan
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What the estimator is told of the process (the process definition, not measurements).
+
+    Attributes:
+        material: :class:`controller.rollout.MaterialConstants` (solubility C*(T, antisolvent) in
+            g per kg solvent, crystal kg per um^3).
+        seed_moments: moments mu_0..mu_5 of the seed charge, um^k per kg water (zeros: unseeded).
+        seed_mass_kg_per_kg: seed mass per kg water.
+        seed_at_min: batch time of seeding (the population estimate starts then).
+        solvent_mass_kg: solvent charged (the antisolvent totaliser's basis).
+        concentration_delay_s: how far the concentration analyser lags the reactor RTD.
+        antisolvent_low_flow_cutoff_kg_per_min: flows below this are not totalised (meter noise).
+        settings: how the population follows the measurements.
+        same_batch_tolerance_s: a previous state whose batch started further from this one's
+            start belongs to another batch.
+        fbrm_bin_edges_um: the FBRM's chord bin edges (empty: its bins are not used).
+        size_trend_window_s: the span of imaging and FBRM mean sizes a growth trend is fitted on.
+    """
+
+    material: object
+    seed_moments: tuple[float, ...]
+    seed_mass_kg_per_kg: float
+    seed_at_min: float
+    solvent_mass_kg: float
+    concentration_delay_s: float = 0.0
+    antisolvent_low_flow_cutoff_kg_per_min: float = 0.0
+    settings: EstimatorSettings = field(default_factory=EstimatorSettings)
+    same_batch_tolerance_s: float = 60.0
+    fbrm_bin_edges_um: tuple[float, ...] = ()
+    size_trend_window_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if not self.size_trend_window_s > 0:
+            raise ValueError(f"size_trend_window_s must be > 0, got {self.size_trend_window_s}")
+        if len(self.seed_moments) != N_MOMENTS:
+            raise ValueError(f"seed_moments needs {N_MOMENTS} moments, got {len(self.seed_moments)}")
+        for name in ("seed_mass_kg_per_kg", "seed_at_min", "concentration_delay_s",
+                     "antisolvent_low_flow_cutoff_kg_per_min", "same_batch_tolerance_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.solvent_mass_kg > 0:
+            raise ValueError(f"solvent_mass_kg must be > 0, got {self.solvent_mass_kg}")
+
+    @classmethod
+    def from_recipe(cls, recipe, material, **kwargs) -> "ProcessFacts":
+        """Facts from a batch recipe (``seed_mass_g``, ``seed_mean_size_um``, ``seed_std_size_um``,
+        ``seed_at_min``, ``solvent_mass_kg``: :class:`controller.strategy.BatchRecipe`)."""
+        from controller.rollout import seed_moments
+
+        mass = recipe.seed_mass_g / 1000.0 / recipe.solvent_mass_kg
+        moments = seed_moments(mass, recipe.seed_mean_size_um, recipe.seed_std_size_um, material)
+        return cls(material, tuple(float(v) for v in moments), mass, float(recipe.seed_at_min),
+                   float(recipe.solvent_mass_kg), **kwargs)
+
+
+_IDLE, _HELD, _COMPLETED, _ABORTED = (float(BatchState.IDLE), float(BatchState.HELD), float(BatchState.COMPLETED),
+                                      float(BatchState.ABORTED))
+
+
+@dataclass(frozen=True)
+class PlantState:
+    """The plant as the agent estimates it at one cycle (module docstring; made by :func:`estimate`).
+
+    Attributes:
+        plant_time_s: plant time of the cycle.
+        batch_time_s: plant seconds since the batch started executing (None: not executing).
+        batch_state: ISA-88 batch state as read (NaN: unknown).
+        batch_start_s: plant time the batch started, moved on by the time it was held (the phase
+            timer stops while held): plant time minus batch time (None: no batch).
+        batch_id_s: the batch's identity: its start as first seen (None: no batch).
+        view: the cycle's validated signals.
+        temperature_c / concentration_g_per_kg: validated reactor temperature and concentration
+            (NaN: not valid this cycle).
+        aligned_temperature_c: the reactor temperature the analyser's sample saw.
+        solubility_g_per_kg: C* at that temperature and the antisolvent fed (per kg solvent).
+        sigma: ln(C / C*) (NaN without valid data or material).
+        antisolvent_per_water: antisolvent fed in this batch, kg per kg water.
+        population: the population estimate (None: before seeding, or no batch).
+        temperature_history: recent (plant time, reactor temperature) for the alignment.
+        antisolvent_clock_s: when the totaliser last counted (None: stopped).
+        last_batch_time_s: the batch time last seen executing (None: none yet).
+        size_history: recent (plant time, imaging mean size um, FBRM mean chord um), NaN where
+            not valid.
+        growth_trend_um_per_min: growth seen in the trend of those sizes (NaN: none).
+    """
+
+    plant_time_s: float
+    batch_time_s: float | None = None
+    batch_state: float = math.nan
+    batch_start_s: float | None = None
+    batch_id_s: float | None = None
+    view: PlantView | None = None
+    temperature_c: float = math.nan
+    concentration_g_per_kg: float = math.nan
+    aligned_temperature_c: float = math.nan
+    solubility_g_per_kg: float = math.nan
+    sigma: float = math.nan
+    antisolvent_per_water: float = 0.0
+    population: PopulationEstimate | None = None
+    temperature_history: tuple[tuple[float, float], ...] = ()
+    antisolvent_clock_s: float | None = None
+    last_batch_time_s: float | None = None
+    size_history: tuple[tuple[float, float, float], ...] = ()
+    growth_trend_um_per_min: float = math.nan
+
+    @property
+    def executing(self) -> bool:
+        return self.batch_time_s is not None
+
+    @property
+    def held(self) -> bool:
+        return self.batch_state == _HELD
+
+    @property
+    def data_ok(self) -> bool:
+        """Temperature and concentration are valid this cycle."""
+        return math.isfinite(self.temperature_c) and math.isfinite(self.concentration_g_per_kg)
+
+    def value(self, name: str) -> float:
+        """A validated signal of the cycle (NaN when not ok)."""
+        return self.view.value(name) if self.view is not None else math.nan
+
+    def summary(self) -> dict[str, float]:
+        """What the state says, for the decision log."""
+        out = {"sigma": self.sigma, "solubility_g_per_kg": self.solubility_g_per_kg,
+               "antisolvent_kg_per_kg_water": self.antisolvent_per_water,
+               "growth_size_trend_um_per_min": self.growth_trend_um_per_min}
+        if self.held:
+            out["batch_held"] = 1.0
+        return out
+
+    def to_dict(self) -> dict:
+        """What survives an agent restart within the batch (JSON-ready)."""
+        return {"batch_start_s": self.batch_start_s, "batch_id_s": self.batch_id_s, "plant_time_s": self.plant_time_s,
+                "antisolvent_per_water": self.antisolvent_per_water,
+                "estimate": self.population.to_dict() if self.population is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "PlantState":
+        """The state :meth:`to_dict` saved. Raises ValueError (or KeyError, TypeError) on anything
+        malformed."""
+        start = data["batch_start_s"]
+        batch_id = data.get("batch_id_s", start)
+        population = data.get("estimate")
+        anti = float(data["antisolvent_per_water"])
+        time_s = float(data["plant_time_s"])
+        if not (math.isfinite(anti) and anti >= 0 and math.isfinite(time_s)):
+            raise ValueError("antisolvent_per_water and plant_time_s must be finite (antisolvent >= 0)")
+        return cls(time_s, batch_start_s=float(start) if start is not None else None,
+                   batch_id_s=float(batch_id) if batch_id is not None else None, antisolvent_per_water=anti,
+                   population=PopulationEstimate.from_dict(population) if population is not None else None)
+
+
+def aligned(history: tuple[tuple[float, float], ...], time_s: float, value: float, delay_s: float
+            ) -> tuple[tuple[tuple[float, float], ...], float]:
+    """Record ``value`` at ``time_s`` and read the signal back as it was ``delay_s`` ago.
+
+    Linear interpolation between recorded times; before the history reaches back far enough the
+    oldest value stands in; non-finite values and times that do not advance are not recorded.
+
+    Returns:
+        (the history to keep, the delayed value; NaN while nothing is recorded).
+    """
+    points = list(history)
+    if math.isfinite(value) and math.isfinite(time_s) and (not points or time_s > points[-1][0]):
+        points.append((float(time_s), float(value)))
+        # One point at or before the oldest instant still asked for is all interpolation needs.
+        while len(points) > 1 and points[1][0] <= time_s - delay_s:
+            points.pop(0)
+    if not points:
+        return (), math.nan
+    t = time_s - delay_s
+    out = points[-1][1]
+    if t <= points[0][0]:
+        out = points[0][1]
+    else:
+        for (t0, v0), (t1, v1) in zip(points, points[1:]):
+            if t <= t1:
+                out = v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+                break
+    return tuple(points), out
+
+
+def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessFacts | None) -> PlantState:
+    """The plant state of this cycle (module docstring). Pure; never raises on data.
+
+    Args:
+        previous: last cycle's state, or one restored after a restart (:meth:`PlantState.from_dict`),
+            or None.
+        view: this cycle's validated signals.
+        laws: the model's local laws (:class:`controller.kinetics_service.KineticsLaws`) or None
+            (growth from the mass balance alone).
+        facts: the process; None: the measured part only (no solubility, no population).
+    """
+    now = view.plant_time_s
+    prev = previous if previous is not None else PlantState(now)
+    code = view.value(signals.BATCH_STATE)
+    temperature = view.value(signals.REACTOR_TEMPERATURE)
+    concentration = view.value(signals.CONCENTRATION)
+    delay = facts.concentration_delay_s if facts is not None else 0.0
+    history, seen_c = aligned(prev.temperature_history, now, temperature, delay)
+    state = replace(prev, plant_time_s=now, batch_time_s=view.batch_time_s, batch_state=code, view=view,
+                    temperature_c=temperature, concentration_g_per_kg=concentration,
+                    aligned_temperature_c=seen_c, temperature_history=history)
+    if view.batch_time_s is None:
+        if code == _HELD:
+            # Held is a freeze: nothing integrates; the totaliser restarts its clock on resume.
+            state = replace(state, antisolvent_clock_s=None)
+        elif code in (_IDLE, _COMPLETED, _ABORTED) or not math.isfinite(code):
+            state = replace(state, batch_start_s=None, batch_id_s=None, population=None, antisolvent_per_water=0.0,
+                            antisolvent_clock_s=None, last_batch_time_s=None)
+        return _with_sigma(state, facts)
+    start = now - view.batch_time_s
+    if not _same_batch(prev, start, view.batch_time_s, now, facts):
+        state = replace(state, batch_id_s=start, population=None, antisolvent_per_water=0.0, antisolvent_clock_s=None)
+    # The start moves on by the time the batch was held (the phase timer stops while held).
+    state = replace(state, batch_start_s=start, last_batch_time_s=view.batch_time_s)
+    if facts is None:
+        return _with_sigma(state, facts)
+    state = _totalised(state, view, facts)
+    state = _with_sigma(state, facts)
+    state = _size_trend(state, view, facts)
+    population = state.population
+    if not state.data_ok:
+        if population is None or not math.isfinite(state.growth_trend_um_per_min):
+            return state  # nothing to advance it by: the estimate waits (its age shows in the log)
+    elif population is None and view.batch_time_s / 60.0 >= facts.seed_at_min:
+        population = seed(now, facts.seed_moments, facts.seed_mass_kg_per_kg,
+                          concentration * (1.0 + state.antisolvent_per_water))
+    if population is not None:
+        m = Measurement(now, temperature, concentration, state.solubility_g_per_kg, state.antisolvent_per_water,
+                        view.value("fbrm_counts_total_per_s"), state.growth_trend_um_per_min)
+        population = step(population, m, laws, facts.material.mass_per_um3_kg, facts.settings)
+    return replace(state, population=population)
+
+
+def size_trend_per_min(points, min_points: int = 4, min_span_s: float = 120.0) -> float:
+    """Least-squares slope of a signal over plant time (signal units per minute).
+
+    Args:
+        points: (plant time s, value) pairs; non-finite values are left out.
+        min_points: fewest valid points a slope is fitted on.
+        min_span_s: shortest time span a slope is fitted over (a slope over a few seconds is
+            the probe's noise); points at one instant never give one.
+
+    Returns:
+        The slope, NaN with too few points or too short a span.
+    """
+    pts = np.array([(t, v) for t, v in points if math.isfinite(t) and math.isfinite(v)], dtype=float).reshape(-1, 2)
+    if pts.shape[0] < min_points:
+        return math.nan
+    span = pts[:, 0].max() - pts[:, 0].min()
+    if span < min_span_s or not span > 0:
+        return math.nan
+    t = pts[:, 0] - pts[:, 0].mean()
+    return float(np.dot(t, pts[:, 1] - pts[:, 1].mean()) / np.dot(t, t) * 60.0)
+
+
+def growth_from_size_trends(history, mean_size_um: float) -> float:
+    """Growth (um/min) from the trend of the imaging and FBRM mean sizes.
+
+    A probe's mean size is proportional to the crystals' size (the imaging probe's projected
+    size through a shape factor, the FBRM's mean chord through the chord-to-size ratio), so its
+    relative trend is the crystals' (G = L d ln(size)/dt for the mean size L of the estimated
+    population), whatever the factor. The mean of the probes that give one; NaN when none does.
+
+    Args:
+        history: (plant time s, imaging mean um, FBRM mean chord um), NaN where not valid.
+        mean_size_um: number-mean size of the estimated population.
+    """
+    if not (math.isfinite(mean_size_um) and mean_size_um > 0):
+        return math.nan
+    rates = []
+    for k in (1, 2):
+        slope = size_trend_per_min([(p[0], math.log(p[k]) if p[k] > 0 else math.nan) for p in history])
+        if math.isfinite(slope):
+            rates.append(max(slope, 0.0) * mean_size_um)  # a mean that falls is nucleation, not dissolution
+    return float(np.mean(rates)) if rates else math.nan
+
+
+def _size_trend(state: PlantState, view: PlantView, facts: ProcessFacts) -> PlantState:
+    """The imaging and FBRM mean sizes recorded, and the growth their trend shows."""
+    chord = math.nan
+    if facts.fbrm_bin_edges_um:
+        from controller.state import chord_statistics
+
+        counts = [view.value(f"fbrm_counts_bin{k}_per_s") for k in range(1, len(facts.fbrm_bin_edges_um))]
+        if all(math.isfinite(c) for c in counts):
+            chord = chord_statistics(counts, facts.fbrm_bin_edges_um).mean_size_um
+    image = view.value(signals.IMAGE_MEAN_SIZE)
+    now = view.plant_time_s
+    history = tuple(p for p in state.size_history if p[0] > now - facts.size_trend_window_s)
+    if not history or now > history[-1][0]:
+        history = history + ((now, image, chord),)
+    population = state.population
+    mean = math.nan
+    if population is not None and population.seeds[0] > 0:
+        mean = population.seeds[1] / population.seeds[0]
+    return replace(state, size_history=history, growth_trend_um_per_min=growth_from_size_trends(history, mean))
+
+
+def _same_batch(prev: PlantState, start_s: float, batch_time_s: float, now_s: float, facts: ProcessFacts | None) -> bool:
+    """Whether ``prev`` is of the batch executing now (started ``start_s``, ``batch_time_s`` in).
+
+    Followed cycle by cycle, a batch is the same as long as its time does not go back (Idle,
+    Completed and Aborted end it in between; Held stops its timer, which moves the start on). A
+    state restored after an agent restart (no view yet) is of this batch when the batch started
+    at the same plant time and the state does not run ahead of the plant clock (a restarted
+    plant's clock starts over, so its batches can start at the same plant time); an agent
+    restarted after the batch was held in its absence starts the estimate afresh."""
+    if prev.batch_start_s is None:
+        return False
+    tolerance_s = facts.same_batch_tolerance_s if facts is not None else 60.0
+    if prev.population is not None and prev.population.time_s > now_s + 1e-6:
+        return False
+    if prev.view is None:
+        return abs(prev.batch_start_s - start_s) <= tolerance_s
+    return prev.last_batch_time_s is None or batch_time_s >= prev.last_batch_time_s - tolerance_s
+
+
+def _totalised(state: PlantState, view: PlantView, facts: ProcessFacts) -> PlantState:
+    """Antisolvent fed, totalised from the flowmeter above its low-flow cut-off. While the
+    flowmeter is not valid nothing is added: the estimate then lags the plant, as the log shows."""
+    last, now = state.antisolvent_clock_s, view.plant_time_s
+    flow = view.value(signals.ANTISOLVENT_FLOW)
+    anti = state.antisolvent_per_water
+    if (last is not None and math.isfinite(flow) and now > last
+            and flow >= facts.antisolvent_low_flow_cutoff_kg_per_min):
+        anti += max(flow, 0.0) * min(now - last, 600.0) / 60.0 / facts.solvent_mass_kg
+    return replace(state, antisolvent_per_water=anti, antisolvent_clock_s=now)
+
+
+def _with_sigma(state: PlantState, facts: ProcessFacts | None) -> PlantState:
+    """Solubility at the temperature the analyser saw, and sigma = ln(C / C*)."""
+    csat = math.nan
+    if facts is not None and math.isfinite(state.aligned_temperature_c):
+        csat = float(facts.material.solubility_g_per_kg(state.aligned_temperature_c, state.antisolvent_per_water))
+    c = state.concentration_g_per_kg
+    sigma = math.log(c / csat) if math.isfinite(c) and c > 0 and math.isfinite(csat) and csat > 0 else math.nan
+    return replace(state, solubility_g_per_kg=csat, sigma=sigma)

@@ -26,7 +26,11 @@ network's own answer. So the grid spans the driving forces the batch visits
 limit), is centred on the current sigma (:func:`query_grid`), and the laws are pinned to the
 network's answer at the current condition (:func:`fit_laws` with ``anchor``).
 
-The facet graph comes from imaging (:func:`controller.facet_graph.facet_graph_from_imaging`).
+The facet graph comes from imaging (:func:`controller.facet_graph.facet_graph_from_imaging`):
+the habit the probe observes (facet families and their area fractions; no in-line instrument
+measures facet growth rates), with the rate feature the training data give every facet graph,
+the face rates at the training reference condition, taken from the network itself
+(:meth:`KineticsService.reference_face_rates`, a second pass on the observed habit's graph).
 When imaging gives none (an unseeded batch before nuclei show, a clear solution, a plant
 without facet signals), it is the material's own habit (:attr:`KineticsEstimate.facet_source`
 says which), made as the training data make every observed facet graph, the habit grown at the
@@ -354,15 +358,16 @@ class KineticsService:
         service.version = weights.name + ":" + str(int(weights.stat().st_mtime))
         return service
 
-    def estimate(self, imaging: Sequence[tuple[float, float, float]], temperature_c: float, sigma: float,
+    def estimate(self, imaging: Sequence[tuple[float, float]], temperature_c: float, sigma: float,
                  impurity_ppm: float = 0.0, stirring_rpm: float = 300.0, *,
                  sigma_range: tuple[float, float] | None = None,
                  constraint_sigma: float | None = None) -> KineticsEstimate:
         """Kinetics at the current conditions and local laws around them.
 
         Args:
-            imaging: (hkl code, area fraction, growth rate um/min) per usable slot (may be
-                empty: then the material's habit stands in, see ``habit_fallback``).
+            imaging: (hkl code, area fraction) per usable slot, the observed habit
+                (:func:`controller.facet_graph.imaging_from_values`; may be empty: then the
+                material's habit stands in, see ``habit_fallback``).
             temperature_c: current reactor temperature.
             sigma: current driving force ln(C/C*).
             impurity_ppm: impurity in the liquid.
@@ -381,7 +386,8 @@ class KineticsService:
         """
         if not math.isfinite(temperature_c):
             raise ModelUnavailable("reactor temperature unknown")
-        facets = facet_graph_from_imaging(imaging, self.family_properties, self.embedding_directions)
+        facets = facet_graph_from_imaging(imaging, self.family_properties, self.embedding_directions,
+                                          self.reference_face_rates)
         source = FacetSource.imaging
         if facets is None:
             if not self.habit_fallback:
@@ -429,19 +435,27 @@ class KineticsService:
         """The material's own habit as a facet graph (module docstring); the structure's habit
         with unknown rates where the network gives no usable face rates."""
         from conf.contract.morphology import kinetic_wulff
-        from models.graphs import REFERENCE_CONDITION, habit_query, structure_habit
+        from models.graphs import habit_query, structure_habit
 
         habit = structure_habit(self.material)
         guess = habit_query(self.material, habit, np.zeros(habit.num_faces), self.embedding_directions)
-        with torch.no_grad():
-            pred = self.predictor.query(self.embedding, guess, [REFERENCE_CONDITION])
-        face_rates = pred.facet_mean.detach().cpu().double().numpy().reshape(-1)
+        face_rates = self.reference_face_rates(guess)
         if face_rates.shape != (habit.num_faces,) or not np.all(np.isfinite(face_rates) & (face_rates > 0)):
             return guess
         shown = np.flatnonzero(np.bincount(habit.face_family, minlength=len(habit.hkls)) > 0)
         family_rates = np.array([face_rates[habit.face_family == f].mean() for f in shown])
         grown = kinetic_wulff([habit.hkls[f] for f in shown], family_rates)
         return habit_query(self.material, grown, family_rates[grown.face_family], self.embedding_directions)
+
+    def reference_face_rates(self, facets) -> np.ndarray:
+        """The network's growth rate of every face of ``facets`` at the training reference
+        condition (um/min, (F,)): the rate feature a facet graph carries in training, where it
+        is the rate observed there, a laboratory characterisation of the material."""
+        from models.graphs import REFERENCE_CONDITION
+
+        with torch.no_grad():
+            pred = self.predictor.query(self.embedding, facets, [REFERENCE_CONDITION])
+        return pred.facet_mean.detach().cpu().double().numpy().reshape(-1)
 
     @property
     def embedding_directions(self) -> np.ndarray:

@@ -9,9 +9,9 @@ recording is read-only).
 Between recorded instants nothing waits; the model's answer and each proposal are awaited
 before the next cycle, as they arrive within one control interval on a live plant.
 
-Without ``replay.recording`` a batch of the configured scenario is first recorded from the
-simulated plant (every tag, one row per ``agent.control_interval_s``) into
-``<output_dir>/recording.csv``: **synthetic** data, to try replay without a historian.
+Without ``replay.recording`` a batch of the configured process is first recorded from the
+simulated plant, running the configured scenario (every tag, one row per
+``agent.control_interval_s``), into ``<output_dir>/recording.csv``: **synthetic** data, to try replay without a historian.
 
 Out (``replay.output_dir``): ``decisions.sqlite`` (the decision log), ``decisions.csv`` (one
 row per cycle), ``summary.json`` (what is printed) and ``report.png``:
@@ -42,7 +42,8 @@ __all__ = ["record_simulated_batch", "run_replay"]
 
 
 def record_simulated_batch(cfg, path: Path, interval_s: float) -> Path:
-    """Record every tag of a simulated batch of ``cfg.scenario`` (wide CSV, synthetic data)."""
+    """Record every tag of a simulated batch of ``cfg.process`` on ``cfg.scenario`` (wide CSV,
+    synthetic data)."""
     import pandas as pd
 
     from plant_sim.plant import Plant
@@ -110,7 +111,7 @@ def replay_summary(cfg, frame, signal_statuses, agent_summary: dict, source: str
     from controller.rollout import MaterialConstants
 
     material = (MaterialConstants.for_material(cfg.agent.material) if cfg.agent.material
-                else MaterialConstants.for_process(cfg.scenario))
+                else MaterialConstants.for_process(cfg.process))
     proposed = _would_write(frame)
     recorded_sp = np.asarray(frame.get(ACTIVE_SP, np.full(len(frame), math.nan)), dtype=float)
     both = np.isfinite(proposed) & np.isfinite(recorded_sp)
@@ -133,6 +134,7 @@ def replay_summary(cfg, frame, signal_statuses, agent_summary: dict, source: str
         "instants": io.instants,
         "recorded_h": float(frame["plant_time_s"].max() - frame["plant_time_s"].min()) / 3600.0 if len(frame) else 0.0,
         "strategy": cfg.agent.strategy.value,
+        "process": cfg.process.name,
         "cycles": agent_summary["cycles"],
         "proposals": agent_summary["proposal_s"]["n"],
         "guard_verdicts_in_automatic": dict(verdicts),
@@ -171,7 +173,7 @@ def write_replay_report(path: Path, frame, cfg) -> Path:
     from controller.rollout import MaterialConstants
 
     material = (MaterialConstants.for_material(cfg.agent.material) if cfg.agent.material
-                else MaterialConstants.for_process(cfg.scenario))
+                else MaterialConstants.for_process(cfg.process))
     limit = cfg.proposer.metastable_sigma_limit
     t_h = np.asarray(frame["plant_time_s"], dtype=float) / 3600.0 if len(frame) else np.zeros(0)
 

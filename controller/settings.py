@@ -146,7 +146,7 @@ class AgentSettings:
         mode: the mode the agent starts in (manual, advisory, automatic); the plant's
             ``operator_mode_request`` tag changes it while running (0, 1, 2).
         strategy: model_predictive (MS-GNN + BoTorch) or linear_cooling (the recipe).
-        material: the crystallising material; None: the scenario's.
+        material: the crystallising material (built in); None: the process's.
         checkpoint: MS-GNN checkpoint path without suffix (``make model`` writes it).
         control_interval_s: plant seconds between control cycles.
         stale_after_s: plant seconds after which a reading is stale.

@@ -25,9 +25,10 @@ spike window; a signal that is not ``ok`` keeps its last filtered value and says
 so the guard can hold on it.
 
 Settings per signal come from what its instrument is (:class:`InstrumentSpec`: noise, dead time,
-lag, resolution) through :func:`validation_settings_for`. The defaults,
-:data:`DEFAULT_INSTRUMENTS`, are those of the instruments the simulated plant imitates
-(plant_sim/sensors.py, ``SensorSettings``), copied here so the agent runs without the simulator.
+lag, resolution) through :func:`validation_settings_for`. The instruments are the process's
+(:mod:`conf.contract.instruments`, a process file's ``instruments``); the defaults,
+:data:`DEFAULT_INSTRUMENTS`, are those the simulated plant imitates (plant_sim/sensors.py,
+``SensorSettings``), copied into the contract so the agent runs without the simulator.
 
 Supersaturation compares the concentration with the solubility at the reactor temperature of the
 same instant. The ATR-FTIR reports the solution as it was a dead time plus lags ago, so
@@ -42,10 +43,11 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from itertools import pairwise
-from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
+
+from conf.contract.instruments import DEFAULT_INSTRUMENTS, InstrumentSpec
 
 __all__ = [
     "DEFAULT_INSTRUMENTS",
@@ -249,93 +251,8 @@ class SignalTracker:
 
 
 # ----------------------------------------------------------------------------- instruments
-@dataclass(frozen=True)
-class InstrumentSpec:
-    """What an instrument is: its noise, delays and resolution (signal units, plant seconds).
-
-    Attributes:
-        noise_std: standard deviation of a reading's noise, signal units (> 0; for a counting
-            instrument the noise at the lowest level it reports).
-        dead_time_s: transport and acquisition delay (sample loop, spectrum averaging).
-        lag_s: first-order time constant of the instrument (thermowell, probe film).
-        filter_time_s: the agent's first-order filter on the validated value (0: none).
-        relative_noise: extra noise proportional to the reading (counts, image sizes).
-        resolution: smallest step of the transmitted value (a Modbus integer register with
-            ``scale``: 1 / scale); 0 for a float transport.
-        update_period_s: how often the instrument produces a new value (it holds between);
-            0 for one every read.
-        max_rate_per_s: fastest the measured quantity really moves, signal units per second
-            (None: no rate-of-change limit on spikes).
-        stuck_test: False where an exact repeat is legitimate (a flow meter's low-flow cut-off
-            reads 0, a clear solution gives no chord counts).
-    """
-
-    noise_std: float
-    dead_time_s: float = 0.0
-    lag_s: float = 0.0
-    filter_time_s: float = 0.0
-    relative_noise: float = 0.0
-    resolution: float = 0.0
-    update_period_s: float = 0.0
-    max_rate_per_s: float | None = None
-    stuck_test: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.noise_std > 0:
-            raise ValueError(f"noise_std must be > 0, got {self.noise_std}")
-        for name in ("dead_time_s", "lag_s", "filter_time_s", "relative_noise", "resolution", "update_period_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_rate_per_s is not None and not self.max_rate_per_s >= 0:
-            raise ValueError(f"max_rate_per_s must be >= 0 or None, got {self.max_rate_per_s}")
-
-    def ramp_lag_s(self, sample_interval_s: float = 0.0) -> float:
-        """How far the filtered value trails a ramp: dead time plus the instrument's lag plus the
-        agent's filter (a first-order lag of tau follows a ramp tau behind; the filter, run once
-        per ``sample_interval_s`` dt on the latest reading, dt e^(-dt/tau) / (1 - e^(-dt/tau)))."""
-        tau, dt = self.filter_time_s, sample_interval_s
-        if tau <= 0.0:
-            filter_lag_s = 0.0
-        elif dt <= 0.0:
-            filter_lag_s = tau
-        else:
-            filter_lag_s = dt / math.expm1(dt / tau)
-        return self.dead_time_s + self.lag_s + filter_lag_s
-
-
-def _fbrm() -> InstrumentSpec:
-    # Counting noise sqrt(counts / 1 s): ~3 counts/s at the ~10 counts/s where a bin starts to
-    # mean something (a window of a clear solution's zeros has no spread of its own); 3 %
-    # scatter above. No rate limit: counts jump when seeds go in or a nucleation burst starts.
-    return InstrumentSpec(noise_std=3.0, relative_noise=0.03, stuck_test=False)
-
-
-#: The instruments of plant_sim/sensors.py ``SensorSettings`` (Pt100 class A RTDs on 4-20 mA,
-#: 0.02 K; ATR-FTIR after chemometric calibration, 0.5 g/kg, 30 s dead time, 20 s lag; FBRM;
-#: imaging every 10 s). Rates: the reactor cannot outrun the 2 K/min setpoint rate limit of the
-#: tag map; jacket temperatures follow the temperature controller's output, 10 K/min; the
-#: concentration follows the solubility at up to 1 K/min cooling, 3 g/kg/min for KCl; image
-#: sizes grow at most 10 um/min and facet growth rates change by 0.2 um/min per min (they fall
-#: that fast when cooling ends). The
-#: concentration is filtered over 60 s (its noise is 0.0015 in sigma per reading, 0.0007 after);
-#: the temperatures are not (their noise is 1e-4 in sigma, and a lag would slow the guard).
-DEFAULT_INSTRUMENTS: Mapping[str, InstrumentSpec] = MappingProxyType({
-    "reactor_temperature_c": InstrumentSpec(0.02, lag_s=5.0, max_rate_per_s=2.0 / 60.0),
-    "jacket_temperature_c": InstrumentSpec(0.02, lag_s=3.0, max_rate_per_s=10.0 / 60.0),
-    "jacket_inlet_temperature_c": InstrumentSpec(0.02, lag_s=3.0, max_rate_per_s=10.0 / 60.0),
-    "concentration_g_per_kg": InstrumentSpec(0.5, dead_time_s=30.0, lag_s=20.0, filter_time_s=60.0,
-                                             max_rate_per_s=3.0 / 60.0),
-    "antisolvent_flow_kg_per_min": InstrumentSpec(0.002, stuck_test=False),
-    "fbrm_counts_total_per_s": _fbrm(),
-    **{f"fbrm_counts_bin{j}_per_s": _fbrm() for j in range(1, 7)},
-    "image_mean_size_um": InstrumentSpec(1.0, relative_noise=0.02, update_period_s=10.0, stuck_test=False,
-                                         max_rate_per_s=10.0 / 60.0),
-    "image_aspect_ratio": InstrumentSpec(0.01, relative_noise=0.02, update_period_s=10.0, stuck_test=False),
-    **{f"facet_{j}_area_fraction": InstrumentSpec(0.01, update_period_s=10.0, stuck_test=False) for j in range(1, 5)},
-    **{f"facet_{j}_growth_rate_um_per_min": InstrumentSpec(0.01, relative_noise=0.05, update_period_s=10.0,
-                                                           stuck_test=False, max_rate_per_s=0.2 / 60.0)
-       for j in range(1, 5)},
-})
+# InstrumentSpec and DEFAULT_INSTRUMENTS are the process's (conf/contract/instruments.py: a process
+# file names its instruments); imported above and re-exported, so existing imports keep working.
 
 # Chance per test that a healthy signal is called stuck: 1e-7 is one false call in ~10 years of
 # 30 s cycles on three signals.

@@ -218,6 +218,7 @@ def run_plant_benchmark(cfg, served: bool = True, overrides: Sequence[str] = ())
         **offline,
         "msmpr_classes": 200,
         "scenario": cfg.scenario.name,
+        "process": cfg.process.name,
         "overrides": list(overrides),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "bench_wall_s": time.perf_counter() - t0,

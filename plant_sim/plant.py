@@ -182,18 +182,25 @@ def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, in
     """The scenario's reactor with its kinetics. Returns (reactor, facet families shown)."""
     k = scenario.kinetics
     if k.model is KineticsModel.power_law or scenario.material_data is not None:
+        data = scenario.material_data
+        if data is not None and data.kinetics is None and k.model is not KineticsModel.power_law:
+            raise PlantConfigError(
+                f"process.material_data gives {scenario.material} no kinetics: the simulated plant needs a power-law "
+                "law for a material given as data; give process.material_data.kinetics (the preset form of "
+                "conf/kinetics) or run a power-law preset as the plant's truth (kinetics=<preset>)")
         try:
             return _power_law_reactor(scenario)
         except ValueError as exc:
-            raise PlantConfigError(f"scenario.kinetics.power_law: {exc}") from None
+            where = "process.material_data" if data is not None else "scenario.kinetics.power_law"
+            raise PlantConfigError(f"{where}: {exc}") from None
     try:
         material: Material = get_material(scenario.material)
     except KeyError as exc:
-        raise PlantConfigError(f"scenario.material: {exc.args[0]}") from None
+        raise PlantConfigError(f"process.material: {exc.args[0]}") from None
     try:
         facets = _facet_kinetics(material, k)
     except ValueError as exc:
-        raise PlantConfigError(f"scenario.material={material.name}: {exc}") from None
+        raise PlantConfigError(f"process.material={material.name}: {exc}") from None
     reactor = Reactor(
         scenario.reactor, facet_rates_fn(facets), material.solubility.g_per_kg, material.density_kg_per_m3
     )
@@ -202,7 +209,9 @@ def build_reactor(scenario: Scenario) -> tuple[Reactor, tuple[tuple[int, int, in
 
 def _power_law_reactor(scenario: Scenario) -> tuple[Reactor, tuple]:
     data = scenario.material_data
-    p = data.kinetics if data is not None else scenario.kinetics.power_law
+    # The process's kinetics prior is the plant's truth unless the scenario runs a preset of its own.
+    own = scenario.kinetics.model is KineticsModel.power_law
+    p = data.kinetics if data is not None and data.kinetics is not None and not own else scenario.kinetics.power_law
     law = PowerLawKinetics(
         name=p.name,
         growth_rate_m_per_s=p.growth_rate_um_per_min * 1e-6 / 60.0,
@@ -220,7 +229,7 @@ def _power_law_reactor(scenario: Scenario) -> tuple[Reactor, tuple]:
     )
     if data is not None:  # the process's own data: its measured solubility, density and shape
         temps, values = data.solubility_table()
-        solubility = Solubility(temps, values, source=f"scenario.material_data ({scenario.material})")
+        solubility = Solubility(temps, values, source=f"process.material_data ({scenario.material})")
         density, shape = data.crystal_density_kg_per_m3, data.volume_shape_factor
     else:
         solubility = SolubilityPolynomial(tuple(p.solubility_coefficients_g_per_kg), source=p.reference)
@@ -584,12 +593,14 @@ class Plant:
         fractions = np.zeros(N_FACET_SLOTS)
         growth = np.zeros(N_FACET_SLOTS)
         aspect = 1.0
+        area_shape_factor = math.pi  # without facet resolution the probe sees spheres
         habit = step.rates.habit
         if habit is not None:
             k = len(self.facet_hkls)
             fractions[:k] = habit.family_area_fractions[:k]
             growth[:k] = np.where(habit.family_area_fractions[:k] > 0, step.rates.family_rates_m_per_s[:k], 0.0)
             aspect = habit.aspect_ratio
+            area_shape_factor = habit.area_shape_factor
         else:
             fractions[:] = np.nan
             growth[:] = np.nan
@@ -605,6 +616,7 @@ class Plant:
             facet_area_fractions=fractions,
             facet_growth_rates_m_per_s=growth,
             aspect_ratio=aspect,
+            area_shape_factor=area_shape_factor,
             setpoint_c=self._working_setpoint_c,
             batch_state=float(self.state),
             control_source=1.0 if self._remote else 0.0,
@@ -640,6 +652,7 @@ class Plant:
             facet_area_fractions=np.stack([r["facet_area_fractions"] for r in rows]),
             facet_growth_rates_m_per_s=np.stack([r["facet_growth_rates_m_per_s"] for r in rows]),
             aspect_ratio=np.array([r["aspect_ratio"] for r in rows]),
+            area_shape_factor=np.array([r["area_shape_factor"] for r in rows]),
         )
         measured = self.sensors.measure(truth) if n_steps > 0 or not self._measured else None
         if measured is not None and not self.facet_hkls:
@@ -662,6 +675,9 @@ class Plant:
         out["true_concentration_g_per_kg"] = truth.concentration_g_per_kg
         for name in ("solubility_g_per_kg", "crystal_mass_kg", "growth_rate_m_per_s", "nucleation_rate_per_kg_s"):
             out[f"true_{name}"] = np.array([r[name] for r in rows])
+        # Facet normal growth rates are truth only: no in-line instrument measures them.
+        for j in range(N_FACET_SLOTS):
+            out[f"true_facet_{j + 1}_growth_rate_um_per_min"] = truth.facet_growth_rates_m_per_s[:, j] * 1e6 * 60.0
         return out
 
     def advance(self, duration_s: float, record: bool = False) -> dict[str, np.ndarray] | None:

@@ -1,19 +1,27 @@
-"""Scenarios as data: what is charged, how it is operated, and what goes wrong.
+"""Scenarios as data: a process, and what the simulated plant adds to it.
 
-A :class:`Scenario` reads like a lab instruction sheet (PyBaMM's "experiment"): charge the
-reactor, heat to dissolve, seed at 50 C, cool to 20 C at 0.3 K/min, hold 30 min. It also names
-the disturbances the run meets: seed-mass variation, impurity pulses, fouling and sensor faults.
-Scenarios live in ``conf/scenario/*.yaml`` and are deterministic for a given ``seed``.
+The process (``conf/process/*.yaml``, :class:`conf.contract.process.BatchProcess`) reads like a
+lab instruction sheet (PyBaMM's "experiment"): charge the reactor, heat to dissolve, seed at
+50 C, cool to 20 C at 0.3 K/min, hold 30 min. The agent reads that and nothing else. A
+:class:`Scenario` (``conf/scenario/*.yaml``) is what the simulator runs: that process, plus only
+what is simulator-only: the vessel's physics, its sensors' noise, the kinetics that play the
+plant's truth, the length of an offline run, and the disturbances the run meets (seed-mass
+variation, impurity pulses, fouling and sensor faults). Scenarios are deterministic for a
+given ``seed``.
+
+The process's fields appear here as copies (field metadata
+:data:`conf.contract.process.FROM_PROCESS`), filled by :meth:`Scenario.with_process` from the
+config's ``process`` (:class:`conf.simulator.SimulatorConfig`), so the served plant, the
+offline simulator and the agent read one definition; the scenario's schema leaves them out, so
+a scenario file cannot set them.
 
 Everything here is pure data plus pure functions of plant time (:func:`impurity_ppm_at`,
-:func:`fouling_resistance_m2k_per_w`). The recipe sheet's own part (:class:`RecipeStep`,
-:class:`Seeding` and the recipe program :func:`conf.contract.process.recipe_setpoint`) is the
-process schema of :mod:`conf.contract.process`, so the served plant, the offline simulator and
-the agent read one recipe.
+:func:`fouling_resistance_m2k_per_w`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
@@ -22,7 +30,15 @@ from typing import Optional
 import numpy as np
 
 from conf.contract import validate
-from conf.contract.process import MaterialData, PowerLawPreset, RecipeStep, Seeding, recipe_duration_min
+from conf.contract.process import (
+    FROM_PROCESS,
+    BatchProcess,
+    MaterialData,
+    PowerLawPreset,
+    RecipeStep,
+    Seeding,
+    recipe_duration_min,
+)
 from plant_sim.reactor import ReactorSettings
 from plant_sim.sensors import SensorFault, SensorSettings
 
@@ -121,66 +137,87 @@ class KineticsConfig:
         )
 
 
+def _from_process(**kwargs):
+    """A copy of the process's field of the same name (see the module docstring)."""
+    return field(metadata={FROM_PROCESS: True}, **kwargs)
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario: material, reactor, recipe, seeding and disturbances.
+    """One scenario: the process it runs, the reactor, and the disturbances.
+
+    Fields marked (process) are copies of the process's (:meth:`with_process`); the config
+    fills them, code that builds a scenario may set them directly.
 
     Attributes:
         name: scenario name.
         description: one line for humans.
         seed: seed of every random draw (sensor noise, seed-mass variation).
-        material: key of :data:`conf.contract.materials.MATERIALS` (physics kinetics).
+        material: (process) key of :data:`conf.contract.materials.MATERIALS` (physics kinetics).
         operation: batch or continuous.
-        initial_temperature_c: reactor temperature at charge.
-        initial_saturation_temperature_c: the charge is saturated at this temperature
+        initial_temperature_c: (process) reactor temperature at charge.
+        initial_saturation_temperature_c: (process) the charge is saturated at this temperature
             (sets the initial concentration from the solubility curve).
-        recipe: the local temperature program, run from batch start.
-        seeding: seed charge.
-        target_mean_size_um: product specification (volume-weighted mean size).
+        recipe: (process) the local temperature program, run from batch start.
+        seeding: (process) seed charge.
+        target_mean_size_um: (process) product specification (volume-weighted mean size).
         duration_min: offline simulation length; the served plant runs until stopped.
         max_batch_time_min: hard limit on a batch's executing (recipe-clock) time: the plant
             completes the batch there and reports ``time_limit_hit``, whoever drives the
             setpoint. None: :data:`DEFAULT_BATCH_TIME_LIMIT_FACTOR` x the recipe's duration
             (no limit without a recipe). Continuous operation has no limit.
         continuous: MSMPR settings (operation continuous).
+        seed_mass_rel_std: relative standard deviation of the charged seed mass between batches
+            (seed-mass variation; the draw is deterministic for ``seed``).
         impurity: impurity pulses.
         fouling: jacket fouling.
         faults: sensor faults.
-        reactor: vessel, jacket, local PID and size grid.
-        sensors: instrument noise, lags and probes.
+        reactor: vessel, jacket, local PID and size grid (its ``water_mass_kg`` is the
+            process's ``solvent_mass_kg``).
+        sensors: the simulated instruments' noise, lags and probes (the process's
+            ``instruments`` are the agent's knowledge of them).
         kinetics: kinetics model.
-        material_data: the material as data, not built in (its solubility, density, shape
-            factor and power-law kinetics then run the plant; ``material`` only names it).
+        material_data: (process) the material as data, not built in (its solubility, density,
+            shape factor and power-law kinetics then run the plant; ``material`` only names it).
     """
 
     name: str = "seeded_cooling"
     description: str = ""
     seed: int = 0
-    material: str = "KCl"
+    material: str = _from_process(default="KCl")
     operation: Operation = Operation.batch
-    initial_temperature_c: float = 55.0
-    initial_saturation_temperature_c: float = 50.0
-    recipe: tuple[RecipeStep, ...] = ()
-    seeding: Seeding = field(default_factory=Seeding)
-    target_mean_size_um: float = 0.0
+    initial_temperature_c: float = _from_process(default=55.0)
+    initial_saturation_temperature_c: float = _from_process(default=50.0)
+    recipe: tuple[RecipeStep, ...] = _from_process(default=())
+    seeding: Seeding = _from_process(default_factory=Seeding)
+    target_mean_size_um: float = _from_process(default=0.0)
     duration_min: float = 240.0
     max_batch_time_min: float | None = None
     continuous: Continuous = field(default_factory=Continuous)
+    seed_mass_rel_std: float = 0.0
     impurity: tuple[ImpurityPulse, ...] = ()
     fouling: Fouling = field(default_factory=Fouling)
     faults: tuple[SensorFault, ...] = ()
-    reactor: ReactorSettings = field(default_factory=ReactorSettings)
+    # The charge's water is the process's (solvent_mass_kg); the vessel's physics are the scenario's.
+    reactor: ReactorSettings = field(default_factory=ReactorSettings, metadata={FROM_PROCESS: ("water_mass_kg",)})
     sensors: SensorSettings = field(default_factory=SensorSettings)
     kinetics: KineticsConfig = field(default_factory=KineticsConfig)
-    material_data: Optional[MaterialData] = None
+    material_data: Optional[MaterialData] = _from_process(default=None)
 
     def __post_init__(self) -> None:
         validate.positive(self, "duration_min")
         if self.max_batch_time_min is not None:
             validate.positive(self, "max_batch_time_min")
-        validate.non_negative(self, "target_mean_size_um")
+        validate.non_negative(self, "target_mean_size_um", "seed_mass_rel_std")
         validate.within(self, "initial_temperature_c", -50.0, 200.0)
         validate.within(self, "initial_saturation_temperature_c", -50.0, 200.0)
+
+    def with_process(self, process: BatchProcess) -> "Scenario":
+        """This scenario running ``process``: its (process) fields and the vessel's water mass
+        (the charge's ``solvent_mass_kg``) become the process's."""
+        copied = {f.name: getattr(process, f.name) for f in dataclasses.fields(self) if f.metadata.get(FROM_PROCESS) is True}
+        reactor = dataclasses.replace(self.reactor, water_mass_kg=process.solvent_mass_kg)
+        return dataclasses.replace(self, reactor=reactor, **copied)
 
     def batch_time_limit_min(self, start_temperature_c: float | None = None) -> float:
         """The batch time limit (see ``max_batch_time_min``) for a recipe started at
@@ -198,10 +235,10 @@ class Scenario:
 
         The draw depends only on (``seed``, batch_index), so a scenario replays exactly.
         """
-        if self.seeding.mass_rel_std <= 0.0:
+        if self.seed_mass_rel_std <= 0.0:
             return self.seeding.mass_g
         z = np.random.default_rng([self.seed, 7, batch_index]).standard_normal()
-        return max(self.seeding.mass_g * (1.0 + self.seeding.mass_rel_std * z), 0.0)
+        return max(self.seeding.mass_g * (1.0 + self.seed_mass_rel_std * z), 0.0)
 
 
 def impurity_ppm_at(pulses: tuple[ImpurityPulse, ...], batch_time_min: float) -> float:

@@ -25,9 +25,16 @@ Instrument models:
 
   with n_i the number density per m per kg solvent. Counting noise is Poisson-like:
   std = sqrt(counts / t_c + (r counts)^2), t_c the counting time, r an extra relative scatter.
-- **Imaging probe**: number-weighted mean (volume-equivalent) size of the crystals above the
-  detection limit, aspect ratio, facet area fractions (renormalised after noise, absent facets
-  stay 0) and observed facet growth rates; refreshed once per imaging period, held between.
+- **Imaging probe** (what image analysis of an in-situ probe gives): the projected size of each
+  crystal is its projected-area-equivalent diameter, d = L sqrt(k_a / pi) with k_a = A / L^2 of
+  the habit (Cauchy: a convex body's mean projection over random orientations is A / 4; d = L
+  for a sphere, 1.11 L for a cube). Of the crystals with d at or above the detection limit it
+  reports the number-weighted mean d, the number fraction in each projected-size bin (with
+  multinomial counting noise for the crystals sized per reading, renormalised; empty bins stay
+  0), the aspect ratio and the observed habit as facet-family area fractions (shape analysis;
+  renormalised after noise, absent facets stay 0). Refreshed once per imaging period, held
+  between. Facet normal growth rates are a laboratory measurement, not an in-line signal: the
+  probe does not report them (the truth carries them for offline analysis).
 - **Antisolvent flow** (FT-101): Gaussian noise, clipped at 0 (low-flow cut-off).
 
 Faults (:class:`SensorFault`) act on the measured value within [start_s, end_s).
@@ -59,6 +66,7 @@ from typing import Sequence
 import numpy as np
 
 from conf.contract.codes import N_FACET_SLOTS
+from conf.contract.signals import IMAGE_SIZE_FRACTIONS, N_IMAGE_SIZE_BINS
 
 N_FBRM_BINS = 6
 
@@ -73,12 +81,15 @@ MEASURED_SIGNALS: tuple[str, ...] = (
     "image_mean_size_um",
     "image_aspect_ratio",
     *(f"facet_{j}_area_fraction" for j in range(1, N_FACET_SLOTS + 1)),
-    *(f"facet_{j}_growth_rate_um_per_min" for j in range(1, N_FACET_SLOTS + 1)),
+    *IMAGE_SIZE_FRACTIONS,
 )
 _ROW = {name: i for i, name in enumerate(MEASURED_SIGNALS)}
 _ROW_FBRM = _ROW["fbrm_counts_bin1_per_s"]
-_ROW_IMAGE = _ROW["image_mean_size_um"]  # image size, aspect, 4 fractions, 4 growth rates
-_N_IMAGE = 2 + 2 * N_FACET_SLOTS
+_ROW_IMAGE = _ROW["image_mean_size_um"]  # image size, aspect, 4 facet fractions, 4 size-bin fractions
+_N_IMAGE = 2 + N_FACET_SLOTS + N_IMAGE_SIZE_BINS
+# Columns of one imaging reading (and of its standard normals).
+_IMG_FACETS = slice(2, 2 + N_FACET_SLOTS)
+_IMG_BINS = slice(2 + N_FACET_SLOTS, _N_IMAGE)
 
 # Columns of the per-step standard-normal draw (all instruments but TT-101, see Transmitter);
 # fault draws follow at _N_NOISE + fault index.
@@ -91,7 +102,6 @@ _N_NOISE = 4 + N_FBRM_BINS + _N_IMAGE
 # Key mixed into the settings seed for TT-101's own generator.
 _RTD_STREAM = 101
 
-_M_PER_S_TO_UM_PER_MIN = 6e7
 # Two plant times closer than this are the same instant (dead-time look-up).
 _TIME_EPS_S = 1e-9
 
@@ -113,8 +123,11 @@ class Truth:
         solvent_mass_kg: solvent mass, shape (T,). Not read by the sensors (probes see number
             concentrations, not inventories); carried for consumers of the same record.
         facet_area_fractions: area fraction per facet slot, 0 for an absent facet, shape (T, 4).
-        facet_growth_rates_m_per_s: normal growth rate per facet slot, shape (T, 4).
+        facet_growth_rates_m_per_s: true normal growth rate per facet slot, shape (T, 4). Not
+            read by the sensors (no in-line instrument measures it); carried as truth.
         aspect_ratio: mean aspect ratio (max / min Feret), shape (T,).
+        area_shape_factor: k_a = A / L^2 of the habit, shape (T,) or a scalar (default a
+            sphere's pi); sets the projected size the imaging probe sees.
     """
 
     plant_time_s: np.ndarray
@@ -130,6 +143,7 @@ class Truth:
     facet_area_fractions: np.ndarray
     facet_growth_rates_m_per_s: np.ndarray
     aspect_ratio: np.ndarray
+    area_shape_factor: np.ndarray | float = math.pi
 
 
 @dataclass(frozen=True)
@@ -158,16 +172,20 @@ class SensorSettings:
         fbrm_relative_noise: extra relative scatter r of counts, on top of counting noise.
         fbrm_counting_time_s: counting time t_c of one reading; Poisson relative std is
             1 / sqrt(counts * t_c).
-        imaging_min_size_um: smallest crystal the imaging probe resolves.
+        imaging_min_size_um: smallest projected size the imaging probe resolves.
         imaging_min_number_per_kg: below this many resolvable crystals per kg solvent the
             probe sees no particles and all imaging signals read NaN.
         imaging_period_s: the imaging signals refresh once per period (image acquisition and
             analysis) and hold their value in between.
         imaging_size_relative_noise: relative noise of the mean size.
         imaging_aspect_ratio_relative_noise: relative noise of the aspect ratio.
+        imaging_size_bin_edges_um: projected-size bin edges of the size distribution, 5
+            increasing values (4 bins). Crystals outside [first, last) or below the detection
+            limit are not counted; the fractions are of the crystals counted.
+        imaging_crystals_per_reading: crystals the image analysis sizes per reading; each
+            bin's number fraction p carries counting noise of std sqrt(p (1 - p) / n).
         facet_fraction_noise_std: absolute noise of each facet area fraction, before
             renormalisation.
-        facet_growth_rate_relative_noise: relative noise of each observed facet growth rate.
         seed: seed of the suite's ``np.random.Generator``.
     """
 
@@ -188,8 +206,10 @@ class SensorSettings:
     imaging_period_s: float = 10.0
     imaging_size_relative_noise: float = 0.02
     imaging_aspect_ratio_relative_noise: float = 0.02
+    # Fines and nuclei, the seeds growing (100 um seeds), the product (300 um target), coarse.
+    imaging_size_bin_edges_um: tuple[float, ...] = (20.0, 100.0, 200.0, 400.0, 5000.0)
+    imaging_crystals_per_reading: float = 500.0
     facet_fraction_noise_std: float = 0.01
-    facet_growth_rate_relative_noise: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -199,6 +219,12 @@ class SensorSettings:
                 f"fbrm_bin_edges_um needs {N_FBRM_BINS + 1} increasing non-negative edges, got {edges}"
             )
         object.__setattr__(self, "fbrm_bin_edges_um", edges)
+        edges = tuple(float(e) for e in self.imaging_size_bin_edges_um)
+        if len(edges) != N_IMAGE_SIZE_BINS + 1 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0:
+            raise ValueError(
+                f"imaging_size_bin_edges_um needs {N_IMAGE_SIZE_BINS + 1} increasing non-negative edges, got {edges}"
+            )
+        object.__setattr__(self, "imaging_size_bin_edges_um", edges)
         for name in (
             "temperature_noise_std_k",
             "reactor_temperature_lag_s",
@@ -215,11 +241,10 @@ class SensorSettings:
             "imaging_size_relative_noise",
             "imaging_aspect_ratio_relative_noise",
             "facet_fraction_noise_std",
-            "facet_growth_rate_relative_noise",
         ):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("fbrm_counting_time_s", "imaging_period_s"):
+        for name in ("fbrm_counting_time_s", "imaging_period_s", "imaging_crystals_per_reading"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -408,6 +433,8 @@ class SensorSuite:
         self._grid_centers_m: np.ndarray | None = None
         self._grid_widths_m: np.ndarray | None = None
         self._size_matrix: np.ndarray | None = None
+        self._centers_um = np.zeros(0)
+        self._image_bin_edges_um = np.asarray(settings.imaging_size_bin_edges_um, dtype=float)
         # Time-stepping state.
         self._last_time_s: float | None = None
         self._lag_y = [0.0, 0.0, 0.0]
@@ -441,17 +468,18 @@ class SensorSuite:
         return value
 
     def size_matrix(self, size_centers_m: np.ndarray, size_widths_m: np.ndarray) -> np.ndarray:
-        """Matrix that maps one CSD row to FBRM counts and imaging number sums.
+        """Matrix that maps one CSD row to FBRM counts.
 
-        Columns 0-5: k_s dL_i L_i P_ij (counts/s per unit n_i); column 6: dL_i L_i [L_i >= L_min];
-        column 7: dL_i [L_i >= L_min]. Cached for the last size grid seen.
+        Column j: k_s dL_i L_i P_ij (counts/s per unit n_i). Cached for the last size grid seen.
+        (The imaging probe's sums depend on the habit's projected size, so it takes the CSD row
+        itself, :meth:`_image`.)
 
         Args:
             size_centers_m: L_i, shape (n,).
             size_widths_m: dL_i, shape (n,).
 
         Returns:
-            A, shape (n, 8); csd_row @ A gives (counts per bin, sum N L, sum N) above L_min.
+            A, shape (n, 6); csd_row @ A gives the chord counts per bin.
         """
         if self._size_matrix is not None and (
             (size_centers_m is self._grid_centers_m and size_widths_m is self._grid_widths_m)
@@ -465,12 +493,9 @@ class SensorSuite:
         size = np.asarray(size_centers_m, dtype=float)
         width = np.asarray(size_widths_m, dtype=float)
         chord = fbrm_chord_probabilities(size, np.asarray(s.fbrm_bin_edges_um) * 1e-6)
-        seen = (size >= s.imaging_min_size_um * 1e-6) * width
-        matrix = np.empty((size.size, N_FBRM_BINS + 2))
-        matrix[:, :N_FBRM_BINS] = (s.fbrm_sampling_factor_kg_per_m_s * width * size)[:, None] * chord
-        matrix[:, N_FBRM_BINS] = seen * size
-        matrix[:, N_FBRM_BINS + 1] = seen
+        matrix = (s.fbrm_sampling_factor_kg_per_m_s * width * size)[:, None] * chord
         self._grid_centers_m, self._grid_widths_m = size_centers_m, size_widths_m
+        self._centers_um = size * 1e6
         self._size_matrix = matrix
         return matrix
 
@@ -505,12 +530,13 @@ class SensorSuite:
         )
         concentration = np.asarray(truth.concentration_g_per_kg, dtype=float).reshape(-1).tolist()
         lagged = np.empty((3, n_steps))
-        sums = csd @ matrix  # (T, 8): chord-count rates, and the imaging size sums
+        rate = csd @ matrix  # (T, 6): chord-count rates
         image = np.empty((n_steps, _N_IMAGE))
+        number = csd * np.asarray(truth.size_widths_m, dtype=float)  # crystals per kg in each class
         habit = (
             np.asarray(truth.aspect_ratio, dtype=float).reshape(-1),
             np.asarray(truth.facet_area_fractions, dtype=float).reshape(-1, N_FACET_SLOTS),
-            np.asarray(truth.facet_growth_rates_m_per_s, dtype=float).reshape(-1, N_FACET_SLOTS),
+            np.broadcast_to(np.asarray(truth.area_shape_factor, dtype=float), (n_steps,)),
         )
         buffer, dead_time_s = self._dead_time_buffer, s.concentration_dead_time_s
         y, x_prev, taus = self._lag_y, self._lag_x, self._taus_s
@@ -536,7 +562,7 @@ class SensorSuite:
             lagged[:, k] = y
             self._last_rtd_reading = rtd[k]
             if t >= self._next_image_time_s - _TIME_EPS_S:
-                self._image_held = self._image(habit[0][k], habit[1][k], habit[2][k], sums[k], z[k, _Z_IMAGE])
+                self._image_held = self._image(habit[0][k], habit[1][k], habit[2][k], number[k], z[k, _Z_IMAGE])
                 period = s.imaging_period_s
                 if self._next_image_time_s == -math.inf:
                     self._next_image_time_s = t + period
@@ -550,7 +576,6 @@ class SensorSuite:
         out[3] = lagged[2] + s.concentration_noise_std_g_per_kg * z[:, _Z_CONCENTRATION]
         flow = np.asarray(truth.antisolvent_flow_kg_per_min, dtype=float).reshape(-1)
         out[4] = np.maximum(flow + s.antisolvent_flow_noise_std_kg_per_min * z[:, _Z_FLOW], 0.0)
-        rate = sums[:, :N_FBRM_BINS]
         std = np.sqrt(rate / s.fbrm_counting_time_s + (s.fbrm_relative_noise * rate) ** 2)
         bins = np.maximum(rate + std * z[:, _Z_FBRM], 0.0).T
         out[_ROW_FBRM : _ROW_FBRM + N_FBRM_BINS] = bins
@@ -566,33 +591,52 @@ class SensorSuite:
 
     # ----------------------------------------------------------------------------------------
     def _image(
-        self, aspect: float, fractions: np.ndarray, growth: np.ndarray, sums: np.ndarray, z: np.ndarray
+        self, aspect: float, fractions: np.ndarray, area_shape_factor: float, number_per_kg: np.ndarray,
+        z: np.ndarray,
     ) -> np.ndarray:
-        """Imaging reading of one step.
+        """Imaging reading of one step (module docstring).
 
         Args:
             aspect: true aspect ratio.
             fractions: true facet area fractions, shape (4,).
-            growth: true facet growth rates in m/s, shape (4,).
-            sums: csd row @ size matrix, shape (8,).
-            z: standard normals for size, aspect ratio, 4 fractions, 4 growth rates, shape (10,).
+            area_shape_factor: k_a of the habit (pi for a sphere; not finite: a sphere).
+            number_per_kg: crystals per kg solvent in each size class, n_i dL_i, shape (n,).
+            z: standard normals for size, aspect ratio, 4 facet fractions, 4 size bins, shape (10,).
 
         Returns:
-            (mean size um, aspect ratio, 4 area fractions, 4 growth rates um/min), shape (10,).
+            (mean projected size um, aspect ratio, 4 facet area fractions, 4 size-bin number
+            fractions), shape (10,).
         """
         s = self.settings
-        number_per_kg = sums[N_FBRM_BINS + 1]
-        if not number_per_kg >= s.imaging_min_number_per_kg:
+        k_a = float(area_shape_factor)
+        projected_um = self._centers_um * (math.sqrt(k_a / math.pi) if math.isfinite(k_a) and k_a > 0 else 1.0)
+        seen = projected_um >= s.imaging_min_size_um
+        counted = number_per_kg[seen]
+        total_per_kg = float(counted.sum())
+        if not total_per_kg >= s.imaging_min_number_per_kg:
             return np.full(_N_IMAGE, np.nan)
         reading = np.empty(_N_IMAGE)
-        reading[0] = sums[N_FBRM_BINS] / number_per_kg * 1e6 * (1.0 + s.imaging_size_relative_noise * z[0])
+        mean_um = float((counted * projected_um[seen]).sum()) / total_per_kg
+        reading[0] = mean_um * (1.0 + s.imaging_size_relative_noise * z[0])
         reading[1] = max(float(aspect) * (1.0 + s.imaging_aspect_ratio_relative_noise * z[1]), 1.0)
         present = fractions > 0.0
-        noisy = np.where(present, np.maximum(fractions + s.facet_fraction_noise_std * z[2:6], 0.0), 0.0)
+        noisy = np.where(present, np.maximum(fractions + s.facet_fraction_noise_std * z[_IMG_FACETS], 0.0), 0.0)
         total = noisy.sum()
-        reading[2:6] = noisy / total if total > 0.0 else noisy
-        observed = growth * _M_PER_S_TO_UM_PER_MIN * (1.0 + s.facet_growth_rate_relative_noise * z[6:10])
-        reading[6:10] = np.where(present, observed, 0.0)
+        reading[_IMG_FACETS] = noisy / total if total > 0.0 else noisy
+        edges = self._image_bin_edges_um
+        index = np.searchsorted(edges, projected_um[seen], side="right") - 1
+        inside = (index >= 0) & (index < N_IMAGE_SIZE_BINS)
+        per_bin = np.bincount(index[inside], weights=counted[inside], minlength=N_IMAGE_SIZE_BINS)
+        in_bins = per_bin.sum()
+        if not in_bins > 0.0:
+            reading[_IMG_BINS] = np.nan
+            return reading
+        p = per_bin / in_bins
+        # Counting statistics of the crystals sized in one reading: an empty bin stays empty.
+        std = np.sqrt(np.maximum(p * (1.0 - p), 0.0) / s.imaging_crystals_per_reading)
+        noisy = np.maximum(p + std * z[_IMG_BINS], 0.0)
+        total = noisy.sum()
+        reading[_IMG_BINS] = noisy / total if total > 0.0 else p
         return reading
 
     def _apply_faults(self, out: np.ndarray, times: np.ndarray, z: np.ndarray) -> None:

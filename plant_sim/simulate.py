@@ -41,7 +41,7 @@ class SimulationResult:
 
 
 def simulate(cfg, progress: bool | None = None) -> SimulationResult:
-    """Run ``cfg.scenario`` for its duration.
+    """Run ``cfg.scenario`` (which runs ``cfg.process``) for its duration.
 
     Args:
         cfg: :class:`conf.simulator.SimulatorConfig`.
@@ -93,8 +93,10 @@ def simulate(cfg, progress: bool | None = None) -> SimulationResult:
     )
     summary = {
         "scenario": sc.name,
+        "process": cfg.process.name,
         "material": sc.material if sc.kinetics.model.value == "physics" else sc.kinetics.power_law.name,
-        "kinetics": sc.kinetics.model.value,
+        # a material given as data runs power laws whatever the scenario's kinetics say
+        "kinetics": "power_law" if sc.material_data is not None else sc.kinetics.model.value,
         "plant_time_s": plant.plant_time_s,
         "wall_s": wall_s,
         "realtime_factor": plant.plant_time_s / wall_s if wall_s > 0 else math.inf,

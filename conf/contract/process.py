@@ -1,25 +1,39 @@
-"""The process schema: the batch as a recipe sheet describes it, read by plant and agent alike.
+"""The process schema: one process as data, read by the agent, replay and the simulator alike.
 
-The config's ``scenario`` (``conf/scenario/*.yaml``) is the recipe sheet of one batch: what is
-charged, the temperature program, the seeds and the product target. The simulated plant reads
-the whole sheet (``plant_sim.scenarios.Scenario`` adds the vessel's physics, the instruments and
-the disturbances); the agent reads only the part a real plant's recipe gives it, which is
-:class:`BatchProcess`. Both run the same recipe through :func:`recipe_setpoint`.
+A process (``conf/process/<name>.yaml``, config node ``process``) is what a plant's recipe
+sheet and material file give: the material (a built-in name, or the material as data: density,
+shape factor, solubility with its units and basis, metastable limit, structure file, kinetics
+prior), the charge, the temperature program, the seeds, the product specification and the
+instruments (:mod:`conf.contract.instruments`). :class:`BatchProcess` is its schema. The agent
+reads only this; the simulated plant runs it (``plant_sim.scenarios.Scenario`` copies the
+process's fields, :data:`FROM_PROCESS`, and adds only what is simulator-only: the vessel's
+physics, its sensors' noise, disturbances, the kinetics that play the plant's truth). Both run
+the recipe through :func:`recipe_setpoint`.
 
-A :class:`BatchProcess` is composed from the same YAML and the same overrides as the
-simulator's scenario: keys it does not know (the simulator's) are left to the simulator.
+A material given only as data (not in :data:`conf.contract.materials.MATERIALS`) runs end to
+end with no code change: the simulator runs its solubility, density and kinetics prior as its
+truth, and the agent takes the prior as its model.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Mapping, Optional, Protocol, Sequence
 
 from conf.contract import validate
+from conf.contract.instruments import DEFAULT_INSTRUMENTS, InstrumentSpec, with_defaults
 
-__all__ = ["BatchProcess", "MaterialData", "PowerLawPreset", "RecipeStep", "Seeding", "Vessel", "recipe_duration_min",
-           "recipe_setpoint"]
+__all__ = ["FROM_PROCESS", "BatchProcess", "MaterialData", "PowerLawPreset", "RecipeStep", "Seeding",
+           "SolubilityBasis", "SolubilityUnit", "recipe_duration_min", "recipe_setpoint"]
+
+#: Field metadata key of the simulator's copies of process fields (``plant_sim.scenarios.Scenario``):
+#: True where the field is a copy of the process's field of that name, a tuple of names where
+#: those sub-fields are (the vessel's ``water_mass_kg``, the charge's ``solvent_mass_kg``). The
+#: config fills them from ``process``, so the scenario's schema leaves them out and a scenario
+#: file cannot set them.
+FROM_PROCESS = "from_process"
 
 
 @dataclass(frozen=True)
@@ -61,33 +75,16 @@ class Seeding:
         mean_size_um: mean volume-equivalent seed size.
         std_size_um: standard deviation of the (Gaussian) seed size distribution.
         at_min: recipe time at which the seeds are charged.
-        mass_rel_std: relative standard deviation of the charged seed mass between batches
-            (seed-mass variation); the simulator's draw is deterministic for its scenario seed.
     """
 
     mass_g: float = 0.0
     mean_size_um: float = 100.0
     std_size_um: float = 20.0
     at_min: float = 0.0
-    mass_rel_std: float = 0.0
 
     def __post_init__(self) -> None:
-        validate.non_negative(self, "mass_g", "at_min", "mass_rel_std")
+        validate.non_negative(self, "mass_g", "at_min")
         validate.positive(self, "mean_size_um", "std_size_um")
-
-
-@dataclass(frozen=True)
-class Vessel:
-    """What the recipe sheet says of the vessel's charge (``scenario.reactor``).
-
-    Attributes:
-        water_mass_kg: water charged.
-    """
-
-    water_mass_kg: float = 15.0
-
-    def __post_init__(self) -> None:
-        validate.positive(self, "water_mass_kg")
 
 
 @dataclass(frozen=True)
@@ -142,100 +139,160 @@ class PowerLawPreset:
             raise ValueError("solubility_coefficients_g_per_kg needs at least one coefficient")
 
 
+class SolubilityUnit(str, enum.Enum):
+    """Unit of solubility data: mass of solute per mass of the basis (:class:`SolubilityBasis`)."""
+
+    g_per_kg = "g_per_kg"
+    g_per_100g = "g_per_100g"
+    g_per_g = "g_per_g"  # kg/kg: a mass ratio, or on the solution basis a mass fraction
+
+
+class SolubilityBasis(str, enum.Enum):
+    """What the solute mass of solubility data is counted against."""
+
+    solvent = "solvent"  # per mass of solvent (how the plant's concentration is reported)
+    solution = "solution"  # per mass of saturated solution (a mass fraction)
+
+
+# g per kg of the basis, per unit.
+_G_PER_KG = {SolubilityUnit.g_per_kg: 1.0, SolubilityUnit.g_per_100g: 10.0, SolubilityUnit.g_per_g: 1000.0}
+
 
 @dataclass(frozen=True)
 class MaterialData:
-    """A material given as data, not built in (``scenario.material_data``).
+    """A material given as data, not built in (``process.material_data``).
 
     What the agent needs of a material it has no structure for, and what the simulator needs to
-    run it with power-law kinetics. Solubility as measured points (interpolated with the same
-    monotone cubic as the built-in tables) or as a polynomial; concentrations in g solute per kg
-    solvent, temperatures in C.
+    run it. Solubility as measured points (interpolated with the same monotone cubic as the
+    built-in tables) or as a polynomial correlation, in ``solubility_unit`` per
+    ``solubility_basis``; temperatures in C. Everything downstream reads it through
+    :meth:`solubility_table`, in g solute per kg solvent (the plant's concentration).
 
     Attributes:
         crystal_density_kg_per_m3: crystal density.
         volume_shape_factor: k_v of the volume-equivalent size axis (pi/6: spheres).
         molar_mass_g_per_mol: molar mass (0: not given).
-        solubility_temperatures_c / solubility_g_per_kg: measured points (at least 2), or empty
-            when ``solubility_coefficients_g_per_kg`` is given.
-        solubility_coefficients_g_per_kg: C* = sum_k c_k T^k, or empty.
+        solubility_temperatures_c / solubility_values: measured points (at least 2), or empty
+            when ``solubility_coefficients`` is given.
+        solubility_coefficients: the correlation C* = sum_k c_k T^k (T in C), or empty.
+        solubility_unit: unit of the values and of the correlation's C*.
+        solubility_basis: solvent (mass ratio) or solution (mass fraction).
         metastable_sigma_limit: ln(C/C*) above which primary nucleation sets in (0: not given;
             the proposer's own limit then applies).
-        kinetics: power-law kinetics: the agent's prior (its model when the MS-GNN cannot serve
-            the material) and the simulator's truth.
+        structure_file: the crystal structure (e.g. a CIF or extended XYZ file) from which the
+            MS-GNN could build the material's graphs; carried with the process (None: none).
+        kinetics: power-law kinetics in the preset form (``conf/kinetics``): the agent's prior
+            (its model when the MS-GNN cannot serve the material) and, unless the scenario
+            names a power-law preset of its own, the simulator's truth. None: not given.
     """
 
     crystal_density_kg_per_m3: float = 2000.0
     volume_shape_factor: float = math.pi / 6.0
     molar_mass_g_per_mol: float = 0.0
     solubility_temperatures_c: tuple[float, ...] = ()
-    solubility_g_per_kg: tuple[float, ...] = ()
-    solubility_coefficients_g_per_kg: tuple[float, ...] = ()
+    solubility_values: tuple[float, ...] = ()
+    solubility_coefficients: tuple[float, ...] = ()
+    solubility_unit: SolubilityUnit = SolubilityUnit.g_per_kg
+    solubility_basis: SolubilityBasis = SolubilityBasis.solvent
     metastable_sigma_limit: float = 0.0
-    kinetics: PowerLawPreset = field(default_factory=PowerLawPreset)
+    structure_file: Optional[str] = None
+    kinetics: Optional[PowerLawPreset] = None
 
     def __post_init__(self) -> None:
         validate.positive(self, "crystal_density_kg_per_m3", "volume_shape_factor")
         validate.non_negative(self, "molar_mass_g_per_mol", "metastable_sigma_limit")
-        table, poly = self.solubility_temperatures_c, self.solubility_coefficients_g_per_kg
-        if bool(table) == bool(poly):
+        table, poly = self.solubility_temperatures_c, self.solubility_coefficients
+        if bool(table or self.solubility_values) == bool(poly):
             raise ValueError("give the solubility as measured points (solubility_temperatures_c and "
-                             "solubility_g_per_kg) or as solubility_coefficients_g_per_kg, one of the two")
-        if table and (len(table) != len(self.solubility_g_per_kg) or len(table) < 2):
-            raise ValueError(f"solubility_temperatures_c and solubility_g_per_kg need the same length >= 2, got "
-                             f"{len(table)} and {len(self.solubility_g_per_kg)}")
-        if table and (any(b <= a for a, b in zip(table, table[1:])) or any(c <= 0 for c in self.solubility_g_per_kg)):
-            raise ValueError("solubility_temperatures_c must increase and solubility_g_per_kg be > 0")
+                             "solubility_values) or as a correlation (solubility_coefficients: C* = sum c_k T^k, "
+                             "T in C), one of the two")
+        if table and (len(table) != len(self.solubility_values) or len(table) < 2):
+            raise ValueError(f"solubility_temperatures_c and solubility_values need the same length >= 2, got "
+                             f"{len(table)} and {len(self.solubility_values)}")
+        if table and (any(b <= a for a, b in zip(table, table[1:])) or any(not c > 0 for c in self.solubility_values)):
+            raise ValueError("solubility_temperatures_c must increase and solubility_values be > 0")
+        if table:
+            self._g_per_kg_solvent(self.solubility_values)
+        if self.structure_file is not None and (not isinstance(self.structure_file, str)
+                                                or not self.structure_file.strip() or "\0" in self.structure_file):
+            raise ValueError(f"structure_file must be the path of the material's structure file "
+                             f"(e.g. structures/kno3.cif) or null, got {self.structure_file!r}")
+
+    def _g_per_kg_solvent(self, values: Sequence[float]) -> tuple[float, ...]:
+        """Values in the data's unit and basis -> g solute per kg solvent."""
+        per_kg = [float(v) * _G_PER_KG[SolubilityUnit(self.solubility_unit)] for v in values]
+        if SolubilityBasis(self.solubility_basis) is SolubilityBasis.solvent:
+            return tuple(per_kg)
+        if any(not 0.0 < w < 1000.0 for w in per_kg):
+            raise ValueError(f"solubility on the solution basis is a mass fraction: it must lie between 0 and "
+                             f"1 kg/kg, got {max(per_kg) / 1000.0:g} kg/kg (check solubility_unit and solubility_basis)")
+        return tuple(1000.0 * w / (1000.0 - w) for w in per_kg)  # per kg solution -> per kg solvent
 
     def solubility_table(self, low_c: float = 0.0, high_c: float = 100.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Measured points (temperatures C, g/kg); a polynomial sampled every 2.5 K over
-        [low_c, high_c] (a polynomial is smooth, so the monotone cubic through it matches it)."""
+        """The solubility in g solute per kg solvent: the measured points (temperatures C); a
+        correlation sampled every 2.5 K over [low_c, high_c] (a polynomial is smooth, so the
+        monotone cubic through it matches it)."""
         if self.solubility_temperatures_c:
-            return tuple(self.solubility_temperatures_c), tuple(self.solubility_g_per_kg)
+            return tuple(self.solubility_temperatures_c), self._g_per_kg_solvent(self.solubility_values)
         n = int(round((high_c - low_c) / 2.5)) + 1
         temps = tuple(low_c + 2.5 * k for k in range(n))
-        values = tuple(sum(c * t**k for k, c in enumerate(self.solubility_coefficients_g_per_kg)) for t in temps)
-        if any(v <= 0 for v in values):
-            raise ValueError(f"the solubility polynomial is not positive over {low_c}-{high_c} C")
-        return temps, values
+        values = tuple(sum(c * t**k for k, c in enumerate(self.solubility_coefficients)) for t in temps)
+        if any(not v > 0 for v in values):
+            raise ValueError(f"the solubility correlation is not positive over {low_c}-{high_c} C; "
+                             f"check solubility_coefficients")
+        return temps, self._g_per_kg_solvent(values)
 
 
 @dataclass(frozen=True)
 class BatchProcess:
-    """One batch as its recipe sheet describes it (the agent's reading of ``scenario``).
+    """One process as data (``conf/process/<name>.yaml``): what the agent, replay and the
+    simulator all read.
 
     Attributes:
-        name: scenario name.
+        name: process name (its file's stem).
         description: one line for humans.
         material: key of :data:`conf.contract.materials.MATERIALS`, or the name of the material
             ``material_data`` defines.
-        initial_temperature_c: reactor temperature at charge (where the first ramp begins).
-        initial_saturation_temperature_c: the charge is saturated at this temperature.
+        material_data: the material as data (None: ``material`` is built in).
+        initial_temperature_c: charge: reactor temperature at charge (where the first ramp begins).
+        initial_saturation_temperature_c: charge: the solution is saturated at this temperature.
+        solvent_mass_kg: charge: solvent charged (the basis of the concentration).
         recipe: the temperature program, run from batch start.
         seeding: seed charge.
         target_mean_size_um: product specification (volume-weighted mean size; 0: none given).
-        duration_min: length of an offline run of the batch.
-        reactor: the vessel's charge.
-        material_data: the material as data (None: ``material`` is built in).
+        instruments: signal name -> :class:`conf.contract.instruments.InstrumentSpec`: the
+            plant's instruments, as the agent judges their readings. The ones given replace
+            :data:`conf.contract.instruments.DEFAULT_INSTRUMENTS` per signal (a process file
+            may give only the fields that differ); the rest keep the defaults.
     """
 
-    name: str = "seeded_cooling"
+    name: str = ""
     description: str = ""
     material: str = "KCl"
+    material_data: Optional[MaterialData] = None
     initial_temperature_c: float = 55.0
     initial_saturation_temperature_c: float = 50.0
+    solvent_mass_kg: float = 15.0
     recipe: tuple[RecipeStep, ...] = ()
     seeding: Seeding = field(default_factory=Seeding)
     target_mean_size_um: float = 0.0
-    duration_min: float = 240.0
-    reactor: Vessel = field(default_factory=Vessel)
-    material_data: Optional[MaterialData] = None
+    instruments: Mapping[str, InstrumentSpec] = field(default_factory=lambda: DEFAULT_INSTRUMENTS)
 
     def __post_init__(self) -> None:
-        validate.positive(self, "duration_min")
         validate.non_negative(self, "target_mean_size_um")
+        validate.positive(self, "solvent_mass_kg")
         validate.within(self, "initial_temperature_c", -50.0, 200.0)
         validate.within(self, "initial_saturation_temperature_c", -50.0, 200.0)
+        if not isinstance(self.instruments, Mapping):
+            raise ValueError(f"instruments must map signal names to instrument specs, got {self.instruments!r}")
+        try:
+            merged = with_defaults(self.instruments)
+        except ValueError as exc:
+            raise ValueError(f"instruments.{exc}") from None
+        # Frozen: the merged, read-only map replaces what was given, so every reader sees the
+        # defaults filled in (the config's composition has filled them already; this covers
+        # a process built in code).
+        object.__setattr__(self, "instruments", merged)
 
 
 def recipe_duration_min(recipe: Sequence[_Step], start_temperature_c: float) -> float:

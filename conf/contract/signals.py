@@ -18,6 +18,10 @@ __all__ = [
     "BATCH_TIME",
     "CONCENTRATION",
     "CONTROL_SOURCE",
+    "IMAGE_ASPECT_RATIO",
+    "IMAGE_MEAN_SIZE",
+    "IMAGE_SIZE_FRACTIONS",
+    "N_IMAGE_SIZE_BINS",
     "OPERATOR_MODE_REQUEST",
     "PLANT_TIME",
     "REACTOR_TEMPERATURE",
@@ -26,6 +30,7 @@ __all__ = [
     "TEMPERATURE_SETPOINT",
     "TEMPERATURE_SETPOINT_ACTIVE",
     "facet_slot_signals",
+    "image_size_fraction_signal",
 ]
 
 # Remote setpoints the agent may write (kind ``setpoint``: clamped and rate-limited by the plant).
@@ -53,11 +58,32 @@ CONCENTRATION = "concentration_g_per_kg"
 ANTISOLVENT_FLOW = "antisolvent_flow_kg_per_min"
 
 
-def facet_slot_signals(slot: int) -> tuple[str, str, str]:
+# The in-situ imaging probe: what image analysis of a real probe gives, the projected size
+# distribution, mean size, aspect ratio and the habit (per facet slot, below). Facet normal
+# growth rates are a laboratory measurement, not an in-line signal: no tag carries them.
+IMAGE_MEAN_SIZE = "image_mean_size_um"
+IMAGE_ASPECT_RATIO = "image_aspect_ratio"
+#: Bins of the standard probe's projected size distribution (``image_size_bin1_*`` ..).
+N_IMAGE_SIZE_BINS = 4
+
+
+def image_size_fraction_signal(size_bin: int) -> str:
+    """The imaging probe's number fraction of crystals in projected-size bin ``size_bin`` (1 to
+    :data:`N_IMAGE_SIZE_BINS` on the standard probe; the bin edges are the probe's configuration,
+    stated in the tag map's descriptions)."""
+    if size_bin < 1:
+        raise ValueError(f"size bins count from 1, got {size_bin}")
+    return f"image_size_bin{size_bin}_number_fraction"
+
+
+IMAGE_SIZE_FRACTIONS: tuple[str, ...] = tuple(image_size_fraction_signal(j) for j in range(1, N_IMAGE_SIZE_BINS + 1))
+
+
+def facet_slot_signals(slot: int) -> tuple[str, str]:
     """The imaging probe's tags of facet slot ``slot`` (1 to
     :data:`conf.contract.codes.N_FACET_SLOTS` on the standard probe): its {hkl} code
-    (:func:`conf.contract.codes.encode_hkl`), the family's area fraction and its observed normal
-    growth rate."""
+    (:func:`conf.contract.codes.encode_hkl`) and the family's area fraction of the observed
+    habit (image shape analysis)."""
     if slot < 1:
         raise ValueError(f"facet slots count from 1, got {slot}")
-    return (f"facet_{slot}_hkl", f"facet_{slot}_area_fraction", f"facet_{slot}_growth_rate_um_per_min")
+    return (f"facet_{slot}_hkl", f"facet_{slot}_area_fraction")

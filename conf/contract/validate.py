@@ -1,7 +1,7 @@
 """Value checks for frozen settings dataclasses (called from their ``__post_init__``).
 
 Each check raises ``ValueError`` naming the field, the rule and the value; the config loader
-prefixes the path (``scenario.seeding.std_size_um must be > 0, got -1.0``). Comparisons are
+prefixes the path (``process.seeding.std_size_um must be > 0, got -1.0``). Comparisons are
 written so that NaN fails every rule.
 """
 

@@ -62,7 +62,9 @@ def test_overrides_reach_typed_fields():
         (["speeed=3"], ["speeed"]),
         (["scenario=no_such_scenario"], ["no_such_scenario"]),
         (["scenario.kinetics.model=magic"], ["model", "physics", "power_law"]),
-        (["scenario.seeding.mass_g=lots"], ["mass_g"]),
+        (["process.seeding.mass_g=lots"], ["mass_g"]),
+        (["process=no_such_process"], ["no_such_process"]),
+        (["process=kno3_seeded_cooling", "process.material_data.solubility_unit=ppm"], ["solubility_unit", "g_per_100g"]),
     ],
 )
 def test_malformed_config_names_the_field_and_allowed_values(override, must_mention):
@@ -77,14 +79,15 @@ def test_malformed_config_names_the_field_and_allowed_values(override, must_ment
 @pytest.mark.parametrize(
     "override, path",
     [
-        ("scenario.seeding.std_size_um=-1", "scenario.seeding.std_size_um"),
-        ("scenario.seeding.mean_size_um=0", "scenario.seeding.mean_size_um"),
-        ("scenario.recipe.1.rate_k_per_min=0", "scenario.recipe[1].rate_k_per_min"),
+        ("process.seeding.std_size_um=-1", "process.seeding.std_size_um"),
+        ("process.seeding.mean_size_um=0", "process.seeding.mean_size_um"),
+        ("process.recipe.1.rate_k_per_min=0", "process.recipe[1].rate_k_per_min"),
+        ("process.instruments.reactor_temperature_c.lag_s=-1", "process.instruments.reactor_temperature_c.lag_s"),
         ("scenario.duration_min=-5", "scenario.duration_min"),
         ("scenario.continuous.residence_time_min=0", "scenario.continuous.residence_time_min"),
         ("scenario.reactor.n_classes=3", "scenario.reactor.n_classes"),
         ("scenario.reactor.cfl=2", "scenario.reactor.cfl"),
-        ("scenario.reactor.water_mass_kg=nan", "scenario.reactor.water_mass_kg"),
+        ("process.solvent_mass_kg=nan", "process.solvent_mass_kg"),
         ("scenario.kinetics.critical_supersaturation=0", "scenario.kinetics.critical_supersaturation"),
         ("simulate.output_interval_s=0", "simulate.output_interval_s"),
         ("speed=nan", "speed"),

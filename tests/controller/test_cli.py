@@ -39,7 +39,7 @@ def test_malformed_config_is_one_clear_line(tmp_path):
 
 
 def test_unknown_material_is_one_clear_line(tmp_path):
-    out = xtalpilot("plant", "simulate", "scenario.material=Unobtainium", f"simulate.output_dir={tmp_path}")
+    out = xtalpilot("plant", "simulate", "process.material=Unobtainium", f"simulate.output_dir={tmp_path}")
     assert out.returncode == 2
     assert "Unobtainium" in out.stderr and "KCl" in out.stderr
     assert "Traceback" not in out.stderr

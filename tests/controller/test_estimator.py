@@ -135,3 +135,150 @@ def test_a_step_back_in_time_or_of_zero_length_changes_nothing():
     est = estimator.seed(100.0, seed_moments(0.002, 100.0, 20.0, MATERIAL), 0.002, 430.0)
     m = Measurement(100.0, 40.0, 420.0, 400.0)
     assert estimator.step(est, m, None, MATERIAL.mass_per_um3_kg) is est
+
+
+# ----------------------------------------------------------------------------- the plant state
+def _facts(delay_s: float = 0.0) -> estimator.ProcessFacts:
+    mass = 0.04 / 15.0
+    return estimator.ProcessFacts(MATERIAL, seed_moments(mass, 100.0, 20.0, MATERIAL), mass, seed_at_min=12.0,
+                                  solvent_mass_kg=15.0, concentration_delay_s=delay_s,
+                                  antisolvent_low_flow_cutoff_kg_per_min=0.01)
+
+
+def _view(t_s: float, batch_min: float | None, state: float = 1.0, **values: float) -> estimator.PlantView:
+    base = {"batch_state": state, "reactor_temperature_c": 45.0, "concentration_g_per_kg": 420.0} | values
+    return estimator.PlantView(t_s, None if batch_min is None else batch_min * 60.0, base,
+                               {k: math.isfinite(v) for k, v in base.items()})
+
+
+def _run(state, start_s: float, minutes, facts, **values):
+    for m in minutes:
+        state = estimator.estimate(state, _view(start_s + m * 60.0, m, **values), None, facts)
+    return state
+
+
+def test_the_state_seeds_at_the_recipe_time_and_gives_sigma_on_the_aligned_temperature():
+    facts = _facts(delay_s=120.0)
+    state = _run(None, 1000.0, [10.0, 11.0], facts)
+    assert state.population is None and state.executing and state.batch_start_s == state.batch_id_s == 1000.0
+    state = _run(state, 1000.0, [12.0], facts)
+    assert state.population is not None and state.population.seeded_at_s == 1000.0 + 12.0 * 60.0
+    # a falling temperature: the analyser's sample saw the reactor two minutes ago
+    for k, temperature in enumerate((44.0, 43.0, 42.0)):
+        state = estimator.estimate(state, _view(1000.0 + (13.0 + k) * 60.0, 13.0 + k, reactor_temperature_c=temperature),
+                                   None, facts)
+    assert state.aligned_temperature_c == pytest.approx(44.0)
+    assert state.sigma == pytest.approx(math.log(420.0 / float(MATERIAL.solubility_g_per_kg(44.0))))
+    assert state.data_ok and state.summary()["sigma"] == state.sigma
+
+
+def test_held_freezes_the_population_and_the_totaliser_and_idle_ends_the_batch():
+    facts = _facts()
+    state = _run(None, 1000.0, [12.0 + k for k in range(6)], facts, antisolvent_flow_kg_per_min=0.5)
+    assert state.antisolvent_per_water == pytest.approx(0.5 * 5.0 / 15.0)
+    frozen, total = state.population, state.antisolvent_per_water
+    for k in range(60):  # an hour held, the pump still reading a flow
+        state = estimator.estimate(state, _view(1000.0 + (18.0 + k) * 60.0, None, state=2.0,
+                                                antisolvent_flow_kg_per_min=0.5, reactor_temperature_c=40.0), None, facts)
+    assert state.held and not state.executing and state.population is frozen and state.antisolvent_per_water == total
+    assert state.temperature_c == 40.0 and math.isfinite(state.sigma)  # the measured part stays current
+    resumed = estimator.estimate(state, _view(1000.0 + 78.0 * 60.0, 18.0, antisolvent_flow_kg_per_min=0.5), None, facts)
+    assert resumed.antisolvent_per_water == total  # the totaliser's clock restarted on resume: nothing fed while held
+    assert resumed.population.seeded_at_s == frozen.seeded_at_s  # not seeded again
+    assert resumed.batch_id_s == 1000.0 and resumed.batch_start_s == 1000.0 + 60 * 60.0  # held an hour
+    idle = estimator.estimate(resumed, _view(1000.0 + 80.0 * 60.0, None, state=0.0), None, facts)
+    assert idle.population is None and idle.antisolvent_per_water == 0.0 and idle.batch_start_s is None
+
+
+def test_a_state_of_another_batch_is_not_carried_into_this_one():
+    facts = _facts()
+    old = _run(None, 1000.0, [12.0 + k for k in range(4)], facts)
+    assert old.population is not None
+    same = estimator.estimate(estimator.PlantState.from_dict(old.to_dict()), _view(1000.0 + 16.0 * 60.0, 16.0),
+                              None, facts)
+    assert same.population.seeded_at_s == old.population.seeded_at_s  # restored within the batch
+    other = estimator.estimate(old, _view(50_000.0, 5.0), None, facts)  # another start
+    assert other.population is None and other.batch_start_s == other.batch_id_s == 50_000.0 - 300.0
+    # a restarted plant whose clock starts over: a batch at the same start, but the saved state
+    # runs ahead of the plant clock
+    ahead = estimator.estimate(old, _view(1000.0 + 5.0 * 60.0, 5.0), None, facts)
+    assert ahead.population is None
+
+
+def test_bad_data_does_not_move_the_population_and_no_facts_give_the_measured_part_only():
+    facts = _facts()
+    state = _run(None, 1000.0, [12.0, 13.0], facts)
+    bad = estimator.estimate(state, _view(1000.0 + 14.0 * 60.0, 14.0, concentration_g_per_kg=math.nan), None, facts)
+    assert not bad.data_ok and bad.population is state.population and math.isnan(bad.sigma)
+    bare = estimator.estimate(None, _view(1000.0, 13.0), None, None)
+    assert bare.executing and bare.population is None and math.isnan(bare.sigma) and bare.temperature_c == 45.0
+
+
+def test_the_alignment_interpolates_and_ignores_what_does_not_advance():
+    history, value = estimator.aligned((), 0.0, 10.0, 60.0)
+    assert value == 10.0  # nothing older yet: the oldest stands in
+    history, _ = estimator.aligned(history, 30.0, 13.0, 60.0)
+    history, value = estimator.aligned(history, 90.0, 19.0, 60.0)
+    assert value == pytest.approx(13.0)
+    history2, value = estimator.aligned(history, 90.0, math.nan, 60.0)
+    assert history2 == history and value == pytest.approx(13.0)
+    assert estimator.aligned((), 0.0, math.nan, 0.0) == ((), math.nan) or math.isnan(estimator.aligned((), 0.0, math.nan, 0.0)[1])
+
+
+def test_in_an_analyser_outage_the_probes_size_trend_keeps_the_population_growing(batch):
+    """Concentration lost for 40 min of strong growth: the population grows by the imaging and
+    FBRM size trend instead of waiting (measured against the same batch with the analyser on)."""
+    from controller.settings import AgentSettings
+
+    cfg, result = batch
+    ts = result.timeseries
+    laws = true_laws(cfg, ts)
+    sc = cfg.scenario
+    mass = sc.seeding.mass_g / 1000.0 / sc.reactor.water_mass_kg
+    edges = tuple(AgentSettings().fbrm_bin_edges_um)
+    bins = [f"fbrm_counts_bin{k}_per_s" for k in range(1, len(edges))]
+    start_s = float(ts.plant_time_s[ts.batch_state == 1].iloc[0]) - 30.0
+    outage = (2400.0 + start_s, 4800.0 + start_s)
+
+    def run_state(probes: bool, lost: bool):
+        facts = estimator.ProcessFacts(MATERIAL, seed_moments(mass, sc.seeding.mean_size_um, sc.seeding.std_size_um,
+                                                              MATERIAL), mass, sc.seeding.at_min,
+                                       sc.reactor.water_mass_kg, fbrm_bin_edges_um=edges if probes else ())
+        state = None
+        for row in ts.itertuples():
+            if row.plant_time_s > outage[1]:
+                break
+            values = {"batch_state": float(row.batch_state), "reactor_temperature_c": row.reactor_temperature_c,
+                      "concentration_g_per_kg": row.concentration_g_per_kg,
+                      "image_mean_size_um": row.image_mean_size_um if probes else math.nan,
+                      **{b: getattr(row, b) for b in bins}}
+            if lost and outage[0] <= row.plant_time_s:
+                values["concentration_g_per_kg"] = math.nan
+            batch_s = row.plant_time_s - start_s if row.batch_state == 1 else None
+            view = estimator.PlantView(row.plant_time_s, batch_s, values, {k: math.isfinite(v) for k, v in values.items()})
+            state = estimator.estimate(state, view, laws, facts)
+        return state
+
+    def d43(state):
+        return state.population.summary(MATERIAL.mass_per_um3_kg)["estimated_d43_um"]
+
+    reference, waited, trended = run_state(True, False), run_state(False, True), run_state(True, True)
+    assert math.isfinite(trended.growth_trend_um_per_min) and trended.growth_trend_um_per_min > 0
+    assert math.isnan(waited.growth_trend_um_per_min)
+    grown = d43(reference) - d43(waited)
+    assert grown > 20.0  # the outage is long enough to matter
+    assert abs(d43(trended) - d43(reference)) < 0.5 * grown  # the trend takes back most of what waiting lost
+
+
+def test_the_size_trend_is_a_least_squares_slope_and_needs_enough_points():
+    rng = np.random.default_rng(0)
+    t = np.arange(0.0, 900.0, 10.0)
+    points = list(zip(t, 100.0 + 0.5 * t / 60.0 + rng.normal(0.0, 0.5, t.size)))
+    assert estimator.size_trend_per_min(points) == pytest.approx(0.5, rel=0.1)
+    assert math.isnan(estimator.size_trend_per_min(points[:3]))  # too few
+    assert math.isnan(estimator.size_trend_per_min([(0.0, 1.0), (10.0, 2.0), (20.0, 3.0), (30.0, 4.0)]))  # too short
+    assert math.isnan(estimator.size_trend_per_min([(s, math.nan) for s in t]))
+    # relative trends: G = L d ln(size)/dt, whatever the probe's factor on size
+    history = [(s, 2.0 * (100.0 + s / 60.0), 0.7 * (100.0 + s / 60.0)) for s in t]
+    assert estimator.growth_from_size_trends(history, 105.0) == pytest.approx(1.0, rel=0.1)
+    assert math.isnan(estimator.growth_from_size_trends(history, math.nan))

@@ -9,8 +9,9 @@ lazily. Two checks:
 
 1. in a fresh interpreter where importing ``plant_sim`` fails (as where only the agent is
    installed), import every runtime module, compose the agent's config as ``xtalpilot agent``
-   does, build its plant connection and model-predictive strategy (loading a checkpoint) and
-   ask the model with and without imaging: it all works, and no ``plant_sim`` module is loaded;
+   does, build its plant connection and model-predictive strategy (loading a checkpoint), ask
+   the model with and without imaging, estimate a state and advise on it: it all works, and no
+   ``plant_sim`` module is loaded;
 2. over the runtime modules' source, every import statement, at module level or inside a
    function, followed through the project's modules: none reaches ``plant_sim``.
 """
@@ -32,6 +33,7 @@ AGENT_RUNTIME = (
     "controller.agent",
     "controller.strategy",
     "controller.estimator",
+    "controller.model_client",
     "controller.guard",
     "controller.state",
     "controller.plant_io",
@@ -68,19 +70,20 @@ for name in modules:
     importlib.import_module(name)
 from conf.schema import load_config
 from controller.agent import make_io, make_strategy
-from controller.strategy import observed_growth
+from controller.estimator import PlantView, estimate
 cfg = load_config([f"agent.checkpoint={checkpoint}", "agent.device=cpu", f"agent.decision_log={log}"],
                   simulator=False)
 make_io(cfg)
 strategy = make_strategy(cfg)
 recipe = strategy.recipe
-assert recipe.setpoint_c(0.0) == cfg.scenario.initial_temperature_c and recipe.duration_min > 0
+assert recipe.setpoint_c(0.0) == cfg.process.initial_temperature_c and recipe.duration_min > 0
 service = strategy.service
-for imaging in ([], [(100, 0.9, 0.5), (111, 0.1, 0.8)]):
+for imaging in ([], [(100, 0.9), (111, 0.1)]):
     service.estimate(imaging, 40.0, 0.01)
-values = {"facet_1_hkl": 100.0, "facet_1_growth_rate_um_per_min": 0.5, "facet_1_area_fraction": 0.9,
-          "facet_2_hkl": 111.0, "facet_2_growth_rate_um_per_min": 0.8, "facet_2_area_fraction": 0.1}
-observed_growth(values)
+values = {"facet_1_hkl": 100.0, "facet_1_area_fraction": 0.9, "facet_2_hkl": 111.0, "facet_2_area_fraction": 0.1,
+          "batch_state": 1.0, "reactor_temperature_c": 45.0, "concentration_g_per_kg": 420.0}
+state = estimate(None, PlantView(5000.0, 3000.0, values, {k: True for k in values}), None, strategy.facts)
+assert state.population is not None and strategy.advise(state, None).setpoints is not None
 print(json.dumps(sorted(m for m in sys.modules if m == "plant_sim" or m.startswith("plant_sim."))))
 """
 

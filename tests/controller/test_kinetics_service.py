@@ -47,7 +47,7 @@ def test_a_missing_checkpoint_says_how_to_make_one(tmp_path):
 
 def test_the_service_answers_with_spread_and_laws_per_member(tiny_checkpoint):
     service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
-    imaging = [(100, 0.9, 0.5), (110, 0.0, 0.0), (111, 0.1, 0.8), (0, 0.0, 0.0)]
+    imaging = [(100, 0.9), (110, 0.0), (111, 0.1), (0, 0.0)]
     est = service.estimate(imaging, 40.0, 0.01)
     assert est.laws.members == 2 and est.laws.growth.shape == (2, 3) and est.laws.nucleation.shape == (2, 3)
     assert est.growth_um_per_min > 0 and math.isfinite(est.log10_nucleation)
@@ -138,13 +138,15 @@ def test_on_the_batch_range_the_laws_reproduce_the_network_at_the_current_condit
     from controller.facet_graph import facet_graph_from_imaging
 
     service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
-    imaging = [(100, 0.9, 0.5), (111, 0.1, 0.8)]
+    imaging = [(100, 0.9), (111, 0.1)]
     t_now, s_now, limit = 40.0, 0.01, 0.015
     est = service.estimate(imaging, t_now, s_now, sigma_range=batch_sigma_range(s_now, limit), constraint_sigma=limit)
     assert est.sigma_range == pytest.approx((0.0025, 0.0165))
     assert est.query_sigma == s_now and est.constraint_sigma == limit
-    # the network asked on its own at the current condition
-    graph = facet_graph_from_imaging(imaging, service.family_properties, service.embedding_directions)
+    # the network asked on its own at the current condition, on the observed habit with its
+    # own reference-condition face rates
+    graph = facet_graph_from_imaging(imaging, service.family_properties, service.embedding_directions,
+                                     service.reference_face_rates)
     with torch.no_grad():
         network = service.predictor.query(service.embedding, graph, [[t_now, s_now, 0.0, 300.0]]).graph_members
     network = network[:, 0, :].double().numpy()  # (S, 3)
@@ -163,7 +165,7 @@ def test_without_imaging_the_material_s_habit_stands_in(tiny_checkpoint):
     from models.graphs import FACET_FEATURES
 
     service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
-    for imaging in ([], [(0, math.nan, math.nan)] * 4):
+    for imaging in ([], [(0, math.nan)] * 4):
         est = service.estimate(imaging, 40.0, 0.01, sigma_range=(0.0025, 0.0165))
         assert est.facet_source is FacetSource.material_habit and est.facet_source == "material_habit"
         assert est.growth_um_per_min > 0 and math.isfinite(est.growth_um_per_min)
@@ -173,6 +175,33 @@ def test_without_imaging_the_material_s_habit_stands_in(tiny_checkpoint):
     strict = KineticsService.load(tiny_checkpoint, "KCl", device="cpu", habit_fallback=False)
     with pytest.raises(ModelUnavailable, match="imaging"):
         strict.estimate([], 40.0, 0.01)
+
+
+def test_the_observed_habit_carries_the_network_s_reference_rates_not_an_in_line_one(tiny_checkpoint):
+    """Imaging gives the habit (families, area fractions); the rate feature is what training
+    gives every facet graph, the rate at the reference condition, here the network's own."""
+    import torch
+
+    from controller.facet_graph import facet_graph_from_imaging
+    from models.graphs import FACET_FEATURES, REFERENCE_CONDITION
+
+    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    imaging = [(100, 0.9), (111, 0.1)]
+    unknown = facet_graph_from_imaging(imaging, service.family_properties, service.embedding_directions)
+    graph = facet_graph_from_imaging(imaging, service.family_properties, service.embedding_directions,
+                                     service.reference_face_rates)
+    rate, largest = (FACET_FEATURES.index(n) for n in ("log10_observed_rate_um_per_min", "sorted_abs_normal_0"))
+    with torch.no_grad():
+        face = service.predictor.query(service.embedding, unknown, [REFERENCE_CONDITION]).facet_mean.double().numpy()
+    np.testing.assert_allclose(service.reference_face_rates(unknown), face)
+    # each family's faces carry the family's mean of the network's face rates on the first pass
+    first_cube, cube = (g.facet_x[:, largest].numpy() > 0.99 for g in (unknown, graph))  # {100} faces
+    rates = graph.facet_x[:, rate].numpy()
+    np.testing.assert_allclose(rates[cube], math.log10(face[first_cube].mean()), atol=1e-5)
+    np.testing.assert_allclose(rates[~cube], math.log10(face[~first_cube].mean()), atol=1e-5)
+    assert np.all(unknown.facet_x[:, rate].numpy() == -4.0)  # the first pass: rate unknown
+    est = service.estimate(imaging, 40.0, 0.01)
+    assert est.facet_source is FacetSource.imaging and math.isfinite(est.growth_um_per_min)
 
 
 def test_the_material_s_own_habit_is_its_structure_s_observed_at_the_network_s_rates(tiny_checkpoint):

@@ -243,8 +243,8 @@ def test_a_process_with_its_material_as_data_gives_its_own_constants():
     from conf.schema import load_config
 
     cfg = load_config(["scenario=kno3_as_data"], simulator=False)
-    m = MaterialConstants.for_process(cfg.scenario)
+    m = MaterialConstants.for_process(cfg.process)
     assert m.density_kg_per_m3 == 2110.0 and m.volume_shape_factor == 1.0
     assert float(m.solubility_g_per_kg(20.0)) == pytest.approx(128.6 + 5.88 * 20 + 0.1721 * 400, rel=1e-6)
-    kcl = MaterialConstants.for_process(load_config([], simulator=False).scenario)  # a built-in by name
+    kcl = MaterialConstants.for_process(load_config([], simulator=False).process)  # a built-in by name
     assert kcl == MaterialConstants.for_material("KCl")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from conf.schema import load_config
+from controller.estimator import estimate
+from controller.model_client import ModelClient
 from controller.proposer import Problem, Proposal
 from controller.rollout import MaterialConstants
 from controller.settings import ProposerSettings
@@ -17,19 +20,18 @@ from controller.strategy import (
     LinearCooling,
     ModelPredictive,
     PlantView,
-    observed_growth,
 )
 
-RECIPE = BatchRecipe.from_scenario(load_config([]).scenario)  # seeded_cooling: 55 -> 49 C, seeds at 12 min, -> 20 C
+RECIPE = BatchRecipe.from_process(load_config([]).process)  # seeded_cooling: 55 -> 49 C, seeds at 12 min, -> 20 C
 
 
 def view(batch_min: float | None, held: bool = False, **values: float) -> PlantView:
     base = {"reactor_temperature_c": 48.0, "concentration_g_per_kg": 428.0,
             "reactor_temperature_setpoint_active_c": 48.0,
-            "facet_1_hkl": 100.0, "facet_1_area_fraction": 0.9, "facet_1_growth_rate_um_per_min": 0.5,
-            "facet_2_hkl": 111.0, "facet_2_area_fraction": 0.1, "facet_2_growth_rate_um_per_min": 0.8,
-            "facet_3_hkl": 0.0, "facet_3_area_fraction": 0.0, "facet_3_growth_rate_um_per_min": 0.0,
-            "facet_4_hkl": 0.0, "facet_4_area_fraction": 0.0, "facet_4_growth_rate_um_per_min": 0.0}
+            "facet_1_hkl": 100.0, "facet_1_area_fraction": 0.9,
+            "facet_2_hkl": 111.0, "facet_2_area_fraction": 0.1,
+            "facet_3_hkl": 0.0, "facet_3_area_fraction": 0.0,
+            "facet_4_hkl": 0.0, "facet_4_area_fraction": 0.0}
     base["batch_state"] = 0.0 if batch_min is None else 1.0
     base.update(values)
     t = 0.0 if batch_min is None else batch_min * 60.0
@@ -41,32 +43,64 @@ def view(batch_min: float | None, held: bool = False, **values: float) -> PlantV
 
 def test_the_recipe_as_setpoints():
     lc = LinearCooling(RECIPE)
-    assert not lc.advise(view(RECIPE.duration_min - 0.5)).complete_batch
-    assert lc.advise(view(RECIPE.duration_min)).complete_batch  # the plant waits for Complete
-    assert lc.advise(view(None)).setpoints is None
-    assert lc.advise(view(0.0)).setpoints[TEMPERATURE_SP] == pytest.approx(55.0)
-    assert lc.advise(view(12.0)).setpoints[TEMPERATURE_SP] == pytest.approx(49.0)
-    assert lc.advise(view(32.0)).setpoints[TEMPERATURE_SP] == pytest.approx(49.0 - 0.2 * 10.0)
-    assert lc.advise(view(1000.0)).setpoints[TEMPERATURE_SP] == pytest.approx(20.0)
+
+    def advise(batch_min):
+        return lc.advise(estimate(None, view(batch_min), None, None))
+
+    assert not advise(RECIPE.duration_min - 0.5).complete_batch
+    assert advise(RECIPE.duration_min).complete_batch  # the plant waits for Complete
+    assert advise(None).setpoints is None
+    assert advise(0.0).setpoints[TEMPERATURE_SP] == pytest.approx(55.0)
+    assert advise(12.0).setpoints[TEMPERATURE_SP] == pytest.approx(49.0)
+    assert advise(32.0).setpoints[TEMPERATURE_SP] == pytest.approx(49.0 - 0.2 * 10.0)
+    assert advise(1000.0).setpoints[TEMPERATURE_SP] == pytest.approx(20.0)
     assert RECIPE.final_temperature_c == 20.0 and RECIPE.seed_at_min == 12.0
 
 
-def test_observed_growth_is_the_rate_of_the_volume_equivalent_size():
-    v = {"facet_1_area_fraction": 0.75, "facet_1_growth_rate_um_per_min": 1.0,
-         "facet_2_area_fraction": 0.25, "facet_2_growth_rate_um_per_min": 3.0}
-    assert observed_growth(v) == pytest.approx(2.0 * 1.5)  # no {hkl}: a sphere, dL/dt = 2 R
-    assert math.isnan(observed_growth({}))
-    # a cube of edge a: L = (6/pi)^(1/3) a and R = (da/dt) / 2, so G = 2 (6/pi)^(1/3) R
-    cube = {"facet_1_hkl": 100.0, "facet_1_area_fraction": 1.0, "facet_1_growth_rate_um_per_min": 0.5}
-    assert observed_growth(cube) == pytest.approx(2.0 * (6.0 / math.pi) ** (1.0 / 3.0) * 0.5, rel=1e-6)
+class Loop:
+    """The agent's sequence for one cycle without I/O: the state estimated with the model's newest
+    laws, the model asked in the background, the strategy advised (controller.agent.Agent)."""
+
+    def __init__(self, strategy: ModelPredictive, state=None) -> None:
+        self.strategy = strategy
+        s = strategy.settings
+        self.model = ModelClient(strategy.service, s.model_refresh_s, s.model_timeout_s, s.metastable_sigma_limit)
+        self.state = state
+
+    def advise(self, v):
+        answer = self.model.answer()
+        previous = self.state
+        self.state = estimate(previous, v, answer.laws, self.strategy.facts)
+        if previous is not None and previous.batch_id_s is not None and self.state.batch_id_s != previous.batch_id_s:
+            self.model.reset()
+            answer = self.model.answer()
+        self.model.ask(self.state)
+        return self.strategy.advise(self.state, answer)
+
+    @property
+    def estimate(self):
+        return self.state.population if self.state is not None else None
+
+    @property
+    def antisolvent_per_water(self):
+        return self.state.antisolvent_per_water if self.state is not None else 0.0
+
+    def __getattr__(self, name):  # accept, written, proposal, setpoints, material, ...
+        return getattr(self.strategy, name)
+
+    def wait_for_model(self):
+        self.model.wait()
+
+    def close(self):
+        self.model.close()
 
 
-def _model_agent(tiny_checkpoint, service=None, state_path=None, **settings) -> ModelPredictive:
+def _model_agent(tiny_checkpoint, service=None, state=None, **settings) -> Loop:
     from controller.kinetics_service import KineticsService
 
     service = service or KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
-    return ModelPredictive(RECIPE, service, MaterialConstants.for_material("KCl"), ProposerSettings(**settings),
-                           max_heating_k_per_min=0.0, max_antisolvent_kg_per_min=1.0, state_path=state_path)
+    return Loop(ModelPredictive(RECIPE, service, MaterialConstants.for_material("KCl"), ProposerSettings(**settings),
+                                max_heating_k_per_min=0.0, max_antisolvent_kg_per_min=1.0), state)
 
 
 @pytest.fixture()
@@ -76,7 +110,7 @@ def agent(tiny_checkpoint):
     a.close()
 
 
-def _answered(agent: ModelPredictive, batch_min: float, **values):
+def _answered(agent: Loop, batch_min: float, **values):
     agent.advise(view(batch_min - 1.0, **values))
     agent.advise(view(batch_min - 0.5, **values))
     agent.wait_for_model()
@@ -173,24 +207,31 @@ def test_held_freezes_and_only_idle_resets(agent, tmp_path):
 
 
 def test_the_estimate_survives_an_agent_restart_within_the_batch(tiny_checkpoint, tmp_path):
-    path = tmp_path / "estimate.json"
-    first = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    from controller.agent import LogOnce, Recorder
+
+    recorder = Recorder(None, tmp_path / "estimate.json", LogOnce())
+    first = _model_agent(tiny_checkpoint, antisolvent=False)
     _answered(first, 13.0)
     for k in range(5):
         first.advise(view(14.0 + k))
+        recorder.save_state(first.state, first.strategy.memory())
     saved = first.estimate
     first.close()
-    second = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    restored, memory = recorder.load_state()
+    assert json.dumps(restored.population.to_dict()) == json.dumps(saved.to_dict())
+    assert memory["batch_start_s"] == restored.batch_start_s == 1000.0
+    second = _model_agent(tiny_checkpoint, state=restored, antisolvent=False)
     second.advise(view(19.0))
     assert second.estimate is not None and second.estimate.seeded_at_s == saved.seeded_at_s
     second.close()
     # a later batch that starts at the same plant time (a restarted plant's clock) is not this one
-    later = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    later = _model_agent(tiny_checkpoint, state=restored, antisolvent=False)
     later.advise(view(13.0))
     assert later.estimate is None or later.estimate.seeded_at_s != saved.seeded_at_s
     later.close()
-    path.write_text("{not json")  # a corrupt file: a fresh estimate, no crash
-    third = _model_agent(tiny_checkpoint, state_path=str(path), antisolvent=False)
+    (tmp_path / "estimate.json").write_text("{not json")  # a corrupt file: a fresh estimate, no crash
+    assert recorder.load_state() == (None, None)
+    third = _model_agent(tiny_checkpoint, antisolvent=False)
     assert third.advise(view(19.0)).setpoints is not None and third.estimate.seeded_at_s == 1000.0 + 19.0 * 60.0
     third.close()
 

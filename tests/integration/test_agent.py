@@ -134,19 +134,19 @@ class _EarlyFinish:
     def __init__(self, cfg) -> None:
         from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, BatchRecipe, LinearCooling
 
-        self.recipe = LinearCooling(BatchRecipe.from_scenario(cfg.scenario))
+        self.recipe = LinearCooling(BatchRecipe.from_process(cfg.process))
         self.setpoints = (TEMPERATURE_SP, ANTISOLVENT_SP)
         self.antisolvent = ANTISOLVENT_SP
 
-    def advise(self, view):
+    def advise(self, state, model=None):
         import dataclasses
 
-        advice = self.recipe.advise(view)
+        advice = self.recipe.advise(state)
         if advice.setpoints is None:
             return advice
-        rate = 0.1 if view.batch_time_s >= 1000.0 else 0.0
+        rate = 0.1 if state.batch_time_s >= 1000.0 else 0.0
         return dataclasses.replace(advice, setpoints={**advice.setpoints, self.antisolvent: rate},
-                                   complete_batch=view.batch_time_s >= 3000.0)
+                                   complete_batch=state.batch_time_s >= 3000.0)
 
     def accept(self, proposal) -> None:
         pass
@@ -411,6 +411,8 @@ def test_a_decision_log_that_cannot_be_written_refuses_automatic(tmp_path):
         while (await read_plant(plant, "control_source"))["control_source"] != 1:
             assert time.monotonic() < deadline, "the agent never drove the plant"
             await asyncio.sleep(0.2)
+        # setpoints follow from the cycle after the plant shows the remote cascade (0.15 s each)
+        await asyncio.sleep(1.0)
         blocker = sqlite3.connect(path, timeout=0.1, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")  # no other writer gets in
         locked_at.update(await read_plant(plant, "agent_heartbeat", "plant_time_s"))
@@ -432,8 +434,8 @@ def test_a_decision_log_that_cannot_be_written_refuses_automatic(tmp_path):
 
 
 # 75 s of recipe: 50.1 -> 49.8 C at 1 K/min, seeds at 18 s, hold 6 s, -> 49.0 C at 1 K/min, hold 6 s.
-SHORT_BATCH = ("scenario.initial_temperature_c=50.1", "scenario.seeding.at_min=0.3", "scenario.duration_min=3",
-               "scenario.recipe=[{temperature_c:49.8,rate_k_per_min:1.0,hold_min:0.1},"
+SHORT_BATCH = ("process.initial_temperature_c=50.1", "process.seeding.at_min=0.3", "scenario.duration_min=3",
+               "process.recipe=[{temperature_c:49.8,rate_k_per_min:1.0,hold_min:0.1},"
                "{temperature_c:49.0,rate_k_per_min:1.0,hold_min:0.1}]")
 
 

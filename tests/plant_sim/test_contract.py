@@ -1,6 +1,6 @@
 """The simulated plant speaks the contract: it uses the contract's codes, facet codes, recipe
 schema and recipe program (conf.contract) rather than copies, serves every signal the contract
-names, and its scenario carries every field of the process schema the agent reads."""
+names, and its scenario runs the process the agent reads (copies of its fields, filled from it)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,19 @@ def test_the_plant_reports_its_facet_slots_as_the_contract_decodes_them():
 
 def test_the_plant_serves_every_signal_the_contract_names():
     served = set(MEASURED_SIGNALS) | set(plant.STATUS_SIGNALS) | set(plant.WRITABLE_SIGNALS)
-    named = {getattr(signals, n) for n in signals.__all__ if n.isupper() and n != "SETPOINTS"}
+    named = {getattr(signals, n) for n in signals.__all__ if n.isupper() and isinstance(getattr(signals, n), str)}
     assert named <= served and set(signals.SETPOINTS) <= set(plant.WRITABLE_SIGNALS)
+    assert set(signals.IMAGE_SIZE_FRACTIONS) <= set(MEASURED_SIGNALS)
     for slot in range(1, codes.N_FACET_SLOTS + 1):
         assert set(signals.facet_slot_signals(slot)) <= served
+
+
+def test_the_probe_s_size_bins_are_the_tag_map_s():
+    """The simulated probe's size-bin edges are those the shipped tag map describes."""
+    cfg = load_config([], simulator=True)
+    edges = sensors.SensorSettings().imaging_size_bin_edges_um
+    for j, name in enumerate(signals.IMAGE_SIZE_FRACTIONS):
+        assert f"{edges[j]:g}-{edges[j + 1]:g} um" in cfg.plant["signals"][name]["description"], name
 
 
 def test_the_scenario_runs_the_contract_s_recipe_program():
@@ -45,13 +54,17 @@ def test_the_scenario_runs_the_contract_s_recipe_program():
     assert all(type(s) is process.RecipeStep for s in sc.recipe) and type(sc.seeding) is process.Seeding
 
 
-def test_the_scenario_holds_the_process_schema_with_the_same_defaults():
-    full = {f.name: f for f in dataclasses.fields(scenarios.Scenario)}
-    for f in dataclasses.fields(process.BatchProcess):
-        assert f.name in full, f.name
+def test_the_scenario_copies_the_process_s_fields_with_the_same_defaults():
+    own = {f.name: f for f in dataclasses.fields(process.BatchProcess)}
+    copied = [f for f in dataclasses.fields(scenarios.Scenario) if f.metadata.get(process.FROM_PROCESS) is True]
+    assert {f.name for f in copied} == set(own) - {"name", "description", "solvent_mass_kg", "instruments"}
+    for f in copied:
+        assert f.type == own[f.name].type, f.name
         if f.default is not dataclasses.MISSING:
-            assert full[f.name].default == f.default, f.name
-    assert process.Vessel().water_mass_kg == ReactorSettings().water_mass_kg
+            assert own[f.name].default == f.default, f.name
+    assert process.BatchProcess().solvent_mass_kg == ReactorSettings().water_mass_kg
+    sc = scenarios.Scenario().with_process(process.BatchProcess(material="NaCl", solvent_mass_kg=9.0))
+    assert sc.material == "NaCl" and sc.reactor.water_mass_kg == 9.0
 
 
 def test_the_simulator_s_config_hands_the_plant_its_own_settings():

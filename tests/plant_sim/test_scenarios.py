@@ -99,23 +99,23 @@ def test_fouling_grows_linearly_from_start():
 
 
 def test_seed_mass_nominal_without_variation():
-    sc = Scenario(seeding=Seeding(mass_g=50.0, mass_rel_std=0.0))
+    sc = Scenario(seeding=Seeding(mass_g=50.0), seed_mass_rel_std=0.0)
     assert all(sc.drawn_seed_mass_g(i) == 50.0 for i in range(5))
 
 
 def test_seed_mass_deterministic_per_seed_and_batch():
-    sc = Scenario(seed=3, seeding=Seeding(mass_g=50.0, mass_rel_std=0.1))
-    again = Scenario(seed=3, seeding=Seeding(mass_g=50.0, mass_rel_std=0.1))
+    sc = Scenario(seed=3, seeding=Seeding(mass_g=50.0), seed_mass_rel_std=0.1)
+    again = Scenario(seed=3, seeding=Seeding(mass_g=50.0), seed_mass_rel_std=0.1)
     draws = [sc.drawn_seed_mass_g(i) for i in range(10)]
     assert draws == [again.drawn_seed_mass_g(i) for i in range(10)]
     assert draws == [sc.drawn_seed_mass_g(i) for i in range(10)]  # no hidden state
     assert len(set(draws)) == len(draws)  # differs across batch indices
-    other = Scenario(seed=4, seeding=Seeding(mass_g=50.0, mass_rel_std=0.1))
+    other = Scenario(seed=4, seeding=Seeding(mass_g=50.0), seed_mass_rel_std=0.1)
     assert [other.drawn_seed_mass_g(i) for i in range(10)] != draws
 
 
 def test_seed_mass_statistics():
-    sc = Scenario(seed=11, seeding=Seeding(mass_g=50.0, mass_rel_std=0.1))
+    sc = Scenario(seed=11, seeding=Seeding(mass_g=50.0), seed_mass_rel_std=0.1)
     draws = np.array([sc.drawn_seed_mass_g(i) for i in range(2000)])
     # mean 50, std 5: 4-sigma bounds on the sample mean and std
     assert abs(draws.mean() - 50.0) < 4 * 5.0 / np.sqrt(2000)
@@ -123,7 +123,7 @@ def test_seed_mass_statistics():
 
 
 def test_seed_mass_never_negative():
-    sc = Scenario(seed=1, seeding=Seeding(mass_g=50.0, mass_rel_std=2.0))
+    sc = Scenario(seed=1, seeding=Seeding(mass_g=50.0), seed_mass_rel_std=2.0)
     draws = np.array([sc.drawn_seed_mass_g(i) for i in range(500)])
     assert np.all(draws >= 0.0)
     assert np.any(draws == 0.0)  # z < -0.5 happens ~30 % of the time and must clamp to zero

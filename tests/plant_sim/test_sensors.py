@@ -36,7 +36,7 @@ EXACT = SensorSettings(
     imaging_size_relative_noise=0.0,
     imaging_aspect_ratio_relative_noise=0.0,
     facet_fraction_noise_std=0.0,
-    facet_growth_rate_relative_noise=0.0,
+    imaging_crystals_per_reading=1e300,
 )
 
 
@@ -84,7 +84,7 @@ def chunk(truth: Truth, start: int, stop: int) -> Truth:
     per_step = {"size_centers_m", "size_widths_m"}
     return Truth(
         **{
-            name: (value if name in per_step else value[start:stop])
+            name: (value if name in per_step or np.ndim(value) == 0 else value[start:stop])
             for name, value in truth.__dict__.items()
         }
     )
@@ -260,21 +260,73 @@ def test_imaging_excludes_small_crystals_and_holds_between_updates():
     np.testing.assert_allclose(aspect, 2.0 + 0.1 * (t // 10.0) * 10.0)
 
 
-def test_imaging_facets_sum_to_one_absent_stays_zero_and_growth_in_um_per_min():
+def test_imaging_facets_sum_to_one_and_absent_stays_zero():
     r = SensorSuite(SensorSettings(seed=5)).measure(make_truth(np.arange(0.0, 200.0)))
     fractions = np.stack([r[f"facet_{j}_area_fraction"] for j in range(1, 5)])
     np.testing.assert_allclose(fractions.sum(axis=0), 1.0, atol=1e-12)
     assert np.all(fractions >= 0.0) and np.all(fractions[3] == 0.0)
     assert np.std(fractions[0]) > 0.002  # noisy
-    assert np.all(r["facet_4_growth_rate_um_per_min"] == 0.0)
-    exact = SensorSuite(EXACT).measure(make_truth([0.0]))
-    assert exact["facet_1_growth_rate_um_per_min"][0] == pytest.approx(0.6)  # 1e-8 m/s
-    assert exact["facet_3_growth_rate_um_per_min"][0] == pytest.approx(1.8)
+
+
+def test_the_probe_reports_no_facet_growth_rate():
+    """Facet normal growth rates are a laboratory measurement; the truth carries them, no reading does."""
+    assert [name for name in MEASURED_SIGNALS if "growth" in name] == []
+    r = SensorSuite(SensorSettings(seed=5)).measure(make_truth(np.arange(0.0, 20.0)))
+    assert set(r) == set(MEASURED_SIGNALS)
+
+
+SIZE_BINS = [f"image_size_bin{j}_number_fraction" for j in range(1, 5)]
+
+
+def size_distribution(reading: dict[str, np.ndarray], k: int = 0) -> np.ndarray:
+    return np.array([reading[name][k] for name in SIZE_BINS])
+
+
+def test_imaging_size_distribution_sums_to_one_empty_bins_stay_zero_and_it_is_noisy():
+    # make_truth: crystals at 40 um (bin 20-100 um) and 150 um (bin 100-200 um), nothing above
+    r = SensorSuite(SensorSettings(seed=5)).measure(make_truth(np.arange(0.0, 400.0)))
+    bins = np.stack([r[name] for name in SIZE_BINS])
+    np.testing.assert_allclose(bins.sum(axis=0), 1.0, atol=1e-12)
+    assert np.all(bins >= 0.0) and np.all(bins[2:] == 0.0)
+    # counting noise of 500 crystals a reading: std sqrt(p (1 - p) / 500), ~0.02 here
+    updates = bins[0, ::10]
+    assert 0.01 < np.std(np.diff(updates)) / math.sqrt(2.0) < 0.04
+
+
+def test_imaging_size_distribution_follows_the_csd():
+    small, large = mono_csd(40e-6, 1e7), mono_csd(150e-6, 1e7)
+    even = size_distribution(SensorSuite(EXACT).measure(make_truth([0.0], csd=small + large)))
+    np.testing.assert_allclose(even, [0.5, 0.5, 0.0, 0.0], atol=1e-12)
+    # three times the large population shifts the distribution to the large bin
+    more = size_distribution(SensorSuite(EXACT).measure(make_truth([0.0], csd=small + 3.0 * large)))
+    np.testing.assert_allclose(more, [0.25, 0.75, 0.0, 0.0], atol=1e-12)
+    # grown crystals move up a bin; fines below the 20 um limit are not counted
+    grown = size_distribution(SensorSuite(EXACT).measure(
+        make_truth([0.0], csd=mono_csd(10e-6, 1e9) + mono_csd(250e-6, 1e7))))
+    np.testing.assert_allclose(grown, [0.0, 0.0, 1.0, 0.0], atol=1e-12)
+
+
+def test_imaging_sizes_are_projected_area_equivalent_and_held_between_updates():
+    """A cube of volume-equivalent size L projects, on average, the area of a circle of
+    L sqrt(k_a / pi), k_a = 6 (pi/6)^(2/3): 1.11 L (Cauchy: the mean projection is A / 4)."""
+    k_a = 6.0 * (math.pi / 6.0) ** (2.0 / 3.0)
+    nearest = CENTERS_M[np.argmin(np.abs(np.log(CENTERS_M / 95e-6)))] * 1e6
+    sphere = SensorSuite(EXACT).measure(make_truth([0.0], csd=mono_csd(95e-6, 1e7)))
+    cube = SensorSuite(EXACT).measure(make_truth([0.0], csd=mono_csd(95e-6, 1e7), area_shape_factor=[k_a]))
+    assert sphere["image_mean_size_um"][0] == pytest.approx(nearest, rel=1e-12)
+    assert cube["image_mean_size_um"][0] == pytest.approx(nearest * math.sqrt(k_a / math.pi), rel=1e-12)
+    assert size_distribution(sphere)[0] == 1.0 and size_distribution(cube)[1] == 1.0  # 95 um vs 106 um
+    # the distribution refreshes once per imaging period, as the mean size does
+    t = np.arange(0.0, 25.0)
+    csd = np.stack([mono_csd(40e-6, 1e7) + mono_csd(150e-6, 1e7 * (1.0 + k)) for k in range(t.size)])
+    r = SensorSuite(EXACT).measure(make_truth(t, csd=csd))
+    np.testing.assert_allclose(r[SIZE_BINS[1]], (1.0 + t // 10.0 * 10.0) / (2.0 + t // 10.0 * 10.0), rtol=1e-12)
 
 
 def test_imaging_reads_nan_without_detectable_crystals():
     r = SensorSuite(EXACT).measure(make_truth([0.0, 1.0], csd=mono_csd(10e-6, 1e9)))
     assert np.isnan(r["image_mean_size_um"]).all() and np.isnan(r["facet_1_area_fraction"]).all()
+    assert all(np.isnan(r[name]).all() for name in SIZE_BINS)
     assert r["fbrm_counts_total_per_s"][0] > 0.0
 
 
@@ -332,5 +384,9 @@ def test_unknown_fault_signal_or_kind_raises():
 def test_settings_reject_bad_bin_edges():
     with pytest.raises(ValueError, match="fbrm_bin_edges_um"):
         SensorSettings(fbrm_bin_edges_um=(1.0, 10.0, 5.0, 100.0, 300.0, 1000.0, 3000.0))
+    with pytest.raises(ValueError, match="imaging_size_bin_edges_um"):
+        SensorSettings(imaging_size_bin_edges_um=(20.0, 100.0, 200.0))
+    with pytest.raises(ValueError, match="imaging_crystals_per_reading"):
+        SensorSettings(imaging_crystals_per_reading=0.0)
 
 

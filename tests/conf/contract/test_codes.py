@@ -16,7 +16,12 @@ from conf.contract.codes import (
     decode_hkl,
     encode_hkl,
 )
-from conf.contract.signals import facet_slot_signals
+from conf.contract.signals import (
+    IMAGE_SIZE_FRACTIONS,
+    N_IMAGE_SIZE_BINS,
+    facet_slot_signals,
+    image_size_fraction_signal,
+)
 
 
 def test_the_codes_are_the_integers_the_tags_carry():
@@ -45,7 +50,13 @@ def test_indices_that_do_not_fit_a_digit_are_refused():
 
 
 def test_facet_slots_are_named_from_one():
-    assert facet_slot_signals(N_FACET_SLOTS) == (
-        "facet_4_hkl", "facet_4_area_fraction", "facet_4_growth_rate_um_per_min")
+    assert facet_slot_signals(N_FACET_SLOTS) == ("facet_4_hkl", "facet_4_area_fraction")
     with pytest.raises(ValueError):
         facet_slot_signals(0)
+
+
+def test_image_size_bins_are_named_from_one():
+    assert image_size_fraction_signal(1) == "image_size_bin1_number_fraction"
+    assert IMAGE_SIZE_FRACTIONS == tuple(image_size_fraction_signal(j) for j in range(1, N_IMAGE_SIZE_BINS + 1))
+    with pytest.raises(ValueError):
+        image_size_fraction_signal(0)

@@ -9,8 +9,8 @@ import yaml
 from conf.contract import codes, signals
 from conf.contract.tagmap import SignalKind, TagMap
 
-TAGMAP = TagMap.from_dict(yaml.safe_load(
-    (Path(__file__).resolve().parents[3] / "conf" / "plant" / "crystallizer.yaml").read_text()))
+PLANT_CONF = Path(__file__).resolve().parents[3] / "conf" / "plant"
+TAGMAP = TagMap.from_dict(yaml.safe_load((PLANT_CONF / "crystallizer.yaml").read_text()))
 
 
 def test_the_shipped_tag_map_has_every_named_signal_of_its_kind():
@@ -26,6 +26,21 @@ def test_the_shipped_tag_map_has_every_named_signal_of_its_kind():
         assert TAGMAP[name].writable
     for slot in range(1, codes.N_FACET_SLOTS + 1):
         assert all(name in TAGMAP for name in signals.facet_slot_signals(slot))
+    for name in (signals.IMAGE_MEAN_SIZE, signals.IMAGE_ASPECT_RATIO, *signals.IMAGE_SIZE_FRACTIONS):
+        assert TAGMAP[name].kind is SignalKind.measurement and not TAGMAP[name].writable, name
+    for name in signals.IMAGE_SIZE_FRACTIONS:
+        assert (TAGMAP[name].low, TAGMAP[name].high, TAGMAP[name].unit) == (0.0, 1.0, "1"), name
+
+
+def test_no_tag_map_serves_a_facet_growth_rate():
+    """In-situ imaging gives sizes, their distribution and shape; facet normal growth rates are
+    a laboratory measurement, so no shipped tag map carries one (nor any growth rate at all:
+    the agent estimates growth from the desupersaturation and the size trends)."""
+    for path in sorted(PLANT_CONF.glob("*.yaml")):
+        tagmap = TagMap.from_dict(yaml.safe_load(path.read_text()))
+        served = [s.name for s in tagmap if "growth" in s.name or "growth" in s.description.lower()
+                  or "/min" in s.unit and s.name.startswith(("facet_", "image_"))]
+        assert served == [], f"{path.name}: {served}"
 
 
 def test_the_agent_s_own_copies_of_names_and_codes_are_the_contract_s():
