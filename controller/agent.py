@@ -1047,6 +1047,11 @@ def make_strategy(cfg, service=None):
                 raise SetupError(f"material {material} is given as data with no kinetics prior, and the MS-GNN has "
                                  "no structure for it: give process.material_data.kinetics (the preset form of "
                                  "conf/kinetics), or run agent.strategy=linear_cooling")
+            if data.structure_file:
+                # Not yet: the MS-GNN's material graph and facet energetics come from the built-in
+                # structure families only (models.graphs); say so rather than ignore the file.
+                _log.warning("process.material_data.structure_file (%s) is not read by the agent's model yet: "
+                             "the process's kinetics prior stands in for the MS-GNN", data.structure_file)
             _log.info("material %s is given as data: the process's kinetics prior is the model", material)
             service = PriorKinetics(data.kinetics, data.crystal_density_kg_per_m3, p.nucleation_suspension_kg_per_kg)
         else:

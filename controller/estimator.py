@@ -414,6 +414,7 @@ class ProcessFacts:
             start belongs to another batch.
         fbrm_bin_edges_um: the FBRM's chord bin edges (empty: its bins are not used).
         size_trend_window_s: the span of imaging and FBRM mean sizes a growth trend is fitted on.
+        size_trend_sample_s: plant seconds between the sizes recorded for the trend.
     """
 
     material: object
@@ -427,10 +428,12 @@ class ProcessFacts:
     same_batch_tolerance_s: float = 60.0
     fbrm_bin_edges_um: tuple[float, ...] = ()
     size_trend_window_s: float = 900.0
+    size_trend_sample_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.size_trend_window_s > 0:
-            raise ValueError(f"size_trend_window_s must be > 0, got {self.size_trend_window_s}")
+        if not (self.size_trend_window_s > 0 and self.size_trend_sample_s >= 0):
+            raise ValueError(f"size_trend_window_s must be > 0 and size_trend_sample_s >= 0, got "
+                             f"{self.size_trend_window_s}, {self.size_trend_sample_s}")
         if len(self.seed_moments) != N_MOMENTS:
             raise ValueError(f"seed_moments needs {N_MOMENTS} moments, got {len(self.seed_moments)}")
         for name in ("seed_mass_kg_per_kg", "seed_at_min", "concentration_delay_s",
@@ -689,7 +692,9 @@ def _size_trend(state: PlantState, view: PlantView, facts: ProcessFacts) -> Plan
     image = view.value(signals.IMAGE_MEAN_SIZE)
     now = view.plant_time_s
     history = tuple(p for p in state.size_history if p[0] > now - facts.size_trend_window_s)
-    if not history or now > history[-1][0]:
+    # One point per imaging update (10 s) is all a trend over minutes needs; every cycle of a
+    # fast loop would only repeat held values and cost the loop its time.
+    if not history or now >= history[-1][0] + facts.size_trend_sample_s:
         history = history + ((now, image, chord),)
     population = state.population
     mean = math.nan
