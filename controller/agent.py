@@ -88,7 +88,8 @@ from controller.model_client import ModelAnswer, ModelClient
 from controller.settings import ProposerSettings
 from controller.strategy import ANTISOLVENT_SP, TEMPERATURE_SP, Advice, Strategy
 
-__all__ = ["Agent", "AgentReport", "check_instruments", "guard_settings", "validation_settings"]
+__all__ = ["Agent", "AgentReport", "BatchStatus", "BatchTracker", "Connection", "LogOnce", "ModeSupervisor", "Recorder",
+           "check_instruments", "chord_summary", "guard_settings", "process_facts", "validation_settings"]
 
 _log = logging.getLogger("xtalpilot.agent")
 

@@ -38,7 +38,6 @@ from typing import Mapping, Protocol
 import numpy as np
 
 from conf.contract import signals
-from conf.contract.codes import N_FACET_SLOTS
 from controller.estimator import EstimatorSettings, PlantState, PlantView, PopulationEstimate, ProcessFacts
 from controller.model_client import ModelAnswer
 from controller.proposer import Problem, Proposal
@@ -52,7 +51,6 @@ _log = logging.getLogger("xtalpilot.strategy")
 
 TEMPERATURE_SP = signals.TEMPERATURE_SETPOINT
 ANTISOLVENT_SP = signals.ANTISOLVENT_RATE_SETPOINT
-ANTISOLVENT_FLOW = signals.ANTISOLVENT_FLOW
 # The setpoint counts as at the final temperature within this (K): cooling is over.
 FINAL_TEMPERATURE_TOLERANCE_K = 0.05
 
