@@ -488,18 +488,14 @@ class Recorder:
         return state, memory
 
 
-def chord_summary(validated: Mapping, bins: tuple[str, ...], edges_um) -> dict[str, float]:
-    """Chord statistics of the FBRM bins (controller.state.chord_statistics) for the log; empty
-    without the bins. Named as chords: a chord distribution is not the size distribution (a
+def chord_summary(chords) -> dict[str, float]:
+    """The state's FBRM chord statistics (:class:`controller.state.ChordStatistics`) for the log;
+    empty without them. Named as chords: a chord distribution is not the size distribution (a
     crystal of size L gives chords from 0 to L), and the log must not pass one for the other."""
-    if not bins:
+    if chords is None:
         return {}
-    from controller.state import chord_statistics
-
-    counts = [validated[n].value if validated[n].ok else math.nan for n in bins]
-    stats = chord_statistics(counts, edges_um)
-    return {"fbrm_chord_total_per_s": stats.total_per_s, "fbrm_chord_mean_um": stats.mean_size_um,
-            "fbrm_chord_volume_mean_um": stats.volume_mean_size_um, "fbrm_chord_fines_fraction": stats.fines_fraction}
+    return {"fbrm_chord_total_per_s": chords.total_per_s, "fbrm_chord_mean_um": chords.mean_size_um,
+            "fbrm_chord_volume_mean_um": chords.volume_mean_size_um, "fbrm_chord_fines_fraction": chords.fines_fraction}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -720,7 +716,7 @@ class Agent:
             # every validated measurement (NaN where not ok) and status tag, so a batch can be
             # replayed from the log
             inputs={**{n: v.value for n, v in validated.items()}, **status,
-                    **chord_summary(validated, self._fbrm_bins, self.settings.fbrm_bin_edges_um), **dict(advice.inputs),
+                    **chord_summary(state.chords), **dict(advice.inputs),
                     "batch_time_s": state.batch_time_s, "strategy": self.strategy.name, **shadow},
             signal_status={n: v.status.value for n, v in validated.items()},
             predictions=dict(advice.predictions), proposal=dict(advice.setpoints or {}), intent=dict(values))
@@ -810,7 +806,7 @@ class Agent:
         remote_active = None if not math.isfinite(source) else source == 1.0
         data_ok = advice.data_ok and all(state.view.ok.get(n, False) for n in REQUIRED if n in self.trackers)
         current = {s.name: _number(raw.get(s.name)) for s in self.guard.setpoints}
-        batch_state = _number(raw.get(signals.BATCH_STATE))
+        batch_state = state.batch_state
         request = None  # batch commands are requests only an agent in automatic makes
         if self.mode is Mode.automatic and self.settings.start_batch and not self._start_sent and batch_state == BATCH_IDLE:
             request = BatchRequest.start

@@ -63,6 +63,7 @@ import numpy as np
 
 from conf.contract import signals
 from conf.contract.codes import BatchState
+from controller.state import ChordStatistics, aligned, chord_statistics
 
 __all__ = ["EstimatorSettings", "Measurement", "PlantState", "PlantView", "PopulationEstimate", "ProcessFacts",
            "aligned", "crystal_mass_kg_per_kg", "estimate", "growth_from_size_trends", "seed", "size_trend_per_min",
@@ -484,6 +485,7 @@ class PlantState:
         size_history: recent (plant time, imaging mean size um, FBRM mean chord um), NaN where
             not valid.
         growth_trend_um_per_min: growth seen in the trend of those sizes (NaN: none).
+        chords: the FBRM's chord statistics this cycle (None: no FBRM bins).
     """
 
     plant_time_s: float
@@ -504,6 +506,7 @@ class PlantState:
     last_batch_time_s: float | None = None
     size_history: tuple[tuple[float, float, float], ...] = ()
     growth_trend_um_per_min: float = math.nan
+    chords: ChordStatistics | None = None
 
     @property
     def executing(self) -> bool:
@@ -551,36 +554,6 @@ class PlantState:
         return cls(time_s, batch_start_s=float(start) if start is not None else None,
                    batch_id_s=float(batch_id) if batch_id is not None else None, antisolvent_per_water=anti,
                    population=PopulationEstimate.from_dict(population) if population is not None else None)
-
-
-def aligned(history: tuple[tuple[float, float], ...], time_s: float, value: float, delay_s: float
-            ) -> tuple[tuple[tuple[float, float], ...], float]:
-    """Record ``value`` at ``time_s`` and read the signal back as it was ``delay_s`` ago.
-
-    Linear interpolation between recorded times; before the history reaches back far enough the
-    oldest value stands in; non-finite values and times that do not advance are not recorded.
-
-    Returns:
-        (the history to keep, the delayed value; NaN while nothing is recorded).
-    """
-    points = list(history)
-    if math.isfinite(value) and math.isfinite(time_s) and (not points or time_s > points[-1][0]):
-        points.append((float(time_s), float(value)))
-        # One point at or before the oldest instant still asked for is all interpolation needs.
-        while len(points) > 1 and points[1][0] <= time_s - delay_s:
-            points.pop(0)
-    if not points:
-        return (), math.nan
-    t = time_s - delay_s
-    out = points[-1][1]
-    if t <= points[0][0]:
-        out = points[0][1]
-    else:
-        for (t0, v0), (t1, v1) in zip(points, points[1:]):
-            if t <= t1:
-                out = v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-                break
-    return tuple(points), out
 
 
 def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessFacts | None) -> PlantState:
@@ -682,13 +655,12 @@ def growth_from_size_trends(history, mean_size_um: float) -> float:
 
 def _size_trend(state: PlantState, view: PlantView, facts: ProcessFacts) -> PlantState:
     """The imaging and FBRM mean sizes recorded, and the growth their trend shows."""
-    chord = math.nan
+    chords, chord = None, math.nan
     if facts.fbrm_bin_edges_um:
-        from controller.state import chord_statistics
-
         counts = [view.value(f"fbrm_counts_bin{k}_per_s") for k in range(1, len(facts.fbrm_bin_edges_um))]
+        chords = chord_statistics(counts, facts.fbrm_bin_edges_um)  # a bin not valid counts as missing
         if all(math.isfinite(c) for c in counts):
-            chord = chord_statistics(counts, facts.fbrm_bin_edges_um).mean_size_um
+            chord = chords.mean_size_um
     image = view.value(signals.IMAGE_MEAN_SIZE)
     now = view.plant_time_s
     history = tuple(p for p in state.size_history if p[0] > now - facts.size_trend_window_s)
@@ -700,7 +672,8 @@ def _size_trend(state: PlantState, view: PlantView, facts: ProcessFacts) -> Plan
     mean = math.nan
     if population is not None and population.seeds[0] > 0:
         mean = population.seeds[1] / population.seeds[0]
-    return replace(state, size_history=history, growth_trend_um_per_min=growth_from_size_trends(history, mean))
+    return replace(state, size_history=history, growth_trend_um_per_min=growth_from_size_trends(history, mean),
+                   chords=chords)
 
 
 def _same_batch(prev: PlantState, start_s: float, batch_time_s: float, now_s: float, facts: ProcessFacts | None) -> bool:

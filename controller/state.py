@@ -52,6 +52,8 @@ from conf.contract.instruments import DEFAULT_INSTRUMENTS, InstrumentSpec
 __all__ = [
     "DEFAULT_INSTRUMENTS",
     "DeadTimeAligner",
+    "aligned",
+    "delayed_value",
     "InstrumentSpec",
     "Reading",
     "SignalStatus",
@@ -349,13 +351,46 @@ def alignment_delay_s(measured: InstrumentSpec, reference: InstrumentSpec, sampl
     return max(measured.ramp_lag_s(sample_interval_s) - reference.ramp_lag_s(sample_interval_s), 0.0)
 
 
+def aligned(history: tuple[tuple[float, float], ...], time_s: float, value: float, delay_s: float
+            ) -> tuple[tuple[tuple[float, float], ...], float]:
+    """Record ``value`` at ``time_s`` and read the signal back as it was ``delay_s`` ago (pure).
+
+    Non-finite values and times that do not advance are not recorded; see :func:`delayed_value`.
+
+    Returns:
+        (the history to keep, the delayed value; NaN while nothing is recorded).
+    """
+    points = list(history)
+    if math.isfinite(value) and math.isfinite(time_s) and (not points or time_s > points[-1][0]):
+        points.append((float(time_s), float(value)))
+        # One point at or before the oldest instant still asked for is all interpolation needs.
+        while len(points) > 1 and points[1][0] <= time_s - delay_s:
+            points.pop(0)
+    return tuple(points), delayed_value(points, time_s, delay_s)
+
+
+def delayed_value(history, now_s: float, delay_s: float) -> float:
+    """A recorded signal as of ``now_s - delay_s``: linear between recorded times; before the
+    history reaches back far enough (start-up, after a gap) the oldest value stands in; NaN while
+    nothing is recorded."""
+    if not history:
+        return math.nan
+    t = now_s - delay_s
+    if t <= history[0][0]:
+        return history[0][1]
+    for (t0, v0), (t1, v1) in pairwise(history):
+        if t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return history[-1][1]
+
+
 class DeadTimeAligner:
-    """A signal's recent history, read back as it was ``delay_s`` ago.
+    """A signal's recent history, read back as it was ``delay_s`` ago (:func:`aligned` with the
+    history kept).
 
     Supersaturation pairs the concentration, which the analyser reports late, with the reactor
     temperature of the instant the analyser saw: record the temperature every cycle and use
-    ``delayed(now_s)``. Values are interpolated linearly between recorded times; before the
-    history reaches back far enough (start-up, after a gap) the oldest recorded value stands in.
+    ``delayed(now_s)``.
 
     Args:
         delay_s: how far back to read, plant seconds (>= 0).
@@ -365,31 +400,16 @@ class DeadTimeAligner:
         if not delay_s >= 0:
             raise ValueError(f"delay_s must be >= 0, got {delay_s}")
         self.delay_s = float(delay_s)
-        self._history: deque[tuple[float, float]] = deque()
+        self._history: tuple[tuple[float, float], ...] = ()
 
     def update(self, time_s: float, value: float) -> float:
-        """Record ``value`` at plant time ``time_s`` (non-finite values and times that do not
-        advance are ignored) and return the value as of ``time_s - delay_s``."""
-        history = self._history
-        if math.isfinite(value) and math.isfinite(time_s) and (not history or time_s > history[-1][0]):
-            history.append((float(time_s), float(value)))
-            # One sample at or before the oldest instant still asked for is all interpolation needs.
-            while len(history) > 1 and history[1][0] <= time_s - self.delay_s:
-                history.popleft()
-        return self.delayed(time_s)
+        """Record ``value`` at plant time ``time_s`` and return the value as of ``time_s - delay_s``."""
+        self._history, out = aligned(self._history, time_s, value, self.delay_s)
+        return out
 
     def delayed(self, now_s: float) -> float:
         """The value as of ``now_s - delay_s`` (NaN while nothing is recorded)."""
-        history = self._history
-        if not history:
-            return math.nan
-        t = now_s - self.delay_s
-        if t <= history[0][0]:
-            return history[0][1]
-        for (t0, v0), (t1, v1) in pairwise(history):
-            if t <= t1:
-                return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-        return history[-1][1]
+        return delayed_value(self._history, now_s, self.delay_s)
 
 
 # ----------------------------------------------------------------------------- derived quantities
