@@ -39,6 +39,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from conf.contract import validate
@@ -399,7 +400,7 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot", *
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     root = config_class(simulator)
@@ -407,8 +408,13 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot", *
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("conf", version_base=None):
-            cfg = compose(config_name, overrides=list(overrides))
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        runtime = cfg.hydra.runtime
+        sources, choice = list(runtime.config_sources), runtime.choices.get("process")
+        with open_dict(cfg):
+            del cfg["hydra"]
         data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=False, throw_on_missing=True)
+        _anchor_structure_file(data, _process_directory(sources, choice))
         # One definition: a scenario (file or override) that restates the process is refused,
         # in the agent's root (which does not read the scenario) as in the simulator's.
         for key in _restated(data.get("scenario") or {}):
@@ -418,6 +424,36 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "xtalpilot", *
         raise ConfigError(_explain(exc)) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _process_directory(sources, choice) -> Path | None:
+    """The folder of the process file Hydra chose: the first config source (in Hydra's search
+    order) that has ``process/<choice>.yaml``."""
+    if not choice:
+        return None
+    for source in sources:
+        if source.get("schema") == "file":
+            base = Path(source.get("path", ""))
+        elif source.get("schema") == "pkg" and source.get("path") == "conf":
+            base = Path(__file__).resolve().parent
+        else:
+            continue
+        if (base / "process" / f"{choice}.yaml").is_file():
+            return base / "process"
+    return None
+
+
+def _anchor_structure_file(data: dict, process_directory: Path | None) -> None:
+    """A relative ``process.material_data.structure_file`` names a file beside the process file
+    (``structures/x.cif`` next to ``conf/process/x.yaml``, in the repository or a site's own
+    config folder); it becomes that absolute path where the file lies there and not in the
+    working directory. Anything else is left as given (the agent says when it is missing)."""
+    material = ((data.get("process") or {}).get("material_data") or {})
+    path = material.get("structure_file")
+    if not isinstance(path, str) or not path.strip() or Path(path).is_absolute() or Path(path).exists():
+        return
+    if process_directory is not None and (process_directory / path).is_file():
+        material["structure_file"] = str(process_directory / path)
 
 
 def _explain(exc: Exception) -> str:

@@ -1015,6 +1015,27 @@ def process_facts(cfg) -> ProcessFacts:
         settings=EstimatorSettings(suspension_ref_kg_per_kg=p.nucleation_suspension_kg_per_kg))
 
 
+def material_structure(material: str, data):
+    """The :class:`models.graphs.CrystalStructure` of a material given as data with a structure
+    file (``data``: its :class:`conf.contract.process.MaterialData`).
+
+    Raises:
+        SetupError: the file is missing, unreadable or not a cubic cell; says what to do.
+    """
+    from models.graphs import CrystalStructure
+
+    # conf.schema.load_config has anchored a relative path beside the process file when it lies
+    # there; otherwise it is the working directory's.
+    path = Path(data.structure_file).expanduser()
+    try:
+        return CrystalStructure.from_file(path, material, data.lattice_energy_kj_per_mol,
+                                          data.crystal_density_kg_per_m3)
+    except ValueError as exc:
+        prior = (" (or remove structure_file: the process's kinetics prior is then the model)"
+                 if data.kinetics is not None else "")
+        raise SetupError(f"process.material_data.structure_file: {exc}{prior}") from None
+
+
 def make_strategy(cfg, service=None):
     """The strategy the config names (the model-predictive one loads the model unless given)."""
     from controller.settings import StrategyName
@@ -1037,22 +1058,28 @@ def make_strategy(cfg, service=None):
     if data is not None and data.metastable_sigma_limit > 0:
         p = dataclasses.replace(p, metastable_sigma_limit=data.metastable_sigma_limit)
     if service is None:
+        served = material
         if data is not None and material not in MATERIALS:
-            # A material given only as data has no structure for the MS-GNN: its kinetics prior
-            # is the model (the estimator corrects it online).
-            if data.kinetics is None:
-                raise SetupError(f"material {material} is given as data with no kinetics prior, and the MS-GNN has "
-                                 "no structure for it: give process.material_data.kinetics (the preset form of "
-                                 "conf/kinetics), or run agent.strategy=linear_cooling")
             if data.structure_file:
-                # Not yet: the MS-GNN's material graph and facet energetics come from the built-in
-                # structure families only (models.graphs); say so rather than ignore the file.
-                _log.warning("process.material_data.structure_file (%s) is not read by the agent's model yet: "
-                             "the process's kinetics prior stands in for the MS-GNN", data.structure_file)
-            _log.info("material %s is given as data: the process's kinetics prior is the model", material)
-            service = PriorKinetics(data.kinetics, data.crystal_density_kg_per_m3, p.nucleation_suspension_kg_per_kg)
-        else:
-            service = KineticsService.load(a.checkpoint, material, a.device, grid_sigmas=tuple(p.grid_sigmas),
+                # The MS-GNN serves a material given as data from its structure: the same graphs
+                # and facet energetics as a built-in one (models.graphs.CrystalStructure).
+                served = material_structure(material, data)
+                _log.info("material %s is given as data: the MS-GNN serves it from %s (family %s)", material,
+                          data.structure_file, served.family or "none of the built-in ones")
+            elif data.kinetics is None:
+                raise SetupError(f"material {material} is given as data with neither a structure for the MS-GNN nor "
+                                 "a kinetics prior: give process.material_data.structure_file (and "
+                                 "lattice_energy_kj_per_mol), or process.material_data.kinetics (the preset form of "
+                                 "conf/kinetics), or run agent.strategy=linear_cooling")
+            else:
+                # No structure for the MS-GNN: the kinetics prior is the model (the estimator
+                # corrects it online).
+                _log.info("material %s is given as data with no structure: the process's kinetics prior is the "
+                          "model", material)
+                service = PriorKinetics(data.kinetics, data.crystal_density_kg_per_m3,
+                                        p.nucleation_suspension_kg_per_kg)
+        if service is None:
+            service = KineticsService.load(a.checkpoint, served, a.device, grid_sigmas=tuple(p.grid_sigmas),
                                            grid_temperatures=p.grid_temperatures)
     tagmap = TagMap.from_dict(cfg.plant)
     sp = tagmap[TEMPERATURE_SP]

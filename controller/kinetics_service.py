@@ -40,7 +40,9 @@ own face rates at the reference condition on it give the observed rates, and the
 habit of those rates is the material's habit. Levels 1-2 (atoms, clusters) of the material, in
 its pristine defect state (:func:`models.graphs.pristine_material_graph`), are embedded once
 and cached by the predictor; a cycle runs only level 3 and the heads. Nothing here needs the
-simulated plant: the material comes from the contract's materials database.
+simulated plant: the material is a built-in one of the contract's materials database, or one
+given only as data with a structure file (:class:`models.graphs.CrystalStructure`), whose
+graphs and facet energetics are built the same way.
 """
 
 from __future__ import annotations
@@ -311,7 +313,8 @@ class KineticsService:
 
     Args:
         predictor: a :class:`models.msgnn.KineticsPredictor`.
-        material: key of the materials database (:data:`conf.contract.materials.MATERIALS`).
+        material: key of the materials database (:data:`conf.contract.materials.MATERIALS`), or
+            a :class:`models.graphs.CrystalStructure` (e.g. read from a process's structure file).
         grid_sigmas: (low, high) driving forces of the query grid when :meth:`estimate` is not
             given a ``sigma_range`` (kept for callers that do not know the metastable limit).
         grid_temperatures: temperatures in the grid (spread over -10..+5 K around the current).
@@ -319,17 +322,18 @@ class KineticsService:
             (True) or raise :class:`ModelUnavailable` (False).
     """
 
-    def __init__(self, predictor, material: str, grid_sigmas: tuple[float, float] = (0.003, 0.04),
+    def __init__(self, predictor, material, grid_sigmas: tuple[float, float] = (0.003, 0.04),
                  grid_temperatures: int = 3, habit_fallback: bool = True) -> None:
-        from models.graphs import facet_family_properties, pristine_material_graph
+        from models.graphs import crystal_structure, facet_family_properties, pristine_material_graph
         from models.settings import DataSettings
 
         self.predictor = predictor
-        self.material = material
+        self.structure = crystal_structure(material)
+        self.material = self.structure.name
         # The pristine defect state (variant 0 of the training data): the material graph.
-        self.material_graph = pristine_material_graph(material, DataSettings().max_atoms)
+        self.material_graph = pristine_material_graph(self.structure, DataSettings().max_atoms)
         self.embedding = predictor.embed_material(self.material_graph)
-        self.family_properties = facet_family_properties(material)
+        self.family_properties = facet_family_properties(self.structure)
         self.material_facets = self._material_habit()
         self.grid_sigmas = grid_sigmas
         self.grid_temperatures = grid_temperatures
@@ -337,7 +341,7 @@ class KineticsService:
         self.version = str(predictor.ensemble.info.get("version", "")) if hasattr(predictor.ensemble, "info") else ""
 
     @classmethod
-    def load(cls, checkpoint: str | Path, material: str, device: str | None = None, **kwargs) -> "KineticsService":
+    def load(cls, checkpoint: str | Path, material, device: str | None = None, **kwargs) -> "KineticsService":
         """Load a checkpoint (safetensors + JSON, never unpickled) onto ``device``.
 
         Raises:
@@ -437,15 +441,15 @@ class KineticsService:
         from conf.contract.morphology import kinetic_wulff
         from models.graphs import habit_query, structure_habit
 
-        habit = structure_habit(self.material)
-        guess = habit_query(self.material, habit, np.zeros(habit.num_faces), self.embedding_directions)
+        habit = structure_habit(self.structure)
+        guess = habit_query(self.structure, habit, np.zeros(habit.num_faces), self.embedding_directions)
         face_rates = self.reference_face_rates(guess)
         if face_rates.shape != (habit.num_faces,) or not np.all(np.isfinite(face_rates) & (face_rates > 0)):
             return guess
         shown = np.flatnonzero(np.bincount(habit.face_family, minlength=len(habit.hkls)) > 0)
         family_rates = np.array([face_rates[habit.face_family == f].mean() for f in shown])
         grown = kinetic_wulff([habit.hkls[f] for f in shown], family_rates)
-        return habit_query(self.material, grown, family_rates[grown.face_family], self.embedding_directions)
+        return habit_query(self.structure, grown, family_rates[grown.face_family], self.embedding_directions)
 
     def reference_face_rates(self, facets) -> np.ndarray:
         """The network's growth rate of every face of ``facets`` at the training reference

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from conf.contract.lattice import FIRST_SHELL_SLACK, FacetEnergetics, bond_energy_ev, build_atoms, facet_energetics
+from conf.contract.lattice import FIRST_SHELL_SLACK, FacetEnergetics, bond_energy_ev, build_atoms, facet_energetics_of_atoms
 from conf.contract.materials import MATERIALS, STRUCTURES
 from conf.contract.morphology import Habit, kinetic_wulff
 
@@ -47,12 +47,14 @@ __all__ = [
     "GRAPH_TARGETS",
     "HKLS",
     "REFERENCE_CONDITION",
+    "CrystalStructure",
     "MaterialGraph",
     "MultiScaleDataset",
     "Query",
     "cluster_grid",
     "cluster_grid_offsets",
     "cross_edges",
+    "crystal_structure",
     "facet_family_properties",
     "facet_features",
     "facet_query",
@@ -62,6 +64,7 @@ __all__ = [
     "material_graph_from_atoms",
     "normalise_conditions",
     "pristine_material_graph",
+    "structure_family",
     "structure_habit",
     "supercell_repeats",
 ]
@@ -422,21 +425,140 @@ def facet_features(normals: np.ndarray, area_fractions: np.ndarray, observed_um_
 
 
 # ----------------------------------------------------------------------------- per material
+@dataclass(frozen=True, eq=False)
+class CrystalStructure:
+    """What the model's inputs need of one material: its cell and its thermochemistry.
+
+    Built in (:meth:`built_in`, from the contract's materials database) or read from a
+    structure file (:meth:`from_file`, a material given only as data). Every per-material
+    function below takes either this or a built-in material's key, so a material from a file
+    gets the same graphs and facet energetics as a built-in one.
+
+    Attributes:
+        name: material name.
+        family: structure family (one of :data:`FAMILIES`; "" when the cell matches none, and
+            the family one-hot of the descriptors is then zero).
+        cell: periodic conventional cubic cell (cell a*I), no vacancies.
+        lattice_energy_kj_per_mol: lattice (cohesive) energy per formula unit.
+        density_kg_per_m3: crystal density.
+        formula_units_per_cell: formula units in ``cell``.
+    """
+
+    name: str
+    family: str
+    cell: object
+    lattice_energy_kj_per_mol: float
+    density_kg_per_m3: float
+    formula_units_per_cell: float
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def built_in(material: str) -> "CrystalStructure":
+        """A material of :data:`conf.contract.materials.MATERIALS` (one object per key)."""
+        m = MATERIALS[material]
+        return CrystalStructure(material, m.structure, build_atoms(m.structure, m.ase_symbols,
+                                                                   m.lattice_constant_angstrom),
+                                m.lattice_energy_kj_per_mol, m.density_kg_per_m3, m.formula_units_per_cell)
+
+    @staticmethod
+    def from_file(path, name: str, lattice_energy_kj_per_mol: float, density_kg_per_m3: float) -> "CrystalStructure":
+        """Read a material's structure (CIF, extended XYZ, any format ase reads).
+
+        The facet families of the model (:data:`HKLS`) are cubic, so the file must give a cubic
+        cell: the conventional cell of a cubic space group (as a CIF of one reads), or a cubic
+        supercell of it. Formula units come from the species counts (their greatest common
+        divisor), the family from the bond graph (:func:`structure_family`).
+
+        Raises:
+            ValueError: naming the file and what to do, for a file that is missing, unreadable,
+                not periodic or not cubic, or for a non-positive energy or density.
+        """
+        import ase.io
+
+        from conf.contract.lattice import _cubic_cell_length_angstrom
+
+        if not (lattice_energy_kj_per_mol > 0 and density_kg_per_m3 > 0):
+            raise ValueError(f"{name}: a structure needs its lattice energy and density (> 0), got "
+                             f"{lattice_energy_kj_per_mol} kJ/mol and {density_kg_per_m3} kg/m^3")
+        try:
+            atoms = ase.io.read(str(path))
+        except FileNotFoundError:
+            raise ValueError(f"structure file {path} not found") from None
+        except Exception as exc:  # ase raises many types for unreadable files
+            raise ValueError(f"structure file {path} is not a readable structure ({exc})") from None
+        if not all(atoms.pbc) or abs(float(atoms.cell.volume)) < 1e-6:
+            raise ValueError(f"structure file {path} needs a periodic 3-D cell")
+        try:
+            _cubic_cell_length_angstrom(atoms.cell.array)
+        except ValueError:
+            raise ValueError(f"structure file {path}: the model's facet families are cubic and need the "
+                             f"conventional cubic cell (a*I, as a CIF of a cubic space group gives it), got cell "
+                             f"lengths {np.round(atoms.cell.lengths(), 4).tolist()} and angles "
+                             f"{np.round(atoms.cell.angles(), 3).tolist()}; without a cubic cell, give the "
+                             f"material's kinetics prior and no structure_file") from None
+        _, counts = np.unique(atoms.get_atomic_numbers(), return_counts=True)
+        formula_units = float(math.gcd(*(int(c) for c in counts)))
+        return CrystalStructure(name, structure_family(atoms), atoms, float(lattice_energy_kj_per_mol),
+                                float(density_kg_per_m3), formula_units)
+
+
+def _bond_signature(atoms) -> tuple:
+    """(species stoichiometry, first-shell coordination per species), both in species order of
+    abundance: what tells the cubic families apart."""
+    from ase.neighborlist import neighbor_list
+
+    from conf.contract.lattice import _first_shell_distance_angstrom
+
+    cutoff = FIRST_SHELL_SLACK * _first_shell_distance_angstrom(atoms)
+    i = neighbor_list("i", atoms, cutoff)
+    coordination = np.bincount(i, minlength=len(atoms))
+    z = atoms.get_atomic_numbers()
+    species, counts = np.unique(z, return_counts=True)
+    g = math.gcd(*(int(c) for c in counts))
+    per_species = sorted(((int(c) // g, int(round(float(coordination[z == s].mean())))) for s, c in zip(species, counts)))
+    return tuple(per_species)
+
+
 @functools.lru_cache(maxsize=None)
-def family_energetics(material: str) -> tuple[FacetEnergetics, ...]:
+def _family_signatures() -> dict[tuple, str]:
+    # Generic prototypes: only the geometry and the species pattern matter.
+    symbols = {"rocksalt": "NaCl", "cesiumchloride": "CsCl", "fluorite": "CaF2", "zincblende": "ZnS",
+               "diamond": "C", "fcc": "Cu", "bcc": "Fe"}
+    return {_bond_signature(build_atoms(f, symbols[f], 5.0)): f for f in FAMILIES if f in symbols}
+
+
+def structure_family(atoms) -> str:
+    """The structure family (:data:`FAMILIES`) whose prototype has the cell's stoichiometry and
+    first-shell coordination per species; "" when none has."""
+    return _family_signatures().get(_bond_signature(atoms), "")
+
+
+def crystal_structure(material: "str | CrystalStructure") -> CrystalStructure:
+    """A built-in material's key or a structure -> the structure."""
+    return material if isinstance(material, CrystalStructure) else CrystalStructure.built_in(material)
+
+
+@functools.lru_cache(maxsize=None)
+def _energetics(structure: CrystalStructure) -> tuple[FacetEnergetics, ...]:
+    return facet_energetics_of_atoms(structure.cell, structure.lattice_energy_kj_per_mol, HKLS)
+
+
+def family_energetics(material: "str | CrystalStructure") -> tuple[FacetEnergetics, ...]:
     """Broken-bond and Hartman-Perdok energetics of the material's facet families :data:`HKLS`
     (:func:`conf.contract.lattice.facet_energetics`), in :data:`HKLS` order."""
-    m = MATERIALS[material]
-    return tuple(facet_energetics(m.structure, m.ase_symbols, m.lattice_constant_angstrom, m.lattice_energy_kj_per_mol,
-                                  HKLS))
+    return _energetics(crystal_structure(material))
 
 
-@functools.lru_cache(maxsize=None)
-def family_surface_properties(material: str) -> tuple[np.ndarray, np.ndarray]:
+def family_surface_properties(material: "str | CrystalStructure") -> tuple[np.ndarray, np.ndarray]:
     """Per family of :data:`HKLS`: the broken-bond surface energy gamma_f (J/m^2) and the
     structural impurity Langmuir constant K_f = 0.02 ppm^-1 (n_cut,f / mean n_cut)^3 (rough faces,
     with more bonds cut, adsorb more), each (len(HKLS),), read-only."""
-    facets = family_energetics(material)
+    return _surface_properties(crystal_structure(material))
+
+
+@functools.lru_cache(maxsize=None)
+def _surface_properties(structure: CrystalStructure) -> tuple[np.ndarray, np.ndarray]:
+    facets = _energetics(structure)
     surface = np.array([f.surface_energy_j_per_m2 for f in facets])
     n_cut = np.array([f.broken_bonds_per_area_per_angstrom2 for f in facets])
     langmuir = 0.02 * (n_cut / n_cut.mean()) ** 3
@@ -445,31 +567,31 @@ def family_surface_properties(material: str) -> tuple[np.ndarray, np.ndarray]:
     return surface, langmuir
 
 
-def facet_family_properties(material: str) -> dict[tuple[int, int, int], tuple[float, float]]:
+def facet_family_properties(material: "str | CrystalStructure") -> dict[tuple[int, int, int], tuple[float, float]]:
     """Per facet family of a material: (broken-bond surface energy J/m^2, structural impurity
     Langmuir constant per ppm), the facet features that do not come from imaging."""
     surface, langmuir = family_surface_properties(material)
     return {hkl: (float(e), float(k)) for hkl, e, k in zip(HKLS, surface, langmuir)}
 
 
-def pristine_material_graph(material: str, max_atoms: int) -> MaterialGraph:
+def pristine_material_graph(material: "str | CrystalStructure", max_atoms: int) -> MaterialGraph:
     """Levels 1-2 of the material in its pristine defect state (variant 0 of the training data).
 
     The supercell is the largest n^3 repetition of the conventional cell within ``max_atoms``;
     no defects, no displacements. The same graph as :func:`models.data.generate` makes for a
-    material's first (pristine) variant.
+    material's first (pristine) variant; a structure read from a file gets it the same way.
     """
-    m = MATERIALS[material]
-    cell = build_atoms(m.structure, m.ase_symbols, m.lattice_constant_angstrom)
+    structure = crystal_structure(material)
+    cell = structure.cell
     reps = supercell_repeats(len(cell), max_atoms)
     atoms = cell.repeat(reps)
     n_clusters = cluster_grid_offsets().shape[0]
     defects = {k: np.zeros(n_clusters) for k in ("dislocation", "vacancy", "planar")}
     displacement = np.zeros(len(atoms))
-    atoms.new_array("displacement_angstrom", displacement)
+    atoms.set_array("displacement_angstrom", displacement)
     return material_graph_from_atoms(
-        f"{material}#0", material, m.structure, atoms, m.lattice_energy_kj_per_mol,
-        m.formula_units_per_cell * reps**3, m.density_kg_per_m3, defects, displacement,
+        f"{structure.name}#0", structure.name, structure.family, atoms, structure.lattice_energy_kj_per_mol,
+        structure.formula_units_per_cell * reps**3, structure.density_kg_per_m3, defects, displacement,
     )
 
 
@@ -498,7 +620,7 @@ def facet_query(facet_x: np.ndarray, normals: np.ndarray, adjacency: np.ndarray,
     )
 
 
-def structure_habit(material: str) -> Habit:
+def structure_habit(material: "str | CrystalStructure") -> Habit:
     """The habit the material's structure alone predicts: the attachment-energy morphology.
 
     Hartman & Perdok (1955): a face grows in proportion to its attachment energy,
@@ -508,11 +630,11 @@ def structure_habit(material: str) -> Habit:
     return kinetic_wulff(HKLS, [abs(f.attachment_energy_ev) for f in family_energetics(material)])
 
 
-def habit_query(material: str, habit: Habit, observed_um_per_min: np.ndarray, cluster_direction: np.ndarray) -> Query:
+def habit_query(material: "str | CrystalStructure", habit: Habit, observed_um_per_min: np.ndarray, cluster_direction: np.ndarray) -> Query:
     """The facet graph of a habit of the material, as imaging of that habit would give it.
 
     Args:
-        material: key of :data:`conf.contract.materials.MATERIALS`.
+        material: key of :data:`conf.contract.materials.MATERIALS`, or a :class:`CrystalStructure`.
         habit: a habit over families of :data:`HKLS`.
         observed_um_per_min: observed normal growth rate per face of the habit, (F,); 0 where
             unknown (the feature's floor, 1e-4 um/min, as a reading without usable rates).

@@ -58,6 +58,7 @@ __all__ = [
     "slice_thickness_angstrom",
     "broken_bond_density_per_angstrom2",
     "facet_energetics",
+    "facet_energetics_of_atoms",
     "mersmann_interfacial_energy_j_per_m2",
 ]
 
@@ -401,7 +402,29 @@ def facet_energetics(
     References:
         Hartman & Perdok (1955); Donnay & Harker (1937).
     """
-    atoms = build_atoms(structure, symbols, lattice_constant_angstrom)
+    return facet_energetics_of_atoms(build_atoms(structure, symbols, lattice_constant_angstrom),
+                                     lattice_energy_kj_per_mol, hkls)
+
+
+def facet_energetics_of_atoms(
+    atoms: ase.Atoms,
+    lattice_energy_kj_per_mol: float,
+    hkls: Sequence[tuple[int, int, int]] = ((1, 0, 0), (1, 1, 0), (1, 1, 1)),
+) -> tuple[FacetEnergetics, ...]:
+    """:func:`facet_energetics` of a given cell, e.g. one read from a structure file.
+
+    Args:
+        atoms: periodic cubic cell a*I: the conventional cell (or a cubic supercell of it),
+            as :func:`build_atoms` builds it or a CIF of a cubic space group reads.
+        lattice_energy_kj_per_mol: lattice (cohesive) energy per formula unit; sign ignored.
+        hkls: families to evaluate.
+
+    Returns:
+        One :class:`FacetEnergetics` per entry of ``hkls``, in order.
+    """
+    if not all(atoms.pbc) or abs(float(atoms.cell.volume)) < 1e-6:
+        raise ValueError("facet energetics need a periodic 3-D cell")
+    _cubic_cell_length_angstrom(atoms.cell.array)
     graph = bond_graph(atoms, bond_energy_ev=1.0)
     z = _formula_units_per_cell(graph.symbols)
     bonds_per_fu = graph.num_bonds / z

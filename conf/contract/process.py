@@ -179,8 +179,14 @@ class MaterialData:
         solubility_basis: solvent (mass ratio) or solution (mass fraction).
         metastable_sigma_limit: ln(C/C*) above which primary nucleation sets in (0: not given;
             the proposer's own limit then applies).
-        structure_file: the crystal structure (e.g. a CIF or extended XYZ file) from which the
-            MS-GNN could build the material's graphs; carried with the process (None: none).
+        structure_file: the crystal structure (a CIF, extended XYZ or any file ase reads; a
+            cubic conventional cell) from which the MS-GNN builds the material's graphs and
+            facet energetics, so the network serves the material (None: none, the kinetics
+            prior is the model). A relative path names a file beside the process file (e.g.
+            ``structures/x.cif`` next to ``conf/process/x.yaml``, in the repository or a
+            site's own config folder), else in the working directory.
+        lattice_energy_kj_per_mol: lattice (cohesive) energy per formula unit, which the
+            structure's bond energies share (needed with ``structure_file``; 0: not given).
         kinetics: power-law kinetics in the preset form (``conf/kinetics``): the agent's prior
             (its model when the MS-GNN cannot serve the material) and, unless the scenario
             names a power-law preset of its own, the simulator's truth. None: not given.
@@ -196,11 +202,12 @@ class MaterialData:
     solubility_basis: SolubilityBasis = SolubilityBasis.solvent
     metastable_sigma_limit: float = 0.0
     structure_file: Optional[str] = None
+    lattice_energy_kj_per_mol: float = 0.0
     kinetics: Optional[PowerLawPreset] = None
 
     def __post_init__(self) -> None:
         validate.positive(self, "crystal_density_kg_per_m3", "volume_shape_factor")
-        validate.non_negative(self, "molar_mass_g_per_mol", "metastable_sigma_limit")
+        validate.non_negative(self, "molar_mass_g_per_mol", "metastable_sigma_limit", "lattice_energy_kj_per_mol")
         table, poly = self.solubility_temperatures_c, self.solubility_coefficients
         if bool(table or self.solubility_values) == bool(poly):
             raise ValueError("give the solubility as measured points (solubility_temperatures_c and "
@@ -217,6 +224,9 @@ class MaterialData:
                                                 or not self.structure_file.strip() or "\0" in self.structure_file):
             raise ValueError(f"structure_file must be the path of the material's structure file "
                              f"(e.g. structures/kno3.cif) or null, got {self.structure_file!r}")
+        if self.structure_file is not None and not self.lattice_energy_kj_per_mol > 0:
+            raise ValueError("a structure_file needs the material's lattice_energy_kj_per_mol (> 0, per formula "
+                             "unit, e.g. from a Born-Haber cycle): the structure's bond energies share it")
 
     def _g_per_kg_solvent(self, values: Sequence[float]) -> tuple[float, ...]:
         """Values in the data's unit and basis -> g solute per kg solvent."""

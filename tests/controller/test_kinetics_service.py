@@ -239,3 +239,36 @@ def test_a_kinetics_prior_in_the_preset_form_becomes_the_agents_laws():
         est.log10_nucleation - math.log10(2000.0))
     with pytest.raises(ModelUnavailable):
         PriorKinetics(dataclasses.replace(preset, growth_rate_um_per_min=0.0), 2000.0)
+
+
+def test_a_material_from_a_structure_file_is_served_on_its_own_structure(tiny_checkpoint, tmp_path):
+    """The structure reaches the network: KCl read from a file answers as the built-in KCl does,
+    another cell answers otherwise."""
+    import ase.io
+
+    from conf.contract.lattice import build_atoms
+    from conf.contract.materials import MATERIALS
+    from models.graphs import CrystalStructure
+
+    m = MATERIALS["KCl"]
+    ase.io.write(tmp_path / "kcl.cif", build_atoms("rocksalt", "KCl", m.lattice_constant_angstrom))
+    ase.io.write(tmp_path / "other.cif", build_atoms("rocksalt", "KCl", 5.2))  # SYNTHETIC: a squeezed cell
+    imaging = [(100, 0.8), (111, 0.2), (0, 0.0), (0, 0.0)]
+    reference = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    built_in = reference.estimate(imaging, 40.0, 0.01)
+    answers, embeddings = {}, {}
+    for name in ("kcl", "other"):
+        structure = CrystalStructure.from_file(tmp_path / f"{name}.cif", f"{name} as data", m.lattice_energy_kj_per_mol,
+                                               m.density_kg_per_m3)
+        service = KineticsService.load(tiny_checkpoint, structure, device="cpu")
+        assert service.material == f"{name} as data" and service.structure is structure
+        answers[name] = service.estimate(imaging, 40.0, 0.01)
+        # levels 1-2 pooled per cluster (the cross-scale messages' input), member by member
+        embeddings[name] = [h.detach().sort(dim=0).values for h in service.embedding.cluster_h]
+    assert answers["kcl"].growth_um_per_min == pytest.approx(built_in.growth_um_per_min, rel=1e-4)
+    assert answers["kcl"].log10_nucleation == pytest.approx(built_in.log10_nucleation, rel=1e-4, abs=1e-4)
+    assert answers["other"].growth_um_per_min != answers["kcl"].growth_um_per_min
+    ref = [h.detach().sort(dim=0).values for h in reference.embedding.cluster_h]
+    for same, other, r in zip(embeddings["kcl"], embeddings["other"], ref):
+        scale = float(r.abs().max())
+        assert float((same - r).abs().max()) < 1e-4 * scale < float((other - r).abs().max())

@@ -513,3 +513,38 @@ def test_a_material_given_only_as_data_is_simulated_served_controlled_and_replay
     summary = run_replay(load_config([f"replay.output_dir={tmp_path / 'replay'}", "scenario=kno3_as_data",
                                       "agent.strategy=linear_cooling"]))
     assert summary["writes"] == 0 and summary["stopped_by"] == "end of recording" and summary["cycles"] > 100
+
+
+def test_a_material_given_by_data_and_a_structure_file_is_served_by_the_ms_gnn(tmp_path, tiny_checkpoint):
+    """A site's own process folder: a material nobody built in, its data (SYNTHETIC: KNO3's
+    solubility and power-law kinetics, which the simulated plant runs as its truth) and a
+    structure file beside the process file (SYNTHETIC: a rocksalt cell). The agent's model is
+    the MS-GNN on that structure, not the kinetics prior; it completes a batch in automatic
+    over OPC UA. The tiny checkpoint's kinetics are meaningless: what is checked is the path."""
+    import ase.io
+
+    from conf.contract.lattice import build_atoms
+    from conf.contract.materials import MATERIALS
+
+    site = tmp_path / "site"
+    (site / "process" / "structures").mkdir(parents=True)
+    text = (REPO / "conf" / "process" / "kno3_seeded_cooling.yaml").read_text()
+    text = text.replace("name: kno3_seeded_cooling", "name: synthetium_cooling").replace("material: KNO3",
+                                                                                         "material: Synthetium")
+    text = text.replace("structure_file: null", "structure_file: structures/synthetium.cif\n"
+                                                "  lattice_energy_kj_per_mol: 700.0")
+    assert "structures/synthetium.cif" in text and "Synthetium" not in MATERIALS
+    (site / "process" / "synthetium_cooling.yaml").write_text(text)
+    ase.io.write(site / "process" / "structures" / "synthetium.cif", build_atoms("rocksalt", "NaCl", 6.1))
+    process = (f"hydra.searchpath=[file://{site}]", "process=synthetium_cooling", "scenario.duration_min=160")
+    with plant_server(speed=1000.0, shed_timeout_s=2000.0, mode="subprocess", extra=process) as plant:
+        report = run_in_process(
+            agent_overrides(plant, tmp_path, *process[:2], "agent.strategy=model_predictive", "agent.mode=automatic",
+                            "agent.start_batch=true", "agent.stop_after_batch=true",
+                            f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu"),
+            timeout_s=180.0)
+    assert report.stopped_by == "batch completed" and report.write_failures == 0, report.summary()
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    sources = {i.get("facet_source") for i in log["inputs"]} - {None}
+    assert sources and "kinetics_prior" not in sources, sources  # the network answered, not the prior
+    assert any("G_um_per_min" in p for p in log["predictions"]) and len(report.proposal_s) >= 2

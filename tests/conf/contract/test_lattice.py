@@ -13,6 +13,7 @@ from conf.contract.lattice import (
     broken_bond_density_per_angstrom2,
     build_atoms,
     facet_energetics,
+    facet_energetics_of_atoms,
     mersmann_interfacial_energy_j_per_m2,
     slice_thickness_angstrom,
 )
@@ -165,3 +166,23 @@ def test_mersmann_kcl_near_0p02():
     assert mersmann_interfacial_energy_j_per_m2(molar_density, 6e3, 25.0) < gamma
     with pytest.raises(ValueError):
         mersmann_interfacial_energy_j_per_m2(molar_density, 0.0, 25.0)
+
+
+def test_energetics_of_a_given_cell_are_those_of_its_structure_and_need_a_cubic_cell():
+    atoms = build_atoms(StructureType.ROCKSALT, "NaCl", A_NACL)
+    assert facet_energetics_of_atoms(atoms, U_NACL_KJ_PER_MOL) == facet_energetics(
+        StructureType.ROCKSALT, "NaCl", A_NACL, U_NACL_KJ_PER_MOL)
+    # A cubic supercell is the same crystal: the same energetics per formula unit and per area.
+    doubled = facet_energetics_of_atoms(atoms.repeat(2), U_NACL_KJ_PER_MOL)
+    for a, b in zip(doubled, facet_energetics_of_atoms(atoms, U_NACL_KJ_PER_MOL)):
+        assert a.surface_energy_j_per_m2 == pytest.approx(b.surface_energy_j_per_m2)
+        assert a.attachment_energy_ev == pytest.approx(b.attachment_energy_ev)
+        assert a.d_spacing_angstrom == pytest.approx(b.d_spacing_angstrom)
+    stretched = atoms.copy()
+    stretched.set_cell(np.diag([A_NACL, A_NACL, 1.1 * A_NACL]), scale_atoms=True)
+    with pytest.raises(ValueError, match="cubic"):
+        facet_energetics_of_atoms(stretched, U_NACL_KJ_PER_MOL)
+    flat = atoms.copy()
+    flat.pbc = (True, True, False)
+    with pytest.raises(ValueError, match="periodic"):
+        facet_energetics_of_atoms(flat, U_NACL_KJ_PER_MOL)

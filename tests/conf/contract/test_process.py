@@ -38,7 +38,8 @@ material_data:
   solubility_values: [20.0, 26.0, 33.0, 41.0]      # g per 100 g water
   solubility_unit: g_per_100g
   metastable_sigma_limit: 0.03
-  structure_file: structures/unobtainium.cif
+  structure_file: structures/unobtainium.cif       # beside this file
+  lattice_energy_kj_per_mol: 690.0
   kinetics: {name: guess, growth_rate_um_per_min: 50.0, growth_exponent: 1.5,
              nucleation_rate_per_kg_s: 1.0e6, nucleation_exponent: 2.0}
 initial_temperature_c: 52.0
@@ -58,8 +59,14 @@ instruments:
 @pytest.fixture
 def site_conf(tmp_path) -> list[str]:
     """Overrides that add a folder of the site's own process files to Hydra's search path."""
-    (tmp_path / "process").mkdir()
+    import ase.io
+
+    from conf.contract.lattice import build_atoms
+
+    (tmp_path / "process" / "structures").mkdir(parents=True)
     (tmp_path / "process" / "unobtainium_cooling.yaml").write_text(UNOBTAINIUM)
+    # SYNTHETIC: a rocksalt cell of a lattice constant no real salt has, for a made-up material.
+    ase.io.write(tmp_path / "process" / "structures" / "unobtainium.cif", build_atoms("rocksalt", "NaCl", 6.0))
     return [f"hydra.searchpath=[file://{tmp_path}]"]
 
 
@@ -241,20 +248,28 @@ def test_a_material_given_only_as_data_reaches_the_agent():
     assert isinstance(linear, LinearCooling) and linear.recipe.steps == cfg.process.recipe
 
 
-def test_a_material_given_only_as_data_in_a_file_of_its_own_runs_with_no_code_change(site_conf):
+def test_a_material_given_only_as_data_in_a_file_of_its_own_runs_with_no_code_change(site_conf, tiny_checkpoint,
+                                                                                     tmp_path):
     """A site's own process file (searched by Hydra, nothing in the repository): the agent takes
-    its recipe, constants and prior, the simulated plant runs its solubility, density and kinetics."""
+    its recipe and constants, the MS-GNN serves it from the structure file beside it, the
+    simulated plant runs its solubility, density and kinetics."""
     from controller.agent import make_strategy
+    from controller.kinetics_service import KineticsService
     from plant_sim.plant import Plant
     from plant_sim.simulate import simulate
 
     overrides = [*site_conf, "process=unobtainium_cooling"]
-    strategy = make_strategy(load_config([*overrides, "agent.strategy=model_predictive"], simulator=False))
+    strategy = make_strategy(load_config([*overrides, "agent.strategy=model_predictive",
+                                          f"agent.checkpoint={tiny_checkpoint}"], simulator=False))
+    assert isinstance(strategy.service, KineticsService) and strategy.service.material == "Unobtainium"
+    assert strategy.service.structure.family == "rocksalt"
+    assert strategy.service.estimate([], 40.0, 0.01).growth_um_per_min > 0  # answered on its own habit
     assert strategy.recipe.start_temperature_c == 52.0 and strategy.recipe.solvent_mass_kg == 12.0
     assert float(strategy.material.solubility_g_per_kg(20.0)) == pytest.approx(260.0)
     assert strategy.material.density_kg_per_m3 == 1800.0 and strategy.settings.metastable_sigma_limit == 0.03
     cfg = load_config([*overrides, "scenario.duration_min=30", "simulate.output_interval_s=30"], simulator=True)
-    assert cfg.process.material_data.structure_file == "structures/unobtainium.cif"
+    # anchored beside the process file, wherever the command runs
+    assert cfg.process.material_data.structure_file == str(tmp_path / "process" / "structures" / "unobtainium.cif")
     plant = Plant.from_config(cfg.plant, cfg.scenario, cfg.plant_settings())
     assert plant.reactor.density_kg_per_m3 == 1800.0 and plant.reactor.volume_shape_factor == 0.6
     assert float(plant.reactor.solubility_g_per_kg(40.0)) == pytest.approx(330.0)
@@ -269,12 +284,13 @@ def test_a_material_as_data_without_a_kinetics_prior_says_what_to_give(site_conf
     from controller.settings import SetupError
     from plant_sim.plant import Plant, PlantConfigError
 
-    text = UNOBTAINIUM.split("  kinetics:")[0] + UNOBTAINIUM.split("nucleation_exponent: 2.0}\n")[1]
+    text = UNOBTAINIUM.split("  structure_file:")[0] + UNOBTAINIUM.split("nucleation_exponent: 2.0}\n")[1]
     (tmp_path / "process" / "no_prior.yaml").write_text(text.replace("unobtainium_cooling", "no_prior"))
     agent = load_config([*site_conf, "process=no_prior", "agent.strategy=model_predictive"], simulator=False)
     assert agent.process.material_data.kinetics is None
-    with pytest.raises(SetupError, match="process.material_data.kinetics"):
+    with pytest.raises(SetupError, match="process.material_data.kinetics") as err:
         make_strategy(agent)
+    assert "structure_file" in str(err.value)
     assert make_strategy(dataclasses.replace(agent, agent=dataclasses.replace(
         agent.agent, strategy=type(agent.agent.strategy).linear_cooling))).recipe.seed_mass_g == 25.0
     sim = load_config([*site_conf, "process=no_prior"], simulator=True)
@@ -298,3 +314,30 @@ def test_a_simulator_config_built_in_code_runs_its_process():
     again = dataclasses.replace(cfg, process=dataclasses.replace(process, solvent_mass_kg=11.0))
     assert again.scenario.reactor.water_mass_kg == 11.0
     assert PowerLawPreset().name == ""  # the preset form a prior is written in
+
+
+def test_a_material_given_by_its_structure_alone_is_served_by_the_ms_gnn(site_conf, tiny_checkpoint, tmp_path):
+    """No kinetics prior: the structure file is all the model needs; a structure that is missing,
+    or not one the model can read, says so and what to do."""
+    from controller.agent import make_strategy
+    from controller.kinetics_service import FacetSource, KineticsService
+    from controller.settings import SetupError
+
+    text = UNOBTAINIUM.split("  kinetics:")[0] + UNOBTAINIUM.split("nucleation_exponent: 2.0}\n")[1]
+    (tmp_path / "process" / "structure_only.yaml").write_text(text.replace("unobtainium_cooling", "structure_only"))
+    overrides = [*site_conf, "process=structure_only", "agent.strategy=model_predictive",
+                 f"agent.checkpoint={tiny_checkpoint}"]
+    cfg = load_config(overrides, simulator=False)
+    assert cfg.process.material_data.kinetics is None
+    service = make_strategy(cfg).service
+    assert isinstance(service, KineticsService) and service.material == "Unobtainium"
+    answer = service.estimate([], 40.0, 0.01)
+    assert answer.facet_source is FacetSource.material_habit and answer.laws.members == 2
+    with pytest.raises(SetupError, match="nowhere.cif not found"):
+        make_strategy(load_config([*overrides, "process.material_data.structure_file=nowhere.cif"], simulator=False))
+    (tmp_path / "process" / "structures" / "junk.cif").write_text("no crystal here\n")
+    with pytest.raises(SetupError, match="not a readable structure"):
+        make_strategy(load_config([*overrides, "process.material_data.structure_file=structures/junk.cif"],
+                                  simulator=False))
+    with pytest.raises(ConfigError, match="lattice_energy_kj_per_mol"):
+        load_config([*overrides, "process.material_data.lattice_energy_kj_per_mol=0"], simulator=False)
