@@ -45,7 +45,14 @@ from typing import Any, Optional, Sequence
 from conf.contract import validate
 from conf.contract.codes import SecurityMode, ShedAction
 from conf.contract.process import FROM_PROCESS, BatchProcess
-from controller.settings import AgentSettings, BenchLoopSettings, DemoSettings, ProposerSettings, ReplaySettings
+from controller.settings import (
+    AgentSettings,
+    BaselineSettings,
+    BenchLoopSettings,
+    DemoSettings,
+    ProposerSettings,
+    ReplaySettings,
+)
 from models.settings import (
     DataSettings,
     ModelBenchSettings,
@@ -115,6 +122,8 @@ class XtalpilotConfig:
         bench_model: ``xtalpilot bench model``.
         agent: the daemon (``xtalpilot agent``).
         proposer: the agent's BoTorch proposer.
+        baselines: the tuning of the strategies plants run today (natural and cubic cooling,
+            supersaturation control, direct nucleation control).
         demo: ``xtalpilot demo``.
         bench_loop: ``xtalpilot bench loop``.
     """
@@ -144,6 +153,7 @@ class XtalpilotConfig:
     bench_model: ModelBenchSettings = field(default_factory=ModelBenchSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     proposer: ProposerSettings = field(default_factory=ProposerSettings)
+    baselines: BaselineSettings = field(default_factory=BaselineSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     bench_loop: BenchLoopSettings = field(default_factory=BenchLoopSettings)

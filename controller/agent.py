@@ -523,6 +523,10 @@ class Agent:
             between instants, the model's answer and each proposal awaited before the next
             cycle (what happens within one control interval on a live plant), and the end of
             the recording ends the run.
+        lockstep: the plant's clock moves only when the agent reads (an in-process plant,
+            :class:`controller.lockstep_io.LockstepIO`): no waiting between reads, the model's
+            answer and each proposal awaited within the cycle, as in replay; writes and mode
+            requests as live. Replay implies it.
         ready: set once the first cycle is done (the agent has seen the standing operator
             request: a simulated operator's request after it is a new one).
         instruments: signal name -> :class:`controller.state.InstrumentSpec` (the process's
@@ -538,9 +542,11 @@ class Agent:
                  metrics=None, proposer=None, poll_interval_s: float = 0.01,
                  measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
                  replay: bool = False, ready: asyncio.Event | None = None, instruments=DEFAULT_INSTRUMENTS,
-                 model=None, facts: ProcessFacts | None = None, state_path: str | Path | None = None) -> None:
+                 model=None, facts: ProcessFacts | None = None, state_path: str | Path | None = None,
+                 lockstep: bool = False) -> None:
         self.io, self.strategy, self.settings = io, strategy, settings
         self.replay = replay
+        self.lockstep = lockstep or replay
         self.metrics, self.proposer = metrics, proposer
         self.poll_interval_s = poll_interval_s
         self.guard = guard_settings(io.tagmap, settings, tuple(getattr(strategy, "setpoints", (TEMPERATURE_SP,))))
@@ -668,7 +674,7 @@ class Agent:
             if next_due is None:
                 next_due = now
             if now < next_due:
-                if not self.replay:
+                if not self.lockstep:
                     await asyncio.sleep(self.poll_interval_s)
                 continue
             missed = int((now - next_due) // interval)
@@ -764,7 +770,7 @@ class Agent:
         model asked again in the background when due."""
         answer = None
         if self.model is not None:
-            if self.replay:
+            if self.lockstep:
                 self.model.wait()  # live, the model answers well within a control interval
             answer = self.model.answer()
         previous = self.state
@@ -793,7 +799,7 @@ class Agent:
         if problem is None or self.proposer is None or self._proposing:
             return
         self._proposing = True
-        if self.replay:  # awaited: the proposal applies from the next cycle, as it would live
+        if self.lockstep:  # awaited: the proposal applies from the next cycle, as it would live
             await self._propose(problem)
         else:
             self._tg.create_task(self._propose(problem))
@@ -1036,6 +1042,42 @@ def material_structure(material: str, data):
         raise SetupError(f"process.material_data.structure_file: {exc}{prior}") from None
 
 
+def make_baseline(cfg, recipe):
+    """One of the strategies plants run today (:mod:`controller.baselines`), checked against the
+    plant's instruments and the guard's permissions.
+
+    Raises:
+        SetupError: the strategy's measurement is not in the tag map, or it would need heating
+            that the guard does not permit; says what to change.
+    """
+    from controller import baselines
+    from controller.settings import StrategyName
+
+    name, b = cfg.agent.strategy, cfg.baselines
+    tagmap = TagMap.from_dict(cfg.plant)
+    if name is StrategyName.natural_cooling:
+        return baselines.NaturalCooling(recipe, b)
+    if name is StrategyName.cubic_cooling:
+        return baselines.CubicCooling(recipe, b)
+    if name is StrategyName.supersaturation_control:
+        if signals.CONCENTRATION not in tagmap:
+            raise SetupError(f"supersaturation control feeds back on the concentration, and the tag map has no "
+                             f"{signals.CONCENTRATION}: map the plant's analyser, or choose another agent.strategy")
+        data = cfg.process.material_data
+        limit = data.metastable_sigma_limit if data is not None and data.metastable_sigma_limit > 0 else (
+            cfg.proposer.metastable_sigma_limit)
+        return baselines.SupersaturationControl(recipe, b, limit)
+    if name is StrategyName.direct_nucleation_control:
+        if not any(f"fbrm_counts_bin{k}_per_s" in tagmap for k in range(1, len(cfg.agent.fbrm_bin_edges_um))):
+            raise SetupError("direct nucleation control feeds back on the FBRM counts, and the tag map has no "
+                             "fbrm_counts_bin<k>_per_s channels: map the plant's FBRM, or choose another agent.strategy")
+        if not cfg.agent.allow_heating:
+            raise SetupError("direct nucleation control heats to dissolve fines: set agent.allow_heating=true "
+                             "(where the DCS permits heating), or choose another agent.strategy")
+        return baselines.DirectNucleationControl(recipe, b)
+    raise SetupError(f"no strategy {name}")
+
+
 def make_strategy(cfg, service=None):
     """The strategy the config names (the model-predictive one loads the model unless given)."""
     from controller.settings import StrategyName
@@ -1051,6 +1093,8 @@ def make_strategy(cfg, service=None):
     recipe = BatchRecipe.from_process(process, p.target_size_um)
     if a.strategy is StrategyName.linear_cooling:
         return LinearCooling(recipe)
+    if a.strategy is not StrategyName.model_predictive:
+        return make_baseline(cfg, recipe)
     from controller.kinetics_service import KineticsService, PriorKinetics
 
     material = a.material or process.material
@@ -1118,6 +1162,7 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
             loop.add_signal_handler(sig, stop.set)
     io = io if io is not None else make_io(cfg)
     replay = hasattr(io, "exhausted")  # recorded data
+    lockstep = replay or bool(getattr(io, "lockstep", False))  # an in-process plant (LockstepIO)
     for line in check_instruments(io.tagmap):
         _log.info("cannot see: %s", line)
     strategy = strategy or make_strategy(cfg)
@@ -1153,7 +1198,7 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         gc.freeze()
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
                       measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s,
-                      replay=replay, poll_interval_s=0.0 if replay else 0.01, ready=ready,
+                      replay=replay, lockstep=lockstep, poll_interval_s=0.0 if lockstep else 0.01, ready=ready,
                       state_path=Path(a.decision_log).with_suffix(".estimate.json"),
                       instruments=cfg.process.instruments, facts=getattr(strategy, "facts", None) or process_facts(cfg))
         report = await agent.run(stop)

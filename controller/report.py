@@ -114,7 +114,9 @@ def write_report(out_dir: Path, logs: Mapping[str, str], records: Mapping[str, d
         frame = batch_frame(path)
         frame.to_csv(out_dir / f"{name}_decisions.csv", index=False)
         frames[name] = frame[np.isfinite(_col(frame, "batch_time_s"))]
-    colors = {"model_predictive": "tab:blue", "linear_cooling": "tab:orange"}
+    colors = {"model_predictive": "tab:blue", "linear_cooling": "tab:orange", "natural_cooling": "tab:brown",
+              "cubic_cooling": "tab:purple", "supersaturation_control": "tab:green",
+              "direct_nucleation_control": "tab:red"}
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     ax_t, ax_c, ax_s, ax_csd, ax_habit, ax_g = axes.ravel()
     for name, f in frames.items():

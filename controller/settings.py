@@ -13,7 +13,7 @@ from typing import Optional
 from conf.contract import validate
 from controller.guard import Mode
 
-__all__ = ["AgentSettings", "BenchLoopSettings", "DemoSettings", "Protocol", "ProposerSettings", "ReplaySettings",
+__all__ = ["AgentSettings", "BaselineSettings", "BenchLoopSettings", "DemoSettings", "Protocol", "ProposerSettings", "ReplaySettings",
            "SetupError", "StrategyName"]
 
 
@@ -28,10 +28,77 @@ class Protocol(str, enum.Enum):
 
 
 class StrategyName(str, enum.Enum):
-    """What decides the setpoints: the model-predictive agent or a fixed cooling recipe."""
+    """What decides the setpoints: the model-predictive agent, or one of the strategies plants run
+    today (:mod:`controller.baselines`)."""
 
     model_predictive = "model_predictive"
     linear_cooling = "linear_cooling"
+    natural_cooling = "natural_cooling"
+    cubic_cooling = "cubic_cooling"
+    supersaturation_control = "supersaturation_control"
+    direct_nucleation_control = "direct_nucleation_control"
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Tuning of the strategies plants run today (:mod:`controller.baselines`), ``baselines.*``.
+
+    Tuned once on the nominal scenario (the default seeded KCl batch, ``bench_control``'s
+    lockstep harness) and then frozen. The programme of each starts where the recipe's last ramp
+    starts (after seeding and its hold) and ends at the recipe's final temperature and final
+    hold. The tuning, as run on 2026-12-04 (batch time h, true peak sigma; limit 0.015):
+
+    - SSC: setpoint 0.6 / 0.75 / 0.85 of the limit at 0.5 K/min: 3.38 / 2.73 / 2.43 h, peak
+      0.0129 / 0.0145 / 0.0153; 0.75 and 0.85 at 1.0 K/min: 2.60 / 2.26 h, peak 0.0172 / 0.0204
+      (the start-up overshoots). Chosen: the fastest that keeps the true peak under the limit,
+      0.75 at 0.5 K/min.
+    - DNC: the FBRM total count grows 3.0x from seeding to the end of the nominal batch with no
+      nucleation (chord counts grow with size), so a target of 1.5x heated on growth alone and
+      hit the time limit (yield 0.11); 3.5x acts on nucleation only. Cooling 0.25 / 0.35 K/min:
+      2.79 / 2.24 h, peak 0.0133 / 0.0161. Chosen: 3.5x, 0.25 K/min.
+    - Natural cooling: a 40 min time constant onto coolant 5 K below the final temperature
+      (2.14 h, peak 0.026: it crosses the limit, as natural cooling does); not tuned further.
+
+    Attributes:
+        natural_time_constant_min: natural cooling: the vessel's first-order time constant with
+            the jacket on coolant (a 20 L jacketed glass reactor: 30-60 min).
+        natural_coolant_offset_k: natural cooling: how far below the final temperature the
+            coolant is (the curve is cut off at the final temperature).
+        ssc_sigma_setpoint_rel_limit: supersaturation control: the setpoint as a fraction of the
+            metastable limit (sigma = ln S, from the measured concentration and the solubility
+            curve).
+        ssc_gain_k_per_min: supersaturation control: proportional gain, K/min of cooling rate
+            per unit of sigma error (about 0.3 K/min for an error of 0.003).
+        ssc_integral_time_min: supersaturation control: integral time.
+        ssc_max_cooling_k_per_min: supersaturation control: the fastest cooling it asks for.
+        dnc_target_counts_rel: direct nucleation control: the FBRM total count to hold, as a
+            multiple of the count when the programme starts (the seeds, their growth, and the
+            nuclei it tolerates).
+        dnc_band_rel: direct nucleation control: above target x (1 + band) it heats until the
+            count is back at the target (hysteresis, so noise does not chatter).
+        dnc_cooling_k_per_min: direct nucleation control: cooling rate while the count is in hand.
+        dnc_heating_k_per_min: direct nucleation control: heating rate while dissolving fines.
+        dnc_detect_counts_per_s: direct nucleation control: the least total count that says
+            the probe sees crystals (below it, a clear solution).
+    """
+
+    natural_time_constant_min: float = 40.0
+    natural_coolant_offset_k: float = 5.0
+    ssc_sigma_setpoint_rel_limit: float = 0.75
+    ssc_gain_k_per_min: float = 100.0
+    ssc_integral_time_min: float = 10.0
+    ssc_max_cooling_k_per_min: float = 0.5
+    dnc_target_counts_rel: float = 3.5
+    dnc_band_rel: float = 0.15
+    dnc_cooling_k_per_min: float = 0.25
+    dnc_heating_k_per_min: float = 0.3
+    dnc_detect_counts_per_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "natural_time_constant_min", "natural_coolant_offset_k", "ssc_gain_k_per_min",
+                          "ssc_integral_time_min", "ssc_max_cooling_k_per_min", "dnc_target_counts_rel",
+                          "dnc_band_rel", "dnc_cooling_k_per_min", "dnc_heating_k_per_min", "dnc_detect_counts_per_s")
+        validate.within(self, "ssc_sigma_setpoint_rel_limit", 1e-6, 1.0)
 
 
 @dataclass(frozen=True)

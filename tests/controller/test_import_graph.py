@@ -32,6 +32,7 @@ SIMULATOR = "plant_sim"
 AGENT_RUNTIME = (
     "controller.agent",
     "controller.strategy",
+    "controller.baselines",
     "controller.estimator",
     "controller.model_client",
     "controller.guard",

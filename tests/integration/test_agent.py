@@ -102,6 +102,24 @@ def test_closed_loop_in_automatic_completes_a_batch(tmp_path, protocol):
     assert any(v is not None and v > 100.0 for v in fbrm)
 
 
+@pytest.mark.parametrize(("strategy", "protocol"), [("supersaturation_control", "opcua"),
+                                                    ("direct_nucleation_control", "modbus")])
+def test_a_baseline_runs_live_with_the_same_guard_log_and_handshake(tmp_path, strategy, protocol):
+    """The strategies plants run today are shippable as they are: over OPC UA or Modbus, in
+    automatic, through the guard, logged; they finish the nominal batch sooner than the recipe."""
+    with plant_server(speed=1000.0, shed_timeout_s=600.0) as plant:
+        report = run_in_process(agent_overrides(
+            plant, tmp_path, f"agent.strategy={strategy}", f"agent.protocol={protocol}", "agent.allow_heating=true",
+            "agent.mode=automatic", "agent.start_batch=true", "agent.stop_after_batch=true"), timeout_s=120.0)
+    assert report.stopped_by == "batch completed" and report.write_failures == 0, report.summary()
+    log = read_decisions(tmp_path / "decisions.sqlite")
+    assert len(log) == report.cycles and set(i["strategy"] for i in log["inputs"]) == {strategy}
+    programme = [i for i in log["inputs"] if i.get("programme") == 1.0]
+    assert programme and "automatic" in set(log["mode"])
+    batch_h = max(i.get("batch_time_s") or 0.0 for i in log["inputs"]) / 3600.0
+    assert batch_h < 3.1  # the recipe takes 3.28 h
+
+
 @pytest.mark.parametrize("mode", ["manual", "advisory"])
 def test_manual_and_advisory_write_nothing(tmp_path, mode):
     async def start_batch(stop):  # the operator starts the batch; the agent must not touch the plant
