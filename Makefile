@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := prometheus
 
-.PHONY: install demo test bench bench-model model clean deb
+.PHONY: install demo test bench bench-control bench-model model clean deb
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: install
 
 bench: install
 	$(VENV)/bin/xtalpilot bench plant
+
+# Every controller on the scenario suite (5 paired seeds; the oracle cache is built on the
+# first run and reused); JSON, figure and HTML page in runs/bench_control/.
+bench-control: install
+	$(VENV)/bin/xtalpilot bench control
 
 # MS-GNN against the flat baselines (about 75 min on 2 cores); JSON also in runs/bench_model/.
 bench-model: install

@@ -48,6 +48,7 @@ from conf.contract.process import FROM_PROCESS, BatchProcess
 from controller.settings import (
     AgentSettings,
     BaselineSettings,
+    BenchControlSettings,
     BenchLoopSettings,
     DemoSettings,
     ProposerSettings,
@@ -126,6 +127,7 @@ class XtalpilotConfig:
             supersaturation control, direct nucleation control).
         demo: ``xtalpilot demo``.
         bench_loop: ``xtalpilot bench loop``.
+        bench_control: ``xtalpilot bench control``.
     """
 
     plant: dict = field(default_factory=dict)
@@ -157,6 +159,7 @@ class XtalpilotConfig:
     demo: DemoSettings = field(default_factory=DemoSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     bench_loop: BenchLoopSettings = field(default_factory=BenchLoopSettings)
+    bench_control: BenchControlSettings = field(default_factory=BenchControlSettings)
 
     def __post_init__(self) -> None:
         validate.positive(self, "speed", "publish_interval_s", "shed_timeout_s")

@@ -584,6 +584,7 @@ class Agent:
         self._last_write_time_s: float | None = None
         self._last_plant_time_s: float | None = None
         self._proposing = False
+        self._last_posed_s: float | None = None  # plant time of the last problem sent to the proposer
         self._start_sent = False
         self._complete_sent = False
         self._previous_remote_active: bool | None = None
@@ -798,6 +799,10 @@ class Agent:
         """A posed problem to the proposer when it is free (its answer applies from a later cycle)."""
         if problem is None or self.proposer is None or self._proposing:
             return
+        interval = getattr(getattr(self.strategy, "settings", None), "resolve_interval_s", 0.0)
+        if self._last_posed_s is not None and 0.0 <= problem.plant_time_s - self._last_posed_s < interval:
+            return  # the plan was revised recently enough
+        self._last_posed_s = problem.plant_time_s
         self._proposing = True
         if self.lockstep:  # awaited: the proposal applies from the next cycle, as it would live
             await self._propose(problem)

@@ -49,7 +49,8 @@ from controller.proposer import Proposal
 from controller.settings import BaselineSettings
 from controller.strategy import ANTISOLVENT_SP, FINAL_TEMPERATURE_TOLERANCE_K, TEMPERATURE_SP, Advice, BatchRecipe
 
-__all__ = ["CubicCooling", "DirectNucleationControl", "NaturalCooling", "SupersaturationControl", "program_start"]
+__all__ = ["CubicCooling", "DirectNucleationControl", "NaturalCooling", "ProgrammedPath", "SupersaturationControl",
+           "program_start"]
 
 
 def program_start(recipe: BatchRecipe) -> tuple[float, float]:
@@ -236,3 +237,26 @@ class DirectNucleationControl(_Programme):
         if self._heating:
             return min(previous_c + s.dnc_heating_k_per_min * dt_min, self.start_c), True
         return previous_c - s.dnc_cooling_k_per_min * dt_min, True
+
+
+class ProgrammedPath(_Programme):
+    """A given cooling profile after the recipe's part: knot temperatures at equal times over a
+    cooling time (the oracle's trajectory, :mod:`controller.oracle`, replayed through the guard
+    like every controller's)."""
+
+    name = "programmed_path"
+
+    def __init__(self, recipe: BatchRecipe, settings: BaselineSettings, temperatures_c, cooling_min: float) -> None:
+        if len(temperatures_c) < 2 or not cooling_min > 0:
+            raise ValueError("a programmed path needs at least 2 knot temperatures and a cooling time > 0")
+        self.temperatures_c, self.cooling_min = tuple(float(t) for t in temperatures_c), float(cooling_min)
+        super().__init__(recipe, settings)
+
+    def _programme(self, state, elapsed_s, previous_c, dt_s, inputs):
+        knots = [self.cooling_min * k / (len(self.temperatures_c) - 1) for k in range(len(self.temperatures_c))]
+        minutes = elapsed_s / 60.0
+        for k in range(1, len(knots)):
+            if minutes <= knots[k]:
+                a, b = self.temperatures_c[k - 1], self.temperatures_c[k]
+                return a + (b - a) * (minutes - knots[k - 1]) / (knots[k] - knots[k - 1]), True
+        return self.temperatures_c[-1], True

@@ -8,6 +8,7 @@
     xtalpilot bench plant [overrides]       physics and server benchmark, JSON on stdout
     xtalpilot bench model [overrides]       MS-GNN vs flat baselines, BHPO vs random, JSON
     xtalpilot bench loop [overrides]        agent cycle, loop lag and proposal timings, JSON
+    xtalpilot bench control [overrides]     every controller on the scenario suite, scored, JSON
     xtalpilot train [overrides]             train the MS-GNN ensemble, write a checkpoint
     xtalpilot tune [overrides]              Bayesian hyperparameter optimisation of one model
     xtalpilot certs [overrides]             OPC UA certificates (and a user: username=NAME)
@@ -87,11 +88,16 @@ def cmd_simulate(overrides: Sequence[str]) -> int:
 
 
 def cmd_bench(args: Sequence[str]) -> int:
-    """``xtalpilot bench plant|model|loop``: JSON on stdout."""
-    if not args or args[0] not in ("plant", "model", "loop"):
-        print("usage: xtalpilot bench plant|model|loop [overrides]", file=sys.stderr)
+    """``xtalpilot bench plant|model|loop|control``: JSON on stdout."""
+    if not args or args[0] not in ("plant", "model", "loop", "control"):
+        print("usage: xtalpilot bench plant|model|loop|control [overrides]", file=sys.stderr)
         return 2
     cfg = _load(args[1:])
+    if args[0] == "control":
+        from controller.bench_control import run_control_benchmark
+
+        print(json.dumps(run_control_benchmark(cfg, overrides=args[1:]), indent=2))
+        return 0
     if args[0] == "loop":
         from controller.bench_loop import run_loop_benchmark
 

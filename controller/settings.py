@@ -13,7 +13,7 @@ from typing import Optional
 from conf.contract import validate
 from controller.guard import Mode
 
-__all__ = ["AgentSettings", "BaselineSettings", "BenchLoopSettings", "DemoSettings", "Protocol", "ProposerSettings", "ReplaySettings",
+__all__ = ["AgentSettings", "BaselineSettings", "BenchControlSettings", "BenchLoopSettings", "DemoSettings", "Protocol", "ProposerSettings", "ReplaySettings",
            "SetupError", "StrategyName"]
 
 
@@ -146,6 +146,9 @@ class ProposerSettings:
             model thread takes over) and the recipe is followed until the model answers again.
         proposal_timeout_s: wall seconds a proposal may take; a hung worker process is killed
             and a new one started.
+        resolve_interval_s: plant seconds between posed proposal problems: the plan is revised
+            this often from the newest state (a move lasts ``move_interval_min``; revising every
+            cycle costs a proposal per cycle for little).
     """
 
     moves: int = 3
@@ -175,11 +178,13 @@ class ProposerSettings:
     nucleation_suspension_kg_per_kg: float = 0.05
     model_timeout_s: float = 60.0
     proposal_timeout_s: float = 60.0
+    resolve_interval_s: float = 180.0
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
                           "time_budget_s", "feasibility_eta", "model_refresh_s",
                           "nucleation_suspension_kg_per_kg", "model_timeout_s", "proposal_timeout_s")
+        validate.non_negative(self, "resolve_interval_s")
         validate.non_negative(self, "weight_size", "weight_cv", "weight_fines", "weight_yield", "proximal_weight",
                               "weight_antisolvent", "antisolvent_solubility_coefficient", "weight_batch_time_per_h",
                               "antisolvent_low_flow_cutoff_kg_per_min")
@@ -319,6 +324,47 @@ class ReplaySettings:
 
     recording: Optional[str] = None
     output_dir: str = "runs/replay"
+
+
+@dataclass(frozen=True)
+class BenchControlSettings:
+    """``xtalpilot bench control`` (controller/bench_control.py).
+
+    Attributes:
+        suite: the scenario suite (YAML; a relative path from the project's ``conf/``).
+        seeds: seeds per scenario (paired: every controller meets the same draws).
+        first_seed: the first seed.
+        controllers: which run (agent, natural, linear, cubic, ssc, dnc, oracle).
+        scenarios: a subset of the suite's scenarios by name (empty: all).
+        workers: batches run in parallel (one per core).
+        output_dir: JSON, figure, HTML page and decision logs.
+        checkpoint: the agent's MS-GNN (None: ``agent.checkpoint``, or the demo's quick model,
+            trained once, when that is missing).
+        oracle_cache: where the oracle's trajectories are kept (per scenario content and seed).
+        oracle_knots: segments of the oracle's cooling profile.
+        oracle_evaluations: simulated batches per start of the oracle's search.
+        oracle_refinement: also re-solve the first scenario's oracle with twice the knots and
+            report how much its cost changes (how close to optimal the parametrisation is).
+    """
+
+    suite: str = "suite/control.yaml"
+    seeds: int = 5
+    first_seed: int = 0
+    controllers: tuple[str, ...] = ("agent", "natural", "linear", "cubic", "ssc", "dnc", "oracle")
+    scenarios: tuple[str, ...] = ()
+    workers: int = 2
+    output_dir: str = "runs/bench_control"
+    checkpoint: Optional[str] = None
+    oracle_cache: str = "runs/bench_control/oracle_cache"
+    oracle_knots: int = 6
+    oracle_evaluations: int = 80
+    oracle_refinement: bool = True
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "seeds", "workers", "oracle_knots", "oracle_evaluations")
+        validate.non_negative(self, "first_seed")
+        if not self.controllers:
+            raise ValueError("controllers must name at least one controller")
 
 
 @dataclass(frozen=True)

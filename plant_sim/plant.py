@@ -331,6 +331,7 @@ class Plant:
         self._last_step: Step | None = None
         self._charged_solute_kg = self.reactor.total_solute_kg(self.x)
         self._peak_sigma = -math.inf
+        self._peak_sigma_seeded = -math.inf  # once the seeds are in (what a supervisor controls)
         #: the report of the batch once it completed (None before)
         self.last_batch_report: dict | None = None
 
@@ -494,7 +495,7 @@ class Plant:
         if executing and not self._seeded and self._recipe_time_s >= sc.seeding.at_min * 60.0:
             self.seed_mass_charged_g = sc.drawn_seed_mass_g(self._batch_index)
             self.x = self.reactor.add_seeds(
-                self.x, self.seed_mass_charged_g, sc.seeding.mean_size_um, sc.seeding.std_size_um
+                self.x, self.seed_mass_charged_g, *sc.charged_seed_size_um()
             )
             self._seeded = True
         batch_min = self._batch_time_s / 60.0
@@ -525,7 +526,10 @@ class Plant:
         self._last_step = step
         self._antisolvent_flow = controls.antisolvent_rate_kg_per_min
         if executing and step.concentration_g_per_kg > 0 and step.solubility_g_per_kg > 0:
-            self._peak_sigma = max(self._peak_sigma, math.log(step.concentration_g_per_kg / step.solubility_g_per_kg))
+            sigma = math.log(step.concentration_g_per_kg / step.solubility_g_per_kg)
+            self._peak_sigma = max(self._peak_sigma, sigma)
+            if self.seed_mass_charged_g > 0:
+                self._peak_sigma_seeded = max(self._peak_sigma_seeded, sigma)
         if self.state is BatchState.COMPLETED and self.last_batch_report is None:
             self._complete_batch()
         return step
@@ -537,7 +541,8 @@ class Plant:
         Keys: batch_index, batch_time_h, d43_um (volume-weighted mean size), d10_um, cv (of the
         volume distribution), fines_mass_fraction (below 100 um), yield (crystallised solute /
         the most the colder of the recipe's end and the final temperature allows, seeds
-        excluded: at most 1), peak_sigma (largest ln(C/C*) while executing), crystal_mass_kg,
+        excluded: at most 1), peak_sigma (largest ln(C/C*) while executing),
+        peak_sigma_controlled (the same once the seeds are in; unseeded, the whole batch), crystal_mass_kg,
         final_temperature_c, target_mean_size_um, time_limit_hit (the batch ended on its time limit, not on its recipe or a Complete),
         batch_time_limit_h (that limit; NaN: none).
         """
@@ -559,6 +564,11 @@ class Plant:
             **stats,
             "yield": grown_kg / recoverable_kg if recoverable_kg > 0 else math.nan,
             "peak_sigma": self._peak_sigma if math.isfinite(self._peak_sigma) else math.nan,
+            # Seeded: from the seed charge on (the recipe's approach to the seeding point is the
+            # same for every supervisor); unseeded: the whole batch.
+            "peak_sigma_controlled": (self._peak_sigma_seeded if math.isfinite(self._peak_sigma_seeded)
+                                      else math.nan) if self.scenario.seeding.mass_g > 0 else (
+                self._peak_sigma if math.isfinite(self._peak_sigma) else math.nan),
             "crystal_mass_kg": r.crystal_mass_kg(x),
             "final_temperature_c": float(x[r.n + 1]),
             "target_mean_size_um": self.scenario.target_mean_size_um or None,

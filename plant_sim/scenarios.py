@@ -169,6 +169,10 @@ class Scenario:
         continuous: MSMPR settings (operation continuous).
         seed_mass_rel_std: relative standard deviation of the charged seed mass between batches
             (seed-mass variation; the draw is deterministic for ``seed``).
+        seed_mass_rel_offset: the charged seed mass is the recipe's x (1 + offset) (a systematic
+            weighing or hold-up error the agent is not told of; -0.3: 30 % short).
+        seed_size_rel_offset: the charged seeds' mean and spread are the recipe's x (1 + offset)
+            (another sieve fraction or milling than the recipe says).
         impurity: impurity pulses.
         fouling: jacket fouling.
         faults: sensor faults.
@@ -195,6 +199,8 @@ class Scenario:
     max_batch_time_min: float | None = None
     continuous: Continuous = field(default_factory=Continuous)
     seed_mass_rel_std: float = 0.0
+    seed_mass_rel_offset: float = 0.0
+    seed_size_rel_offset: float = 0.0
     impurity: tuple[ImpurityPulse, ...] = ()
     fouling: Fouling = field(default_factory=Fouling)
     faults: tuple[SensorFault, ...] = ()
@@ -209,6 +215,8 @@ class Scenario:
         if self.max_batch_time_min is not None:
             validate.positive(self, "max_batch_time_min")
         validate.non_negative(self, "target_mean_size_um", "seed_mass_rel_std")
+        validate.within(self, "seed_mass_rel_offset", -1.0, 10.0)
+        validate.within(self, "seed_size_rel_offset", -0.9, 10.0)
         validate.within(self, "initial_temperature_c", -50.0, 200.0)
         validate.within(self, "initial_saturation_temperature_c", -50.0, 200.0)
 
@@ -231,14 +239,21 @@ class Scenario:
         return DEFAULT_BATCH_TIME_LIMIT_FACTOR * duration_min if duration_min > 0 else math.inf
 
     def drawn_seed_mass_g(self, batch_index: int = 0) -> float:
-        """The seed mass charged in batch ``batch_index``: nominal x (1 + rel_std z), z ~ N(0, 1).
+        """The seed mass charged in batch ``batch_index``: nominal x (1 + offset + rel_std z),
+        z ~ N(0, 1).
 
         The draw depends only on (``seed``, batch_index), so a scenario replays exactly.
         """
+        nominal = self.seeding.mass_g * (1.0 + self.seed_mass_rel_offset)
         if self.seed_mass_rel_std <= 0.0:
-            return self.seeding.mass_g
+            return max(nominal, 0.0)
         z = np.random.default_rng([self.seed, 7, batch_index]).standard_normal()
-        return max(self.seeding.mass_g * (1.0 + self.seed_mass_rel_std * z), 0.0)
+        return max(nominal + self.seeding.mass_g * self.seed_mass_rel_std * z, 0.0)
+
+    def charged_seed_size_um(self) -> tuple[float, float]:
+        """(mean, standard deviation) of the charged seeds' size, um."""
+        scale = 1.0 + self.seed_size_rel_offset
+        return self.seeding.mean_size_um * scale, self.seeding.std_size_um * scale
 
 
 def impurity_ppm_at(pulses: tuple[ImpurityPulse, ...], batch_time_min: float) -> float:

@@ -257,6 +257,8 @@ class SensorFaultKind(str, Enum):
     - dropout: reads NaN, on each step with the given probability.
     - spike: adds magnitude, on each step with the given probability.
     - nan: reads NaN on every step.
+    - scale: reads (1 + magnitude) x the value, a gain error (an FBRM window that fouls reads
+      fewer counts: magnitude -0.3), on every step.
     """
 
     stuck = "stuck"
@@ -264,6 +266,7 @@ class SensorFaultKind(str, Enum):
     dropout = "dropout"
     spike = "spike"
     nan = "nan"
+    scale = "scale"
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,8 @@ class SensorFault:
         kind: what the fault does (a :class:`SensorFaultKind` or its string value).
         start_s: plant time the fault starts (inclusive).
         end_s: plant time the fault ends (exclusive); ``math.inf`` for a permanent fault.
-        magnitude: drift rate in signal units per minute, or spike amplitude in signal units.
+        magnitude: drift rate in signal units per minute, spike amplitude in signal units, or
+            the relative gain error of a scale fault.
         probability: chance per step that a dropout or spike fault hits, in [0, 1].
     """
 
@@ -386,6 +390,8 @@ class Transmitter:
                 value += fault.magnitude * (t_s - fault.start_s) / 60.0
             elif kind is SensorFaultKind.nan:
                 value = math.nan
+            elif kind is SensorFaultKind.scale:
+                value *= 1.0 + fault.magnitude
             elif z[1 + i] < self._thresholds[i]:
                 value = math.nan if kind is SensorFaultKind.dropout else value + fault.magnitude
         return value
@@ -661,6 +667,8 @@ class SensorSuite:
                 row[window] += fault.magnitude * (times[window] - fault.start_s) / 60.0
             elif kind is SensorFaultKind.nan:
                 row[window] = np.nan
+            elif kind is SensorFaultKind.scale:
+                row[window] *= 1.0 + fault.magnitude
             else:
                 hit = window & (z[:, i] < self._fault_thresholds[i])
                 if kind is SensorFaultKind.dropout:

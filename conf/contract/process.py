@@ -25,8 +25,8 @@ from typing import Mapping, Optional, Protocol, Sequence
 from conf.contract import validate
 from conf.contract.instruments import DEFAULT_INSTRUMENTS, InstrumentSpec, with_defaults
 
-__all__ = ["FROM_PROCESS", "BatchProcess", "MaterialData", "PowerLawPreset", "RecipeStep", "Seeding",
-           "SolubilityBasis", "SolubilityUnit", "recipe_duration_min", "recipe_setpoint"]
+__all__ = ["FROM_PROCESS", "BatchProcess", "MaterialData", "PowerLawPreset", "ProductSpecification", "RecipeStep",
+           "Seeding", "SolubilityBasis", "SolubilityUnit", "recipe_duration_min", "recipe_setpoint"]
 
 #: Field metadata key of the simulator's copies of process fields (``plant_sim.scenarios.Scenario``):
 #: True where the field is a copy of the process's field of that name, a tuple of names where
@@ -85,6 +85,25 @@ class Seeding:
     def __post_init__(self) -> None:
         validate.non_negative(self, "mass_g", "at_min")
         validate.positive(self, "mean_size_um", "std_size_um")
+
+
+@dataclass(frozen=True)
+class ProductSpecification:
+    """The product's release window (besides its target size, ``target_mean_size_um``), as a
+    quality department writes it: a batch inside it is on specification.
+
+    Attributes:
+        d43_tolerance_rel: |d43 - target| <= tolerance x target.
+        max_cv: largest coefficient of variation of the volume distribution.
+        max_fines_mass_fraction: largest mass fraction below 100 um.
+    """
+
+    d43_tolerance_rel: float = 0.05
+    max_cv: float = 0.10
+    max_fines_mass_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "d43_tolerance_rel", "max_cv", "max_fines_mass_fraction")
 
 
 @dataclass(frozen=True)
@@ -270,6 +289,7 @@ class BatchProcess:
         recipe: the temperature program, run from batch start.
         seeding: seed charge.
         target_mean_size_um: product specification (volume-weighted mean size; 0: none given).
+        specification: the rest of the product's release window (size tolerance, CV, fines).
         instruments: signal name -> :class:`conf.contract.instruments.InstrumentSpec`: the
             plant's instruments, as the agent judges their readings. The ones given replace
             :data:`conf.contract.instruments.DEFAULT_INSTRUMENTS` per signal (a process file
@@ -286,6 +306,7 @@ class BatchProcess:
     recipe: tuple[RecipeStep, ...] = ()
     seeding: Seeding = field(default_factory=Seeding)
     target_mean_size_um: float = 0.0
+    specification: ProductSpecification = field(default_factory=ProductSpecification)
     instruments: Mapping[str, InstrumentSpec] = field(default_factory=lambda: DEFAULT_INSTRUMENTS)
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,3 +119,53 @@ def test_direct_nucleation_control_heats_when_fines_appear_and_keeps_the_count_i
     assert np.nanmax(after) < 2.0 * target and np.nanmin(after) > 0.5 * target
     assert np.nanmax(counts[first:recovered]) > 10.0 * target
     assert heating[recovered:].sum() >= 2 * 3  # it keeps acting (at least two more episodes)
+
+
+def test_the_suite_is_data_with_every_class_the_benchmark_needs(tmp_path):
+    from controller.bench_control import load_suite
+
+    base, scenarios = load_suite(Path(__file__).resolve().parents[2] / "conf" / "suite" / "control.yaml")
+    assert len(scenarios) >= 24 and len({s.name for s in scenarios}) == len(scenarios)
+    assert {"nominal", "seed_loading", "nucleation", "disturbance", "instruments", "mismatch", "material",
+            "recipe"} <= {s.scenario_class for s in scenarios}
+    for s in scenarios:  # every one composes (the simulator's config checks every value)
+        load_config([*base, *s.overrides], simulator=True)
+    for text, words in (("scenarios: []", "non-empty"), ("scenarios: [{name: a}]", "class"),
+                        ("scenarios: [{name: a, class: b}, {name: a, class: c}]", "twice"),
+                        ("base: 3\nscenarios: [{name: a, class: b}]", "base"), (": : :", "cannot read")):
+        (tmp_path / "s.yaml").write_text(text)
+        with pytest.raises(ValueError, match=words):
+            load_suite(tmp_path / "s.yaml")
+
+
+def linear_cost(summary):
+    return summary["controllers"]["linear"]["median_cost"]
+
+
+def test_a_short_suite_runs_every_controller_and_summarises(tmp_path, tiny_checkpoint):
+    """Two scenarios, one seed, every controller (the agent on the tiny checkpoint, whose
+    kinetics are meaningless: the mechanics are checked, not the agent's cost)."""
+    from controller.bench_control import CONTROLLERS, run_control_benchmark
+
+    overrides = [f"bench_control.output_dir={tmp_path}", "bench_control.seeds=1",
+                 "bench_control.scenarios=[nominal,fast_recipe]", f"bench_control.checkpoint={tiny_checkpoint}",
+                 f"bench_control.oracle_cache={tmp_path / 'oracle'}", "bench_control.oracle_evaluations=15",
+                 "bench_control.oracle_refinement=false"]
+    summary = run_control_benchmark(load_config(overrides, simulator=True), overrides)
+    assert set(summary["controllers"]) == set(CONTROLLERS)
+    for name, c in summary["controllers"].items():
+        assert c["batches"] == 2 and c["scenarios"] == 2 and math.isfinite(c["median_cost"]), name
+        assert set(c["classes_lost"]) <= {"nominal", "recipe"}
+    assert set(summary["classes"]) == {"nominal", "recipe"}
+    oracle = summary["controllers"]["oracle"]
+    assert oracle["median_cost_vs_oracle"] == pytest.approx(1.0) and oracle["hard_violations"] == 0
+    assert oracle["median_cost"] < linear_cost(summary) and summary["oracle_cache_build"]["solved"] == 2
+    assert summary["agent_gap_closed"]["per_scenario"].keys() == {"nominal", "fast_recipe"}
+    ssc, linear = summary["controllers"]["ssc"], summary["controllers"]["linear"]
+    assert ssc["hard_violations"] == 0 and linear["hard_violations"] == 1  # the fast recipe crosses the limit
+    # SSC rescues the fast recipe (inside the limit, on spec) and so costs less there
+    assert summary["classes"]["recipe"]["ssc"] < summary["classes"]["recipe"]["linear"]
+    assert "recipe" in linear["classes_lost"] and "nominal" not in ssc["classes_lost"]
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "cost_per_class.png").stat().st_size > 1000
+    page = (tmp_path / "batches.html").read_text()
+    assert "fast_recipe" in page and "trajectories/nominal.png" in page

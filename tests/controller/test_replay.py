@@ -51,7 +51,8 @@ def test_a_tag_the_historian_stopped_logging_goes_stale_and_the_guard_would_hold
 def test_the_model_predictive_agent_proposes_over_a_recording(tmp_path, tiny_checkpoint):
     summary = run_replay(_cfg(tmp_path, "agent.strategy=model_predictive", f"agent.checkpoint={tiny_checkpoint}",
                               "scenario.duration_min=40", "agent.control_interval_s=60", "proposer.time_budget_s=0.1"))
-    assert summary["proposals"] > 10 and summary["writes"] == 0
+    # the plan is revised every proposer.resolve_interval_s (180 s) from seeding (12 min) to 40 min
+    assert 7 <= summary["proposals"] <= 10 and summary["writes"] == 0
     log = read_decisions(tmp_path / "replay" / "decisions.sqlite")
     would = [i.get("would_write_reactor_temperature_setpoint_c") for i in log["inputs"]]
     assert sum(w is not None for w in would) > 10

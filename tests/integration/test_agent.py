@@ -470,7 +470,8 @@ def test_a_short_batch_at_real_time_follows_its_plan_without_steps(tmp_path, tin
                             f"agent.checkpoint={tiny_checkpoint}", "agent.device=cpu",
                             f"agent.control_interval_s={interval_s}", "proposer.move_interval_min=0.5",
                             "proposer.rollout_step_s=5", "proposer.model_refresh_s=10",
-                            "proposer.weight_batch_time_per_h=0"),
+                            # a batch compressed to minutes: the plan is revised every 10 s
+                            "proposer.resolve_interval_s=10", "proposer.weight_batch_time_per_h=0"),
             timeout_s=240.0)
     assert report.stopped_by == "batch completed", report.summary()
     log = read_decisions(tmp_path / "decisions.sqlite")
