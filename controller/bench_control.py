@@ -1,7 +1,8 @@
 """The control benchmark: every controller on every scenario of a suite, scored alike.
 
-``xtalpilot bench control`` runs the controllers (the agent and the strategies plants run
-today, :mod:`controller.baselines`) on the scenario suite (``conf/suite/control.yaml``: scenarios
+``xtalpilot bench control`` runs the controllers (the agent, the strategies plants run today,
+:mod:`controller.baselines`, and the oracle's trajectory, :mod:`controller.oracle`, built once
+per scenario and seed into a cache) on the scenario suite (``conf/suite/control.yaml``: scenarios
 as Hydra overrides, grouped into classes) for paired seeds, in parallel on the machine's cores,
 scores every batch with one objective (:mod:`controller.scoring`, from the plant's batch record)
 and prints JSON: per controller the median cost, spec compliance, hard violations, the classes

@@ -140,3 +140,16 @@ def test_batch_time_limit_defaults_to_one_and_a_half_recipes():
     for bad in (0.0, -5.0, math.nan):
         with pytest.raises(ValueError, match="max_batch_time_min"):
             Scenario(recipe=RECIPE, max_batch_time_min=bad)
+
+
+def test_a_systematic_seed_error_shifts_what_is_charged_not_what_the_recipe_says():
+    sc = Scenario(seeding=Seeding(mass_g=40.0, mean_size_um=100.0, std_size_um=20.0), seed_mass_rel_offset=-0.3,
+                  seed_size_rel_offset=0.3)
+    assert sc.drawn_seed_mass_g(0) == pytest.approx(28.0) and sc.seeding.mass_g == 40.0
+    assert sc.charged_seed_size_um() == (pytest.approx(130.0), pytest.approx(26.0))
+    varied = Scenario(seed=2, seeding=Seeding(mass_g=40.0), seed_mass_rel_std=0.1, seed_mass_rel_offset=0.3)
+    plain = Scenario(seed=2, seeding=Seeding(mass_g=40.0), seed_mass_rel_std=0.1)
+    assert varied.drawn_seed_mass_g(1) - plain.drawn_seed_mass_g(1) == pytest.approx(12.0)
+    for bad in (dict(seed_mass_rel_offset=-1.5), dict(seed_size_rel_offset=-0.95)):
+        with pytest.raises(ValueError):
+            Scenario(**bad)

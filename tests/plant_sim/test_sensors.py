@@ -390,3 +390,9 @@ def test_settings_reject_bad_bin_edges():
         SensorSettings(imaging_crystals_per_reading=0.0)
 
 
+
+
+def test_scale_fault_reads_a_gain_error():
+    clean, bad = faulty(SensorFaultKind.scale, magnitude=-0.3)
+    np.testing.assert_allclose(bad[WINDOW], 0.7 * clean[WINDOW], rtol=1e-12)
+    np.testing.assert_array_equal(bad[~WINDOW], clean[~WINDOW])
