@@ -283,8 +283,9 @@ def summarise(batches: Sequence[dict]) -> dict:
                 for b in mine),
             "median_wall_s_per_batch": _median(b["wall_s"] for b in mine),
         }
-    if oracle and "agent" in controllers:
-        out["agent_gap_closed"] = _gap_closed(batches, [c for c in controllers if c in BASELINES])
+    baselines = [c for c in controllers if c in BASELINES]
+    if oracle and "agent" in controllers and baselines:
+        out["agent_gap_closed"] = _gap_closed(batches, baselines)
     return out
 
 
@@ -295,7 +296,11 @@ def _gap_closed(batches, baselines) -> dict:
     for scenario in sorted({b["scenario"] for b in batches}):
         cost = {c: _median(b["cost"] for b in batches if b["scenario"] == scenario and b["controller"] == c)
                 for c in (*baselines, "agent", "oracle")}
-        best = min(v for c, v in cost.items() if c in baselines and v is not None)
+        ran = [v for c, v in cost.items() if c in baselines and v is not None]
+        if not ran or cost["agent"] is None or cost["oracle"] is None:
+            per[scenario] = None
+            continue
+        best = min(ran)
         gap = best - cost["oracle"]
         per[scenario] = (best - cost["agent"]) / gap if gap > 1e-9 else None
     values = [v for v in per.values() if v is not None]

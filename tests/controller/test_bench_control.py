@@ -169,3 +169,24 @@ def test_a_short_suite_runs_every_controller_and_summarises(tmp_path, tiny_check
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "cost_per_class.png").stat().st_size > 1000
     page = (tmp_path / "batches.html").read_text()
     assert "fast_recipe" in page and "trajectories/nominal.png" in page
+
+
+def test_the_summary_compares_classes_and_the_gap_only_where_there_is_something_to_compare():
+    from controller.bench_control import summarise
+
+    def batch(controller, scenario, cost, cls="a"):
+        return {"controller": controller, "scenario": scenario, "class": cls, "seed": 0, "cost": cost,
+                "on_spec": True, "hard_violation": False, "time_limit_hit": False, "batch_state": "completed",
+                "size_error_um": 1.0, "cv": 0.07, "fines_mass_fraction": 0.001, "yield": 1.0, "batch_time_h": cost,
+                "peak_sigma": 0.01, "peak_sigma_controlled": 0.01, "metastable_sigma_limit": 0.015, "wall_s": 1.0}
+
+    batches = [batch("agent", "s1", 3.0), batch("linear", "s1", 4.0), batch("ssc", "s1", 2.5),
+               batch("oracle", "s1", 2.0), batch("agent", "s2", 2.2, "b"), batch("linear", "s2", 3.0, "b"),
+               batch("ssc", "s2", 2.6, "b"), batch("oracle", "s2", 2.0, "b")]
+    summary = summarise(batches)
+    assert summary["controllers"]["agent"]["classes_lost"] == ["a"]  # SSC is cheaper there, not in b
+    assert summary["controllers"]["oracle"]["classes_lost"] == []
+    gap = summary["agent_gap_closed"]["per_scenario"]
+    assert gap["s1"] == pytest.approx((2.5 - 3.0) / (2.5 - 2.0)) and gap["s2"] == pytest.approx((2.6 - 2.2) / 0.6)
+    assert summary["controllers"]["agent"]["median_cost_vs_oracle"] == pytest.approx(np.median([1.5, 1.1]))
+    assert "agent_gap_closed" not in summarise([b for b in batches if b["controller"] in ("agent", "oracle")])
