@@ -1068,10 +1068,9 @@ def make_baseline(cfg, recipe):
         if signals.CONCENTRATION not in tagmap:
             raise SetupError(f"supersaturation control feeds back on the concentration, and the tag map has no "
                              f"{signals.CONCENTRATION}: map the plant's analyser, or choose another agent.strategy")
-        data = cfg.process.material_data
-        limit = data.metastable_sigma_limit if data is not None and data.metastable_sigma_limit > 0 else (
-            cfg.proposer.metastable_sigma_limit)
-        return baselines.SupersaturationControl(recipe, b, limit)
+        from controller.strategy import metastable_limit
+
+        return baselines.SupersaturationControl(recipe, b, metastable_limit(cfg))
     if name is StrategyName.direct_nucleation_control:
         if not any(f"fbrm_counts_bin{k}_per_s" in tagmap for k in range(1, len(cfg.agent.fbrm_bin_edges_um))):
             raise SetupError("direct nucleation control feeds back on the FBRM counts, and the tag map has no "
@@ -1089,7 +1088,7 @@ def make_strategy(cfg, service=None):
     from controller.strategy import BatchRecipe, LinearCooling, ModelPredictive
 
     from conf.contract.materials import MATERIALS
-    from controller.strategy import product_target_um
+    from controller.strategy import metastable_limit, product_target_um
 
     a, p = cfg.agent, cfg.proposer
     # One product specification: the process's where it gives one, else the proposer's default.
@@ -1104,8 +1103,7 @@ def make_strategy(cfg, service=None):
 
     material = a.material or process.material
     data = process.material_data
-    if data is not None and data.metastable_sigma_limit > 0:
-        p = dataclasses.replace(p, metastable_sigma_limit=data.metastable_sigma_limit)
+    p = dataclasses.replace(p, metastable_sigma_limit=metastable_limit(cfg))
     if service is None:
         served = material
         if data is not None and material not in MATERIALS:

@@ -43,6 +43,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import numpy as np
+
 from controller.estimator import PlantState
 from controller.model_client import ModelAnswer
 from controller.proposer import Proposal
@@ -250,13 +252,8 @@ class ProgrammedPath(_Programme):
         if len(temperatures_c) < 2 or not cooling_min > 0:
             raise ValueError("a programmed path needs at least 2 knot temperatures and a cooling time > 0")
         self.temperatures_c, self.cooling_min = tuple(float(t) for t in temperatures_c), float(cooling_min)
+        self._knots_min = np.linspace(0.0, self.cooling_min, len(self.temperatures_c))
         super().__init__(recipe, settings)
 
     def _programme(self, state, elapsed_s, previous_c, dt_s, inputs):
-        knots = [self.cooling_min * k / (len(self.temperatures_c) - 1) for k in range(len(self.temperatures_c))]
-        minutes = elapsed_s / 60.0
-        for k in range(1, len(knots)):
-            if minutes <= knots[k]:
-                a, b = self.temperatures_c[k - 1], self.temperatures_c[k]
-                return a + (b - a) * (minutes - knots[k - 1]) / (knots[k] - knots[k - 1]), True
-        return self.temperatures_c[-1], True
+        return float(np.interp(elapsed_s / 60.0, self._knots_min, self.temperatures_c)), True

@@ -40,7 +40,8 @@ import numpy as np
 from conf.contract import signals
 from controller.settings import Mode, StrategyName
 
-__all__ = ["CONTROLLERS", "SuiteScenario", "load_suite", "run_control_benchmark", "simulated_batch", "summarise"]
+__all__ = ["CONTROLLERS", "SuiteScenario", "load_suite", "run_control_benchmark", "score_record", "simulated_batch",
+           "summarise"]
 
 _log = logging.getLogger("xtalpilot.bench_control")
 
@@ -170,10 +171,22 @@ def load_suite(path: str | Path) -> tuple[tuple[str, ...], tuple[SuiteScenario, 
 
 
 # ----------------------------------------------------------------------------- one task
+def score_record(cfg, record: dict):
+    """A batch record of ``cfg``'s process scored by the benchmark's objective
+    (:func:`controller.scoring.score_batch`: the process's target and specification, the
+    material's metastable limit)."""
+    from controller.scoring import score_batch
+    from controller.strategy import metastable_limit
+
+    return score_batch(record, float(cfg.process.target_mean_size_um or 0.0), cfg.process.specification,
+                       metastable_limit(cfg))
+
+
+
 def _run_task(task: dict) -> dict:
     """One batch of one controller on one scenario and seed (a worker process's job)."""
     from conf.schema import load_config
-    from controller.scoring import score_batch
+    from controller.strategy import metastable_limit
 
     logging.getLogger("xtalpilot").setLevel(logging.ERROR)  # a benchmark's batches are many; the summary speaks
     strategy, extra = CONTROLLERS[task["controller"]]
@@ -192,11 +205,8 @@ def _run_task(task: dict) -> dict:
                                          oracle.cooling_min)
     result = simulated_batch(cfg, strategy, decision_log=task.get("decision_log"), strategy_object=strategy_object)
     record = result["record"]
-    data = cfg.process.material_data
-    limit = data.metastable_sigma_limit if data is not None and data.metastable_sigma_limit > 0 else (
-        cfg.proposer.metastable_sigma_limit)
-    target = float(cfg.process.target_mean_size_um or 0.0)
-    score = score_batch(record, target, cfg.process.specification, limit)
+    target, limit = float(cfg.process.target_mean_size_um or 0.0), metastable_limit(cfg)
+    score = score_record(cfg, record)
     keep = ("batch_state", "batch_time_h", "d43_um", "cv", "fines_mass_fraction", "yield", "peak_sigma",
             "peak_sigma_controlled", "time_limit_hit")
     return {"controller": task["controller"], "scenario": task["scenario"], "class": task["class"],

@@ -141,23 +141,14 @@ def simulate_profile(cfg, temperatures_c, cooling_min: float, step_s: float) -> 
     return plant.last_batch_report or plant.batch_report()
 
 
-def _objective(cfg):
-    from controller.scoring import score_batch
-
-    data = cfg.process.material_data
-    limit = data.metastable_sigma_limit if data is not None and data.metastable_sigma_limit > 0 else (
-        cfg.proposer.metastable_sigma_limit)
-    target = float(cfg.process.target_mean_size_um or 0.0)
-    return (lambda record: score_batch(record, target, cfg.process.specification, limit).cost), limit
-
-
 def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: OracleResult | None = None) -> OracleResult:
     """Search the best profile (module docstring) for the scenario and seed of ``cfg`` (the
     simulator's root config). ``start``: a coarser solution to refine from."""
     from scipy.optimize import minimize
 
     from controller.baselines import program_start
-    from controller.strategy import BatchRecipe
+    from controller.bench_control import score_record
+    from controller.strategy import BatchRecipe, metastable_limit
 
     wall0 = time.monotonic()
     recipe = BatchRecipe.from_process(cfg.process)
@@ -166,7 +157,7 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
     drop = max(start_c - final_c, 1e-6)
     recipe_cooling_min = max(recipe.cooling_end_min - start_min, 1.0)
     k = settings.knots
-    cost_of, limit = _objective(cfg)
+    limit = metastable_limit(cfg)
     evaluations = 0
     best: dict = {"cost": math.inf}
 
@@ -185,7 +176,7 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
         peak = record.get("peak_sigma_controlled")
         ceiling = limit * (1.0 - settings.limit_margin_rel)
         over = max(peak / ceiling - 1.0, 0.0) if peak is not None and math.isfinite(peak) else 0.0
-        objective = cost_of(record)
+        objective = score_record(cfg, record).cost
         cost = objective + 10.0 * excess + HARD_PENALTY * over
         if cost < best["cost"]:
             best.update(cost=cost, objective=objective, temps=temps, cooling_min=cooling_min, record=record)

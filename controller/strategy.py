@@ -45,7 +45,7 @@ from controller.rollout import BatchPlan, MaterialConstants, PopulationState
 from controller.settings import ProposerSettings
 
 __all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PathFollower", "PlantView",
-           "Strategy", "product_target_um"]
+           "Strategy", "metastable_limit", "product_target_um"]
 
 _log = logging.getLogger("xtalpilot.strategy")
 
@@ -165,6 +165,14 @@ class BatchRecipe:
         if antisolvent:
             out[ANTISOLVENT_SP] = self.antisolvent_kg_per_min(batch_min)
         return out
+
+
+def metastable_limit(cfg) -> float:
+    """The metastable limit (ln S) of the process's material: its data's where it gives one
+    (``process.material_data.metastable_sigma_limit``), else ``proposer.metastable_sigma_limit``."""
+    data = cfg.process.material_data
+    return float(data.metastable_sigma_limit if data is not None and data.metastable_sigma_limit > 0
+                 else cfg.proposer.metastable_sigma_limit)
 
 
 def product_target_um(cfg) -> float:
