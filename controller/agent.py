@@ -1140,7 +1140,10 @@ def make_strategy(cfg, service=None):
                            # no heating moves: the moment model has no dissolution, so it cannot judge them
                            max_cooling_k_per_min=min(max_rate, 1.0), max_heating_k_per_min=0.0,
                            setpoint_low_c=low, max_antisolvent_kg_per_min=max_antisolvent,
-                           concentration_delay_s=concentration_delay_s(a, process.instruments))
+                           concentration_delay_s=concentration_delay_s(a, process.instruments),
+                           # the cascade's inner loop feeds back on the analyser: without one, moves
+                           inner=cfg.baselines if signals.CONCENTRATION in tagmap else None,
+                           specification=process.specification)
 
 
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,

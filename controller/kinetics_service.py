@@ -60,7 +60,7 @@ from controller.facet_graph import facet_graph_from_imaging
 from controller.settings import SetupError
 
 __all__ = ["FacetSource", "KineticsEstimate", "KineticsLaws", "KineticsService", "ModelUnavailable", "PriorKinetics",
-           "batch_sigma_range", "constraint_uncertainty", "fit_laws", "query_grid"]
+           "batch_sigma_range", "constraint_uncertainty", "fit_laws", "query_grid", "self_consistent_rates"]
 
 T_REF_K = 298.15
 LN10 = math.log(10.0)
@@ -454,16 +454,50 @@ class KineticsService:
     def reference_face_rates(self, facets) -> np.ndarray:
         """The network's growth rate of every face of ``facets`` at the training reference
         condition (um/min, (F,)): the rate feature a facet graph carries in training, where it
-        is the rate observed there, a laboratory characterisation of the material."""
-        from models.graphs import REFERENCE_CONDITION
+        is the rate observed there, a laboratory characterisation of the material.
 
-        with torch.no_grad():
-            pred = self.predictor.query(self.embedding, facets, [REFERENCE_CONDITION])
-        return pred.facet_mean.detach().cpu().double().numpy().reshape(-1)
+        The network reads that feature too, so the rates are a fixed point, r = f(graph with
+        feature r), solved by damped iteration in log10 from the training set's typical face
+        rate (:func:`self_consistent_rates`). One pass from the feature's floor ("unknown")
+        is not enough: a face said to grow at 1e-4 um/min is predicted to grow at about that,
+        a second, spurious fixed point that put the served KCl growth four decades below the
+        plant's (README, "Why the agent tied the recipe").
+        """
+        from models.graphs import REFERENCE_CONDITION, with_observed_rates
+
+        def one_pass(rates: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                pred = self.predictor.query(self.embedding, with_observed_rates(facets, rates), [REFERENCE_CONDITION])
+            return pred.facet_mean.detach().cpu().double().numpy().reshape(-1)
+
+        start = 10.0 ** float(self.predictor.ensemble.scaler.mean[3])
+        return self_consistent_rates(one_pass, np.full(facets.facet_x.shape[0], start))
 
     @property
     def embedding_directions(self) -> np.ndarray:
         return self.material_graph.cluster_direction.numpy()
+
+
+def self_consistent_rates(one_pass, start_um_per_min: np.ndarray, damping: float = 0.5,
+                          tolerance_decades: float = 1e-3, max_passes: int = 40) -> np.ndarray:
+    """Fixed point r = one_pass(r) of face rates (um/min, (F,)) by damped iteration in log10.
+
+    log r <- log r + damping (log one_pass(r) - log r), until no face moves by more than
+    ``tolerance_decades``; after ``max_passes`` the last iterate is returned (the map of a
+    trained network contracts near its fixed point, so the cap is a guard, not a solution).
+    An answer that is not finite and positive is returned as it is (the caller treats it as
+    unknown).
+    """
+    rates = np.asarray(start_um_per_min, dtype=float).copy()
+    for _ in range(max_passes):
+        new = np.asarray(one_pass(rates), dtype=float).reshape(-1)
+        if new.shape != rates.shape or not np.all(np.isfinite(new) & (new > 0)):
+            return new
+        step = np.log10(new) - np.log10(rates)
+        rates = rates * 10.0 ** (damping * step)
+        if np.max(np.abs(step)) < tolerance_decades:
+            return new
+    return rates
 
 
 R_GAS_J_PER_MOL_K = 8.314462618

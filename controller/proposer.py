@@ -1,4 +1,13 @@
-"""The BoTorch proposer: the next few setpoint moves, chosen by rolling the batch forward.
+"""The proposer: the agent's plan, chosen by rolling the batch forward with the model.
+
+Two kinds of plan. In cascade (``settings.cascade``, :class:`Cascade` on the problem) the agent
+supervises supersaturation control: it chooses the supersaturation setpoints of the inner loop
+(one above a switch temperature, one below) and the final hold, by enumerating them on a grid
+and rolling each out under ideal supersaturation control
+(:func:`controller.rollout.rollout_supersaturation`), scored by the benchmark's own objective
+(:func:`controller.scoring.batch_cost_h`: batch time per yield, the release window, the limit);
+see :func:`propose_cascade`. The inner loop measures what the constraint is on, so model error
+costs time, not safety. Otherwise it chooses temperature moves with BoTorch:
 
 Decision variables x = (dT_1, ..., dT_H [, F_1, ..., F_H] [, s]):
 
@@ -50,9 +59,38 @@ import numpy as np
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState
 from controller.settings import ProposerSettings
 
-__all__ = ["Problem", "Proposal", "ProposerTimeout", "ProposerWorker", "propose"]
+__all__ = ["Cascade", "Problem", "Proposal", "ProposerTimeout", "ProposerWorker", "propose", "propose_cascade"]
 
 INFEASIBLE_COST = 10.0
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """What a cascade plan needs beyond the moves problem (:func:`propose_cascade`).
+
+    Attributes:
+        metastable_sigma_limit: the limit the setpoints are fractions of (ln S).
+        specification: the product's release window
+            (:class:`conf.contract.process.ProductSpecification`).
+        target_size_um: the d43 target (0: none).
+        elapsed_s: batch time so far (the objective charges the whole batch's time).
+        horizon_s: the longest the rest of the batch may run (the plant's time limit).
+        recipe_hold_s: the recipe's final hold; the plan's hold is a fraction of it.
+        switch_c: temperature below which the second setpoint holds.
+        max_cooling_k_per_min: the inner loop's fastest cooling.
+        held_s: how long the batch has held at the final temperature (0: not there yet): in
+            the hold the plan decides when it ends.
+    """
+
+    metastable_sigma_limit: float
+    specification: object
+    target_size_um: float
+    elapsed_s: float
+    horizon_s: float
+    recipe_hold_s: float
+    switch_c: float
+    max_cooling_k_per_min: float
+    held_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +108,7 @@ class Problem:
         setpoint_low_c: lowest setpoint the agent may write.
         max_antisolvent_kg_per_min: the antisolvent setpoint's upper limit (0: the plant has
             none the agent may write, and the rate is no decision variable).
+        cascade: pose a cascade plan instead of moves (None: moves).
     """
 
     plant_time_s: float
@@ -83,6 +122,7 @@ class Problem:
     max_heating_k_per_min: float = 0.2
     setpoint_low_c: float = -math.inf
     max_antisolvent_kg_per_min: float = 0.0
+    cascade: Cascade | None = None
 
     @property
     def uses_antisolvent(self) -> bool:
@@ -121,6 +161,10 @@ class Proposal:
         cooling_end_s: plant time at which cooling ends on this plan (the batch ends a final
             hold later).
         final_temperature_c: where cooling ends (after the moves the path ramps to it).
+        sigma_setpoints: a cascade plan's supersaturation setpoints (ln S), above and below
+            ``switch_c`` (empty: a moves plan).
+        switch_c: where the second setpoint takes over.
+        final_hold_s: a cascade plan's final hold.
     """
 
     plant_time_s: float
@@ -132,6 +176,15 @@ class Proposal:
     antisolvent_kg_per_min: tuple[float, ...] = ()
     cooling_end_s: float = math.inf
     final_temperature_c: float = math.nan
+    sigma_setpoints: tuple[float, ...] = ()
+    switch_c: float = math.nan
+    final_hold_s: float = math.nan
+
+    def sigma_setpoint_at(self, temperature_c: float) -> float | None:
+        """A cascade plan's supersaturation setpoint at a reactor temperature (None: a moves plan)."""
+        if not self.sigma_setpoints:
+            return None
+        return self.sigma_setpoints[0] if temperature_c > self.switch_c else self.sigma_setpoints[-1]
 
     def antisolvent_at(self, plant_time_s: float) -> float | None:
         """The proposed antisolvent rate at ``plant_time_s`` (None: not decided); none after the moves."""
@@ -204,8 +257,63 @@ def _evaluate(problem: Problem, x, growth, nucleation):
     return out, y, cost
 
 
+def propose_cascade(problem: Problem) -> Proposal:
+    """The cascade plan (module docstring): every combination of the setpoints above and below
+    the switch temperature (fractions ``settings.cascade_sigma_rel_limit`` of the limit) and the
+    final hold (fractions ``settings.cascade_hold_fractions`` of the recipe's), rolled out with
+    every member's laws and charged the benchmark's objective; the lowest mean cost over the
+    members wins. Pure; deterministic for a problem."""
+    import itertools
+
+    import torch
+
+    from controller.rollout import rollout_supersaturation
+    from controller.scoring import batch_cost_h
+
+    wall0 = time.perf_counter()
+    c, s = problem.cascade, problem.settings
+    fractions, holds = s.cascade_sigma_rel_limit, s.cascade_hold_fractions
+    grid = np.array(list(itertools.product(fractions, fractions, holds)), dtype=float)  # (n, 3)
+    dtype = torch.float64
+    setpoints = torch.tensor(grid[:, :2] * c.metastable_sigma_limit, dtype=dtype)
+    hold_s = torch.tensor(grid[:, 2] * c.recipe_hold_s, dtype=dtype)
+    with torch.no_grad():
+        out = rollout_supersaturation(setpoints, hold_s, problem.state, torch.as_tensor(problem.growth, dtype=dtype),
+                                      torch.as_tensor(problem.nucleation, dtype=dtype), problem.material, problem.plan,
+                                      c.max_cooling_k_per_min, c.switch_c, c.horizon_s, held_s=c.held_s)
+    left_s = out.time_left_s.numpy()
+    failed = left_s >= c.horizon_s - 1e-6  # never reached the final temperature
+    cost = batch_cost_h((c.elapsed_s + left_s) / 3600.0, out.yield_fraction.numpy(), out.d43_um.numpy(),
+                        out.cv.numpy(), out.fines.numpy(), out.peak_sigma.numpy(), c.target_size_um,
+                        c.specification, c.metastable_sigma_limit, failed)[0]  # (n, S)
+    mean_cost = cost.mean(axis=1)
+    pick = int(np.argmin(mean_cost))
+    expected = {
+        "d43_um": float(out.d43_um[pick].mean()),
+        "cv": float(out.cv[pick].mean()),
+        "fines": float(out.fines[pick].mean()),
+        "yield": float(out.yield_fraction[pick].mean()),
+        "peak_sigma": float(out.peak_sigma[pick].max()),
+        "batch_time_left_h": float(left_s[pick].mean()) / 3600.0,
+        "cost": float(mean_cost[pick]),
+        "cost_spread": float(cost[pick].std()),
+        "sigma_setpoint_hot_rel_limit": float(grid[pick, 0]),
+        "sigma_setpoint_cold_rel_limit": float(grid[pick, 1]),
+        "final_hold_min": float(hold_s[pick]) / 60.0,
+        "candidates": float(grid.shape[0]),
+    }
+    return Proposal(problem.plant_time_s, problem.state.path_start_c, (), problem.plan.move_interval_s, expected,
+                    time.perf_counter() - wall0, cooling_end_s=problem.plant_time_s + float(left_s[pick].mean()) - float(hold_s[pick]),
+                    final_temperature_c=problem.plan.final_temperature_c,
+                    sigma_setpoints=tuple(float(v) for v in setpoints[pick]), switch_c=float(c.switch_c),
+                    final_hold_s=float(hold_s[pick]))
+
+
 def propose(problem: Problem) -> Proposal:
-    """Optimise the next setpoint moves (module docstring). Pure; deterministic for a problem."""
+    """Optimise the agent's plan (module docstring): a cascade plan where the problem poses one
+    (:func:`propose_cascade`), else the next setpoint moves. Pure; deterministic for a problem."""
+    if problem.cascade is not None:
+        return propose_cascade(problem)
     import torch
     from botorch.acquisition.monte_carlo import qSimpleRegret
     from botorch.acquisition.objective import ConstrainedMCObjective

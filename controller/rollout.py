@@ -30,7 +30,9 @@ scale every candidate keeps the same number of steps and its own step length, wh
 keeps the rollout differentiable in the scale.
 
 Outcomes at the end of the batch (per candidate and member): volume-weighted mean size d43,
-CV of the volume distribution, fines (mass share of the nucleated population, which stays
+CV of the volume distribution, fines (mass share below ``plan.fines_size_um``, as the plant's
+batch record counts them, from a gamma distribution fitted to each population's moments:
+:func:`mass_below`; the nucleated population, which stays
 small), yield (crystallised solute / what the final temperature and solvent allow, seeds
 excluded, as the plant's batch record counts it), the peak supersaturation on the way, the
 batch time left and the antisolvent added. Fixed steps; everything is differentiable in
@@ -48,8 +50,8 @@ from torch import Tensor
 
 from conf.contract.solubility import PchipTable
 
-__all__ = ["BatchPlan", "MaterialConstants", "Outcomes", "PopulationState", "antisolvent_path", "rollout", "seed_moments",
-           "setpoint_path", "step_moments"]
+__all__ = ["BatchPlan", "MaterialConstants", "Outcomes", "PopulationState", "antisolvent_path", "mass_below", "rollout",
+           "rollout_supersaturation", "seed_moments", "setpoint_path", "step_moments"]
 
 N_MOMENTS = 6
 T_REF_K = 298.15
@@ -224,6 +226,8 @@ class BatchPlan:
         target_size_um: wanted d43.
         suspension_ref_kg_per_kg: M_T at which the nucleation law holds.
         water_mass_kg: water charged (turns an antisolvent rate into kg per kg water).
+        fines_size_um: crystals below this size are fines (the release window's fines maximum
+            is their mass share).
     """
 
     time_left_s: float
@@ -235,6 +239,7 @@ class BatchPlan:
     target_size_um: float
     suspension_ref_kg_per_kg: float = 0.05
     water_mass_kg: float = 20.0
+    fines_size_um: float = 100.0
 
     @property
     def final_hold_s(self) -> float:
@@ -268,6 +273,24 @@ def seed_moments(mass_kg_per_kg: float, mean_size_um: float, std_size_um: float,
     raw = [float(np.trapezoid(density * size**k, size)) for k in range(N_MOMENTS)]
     number = mass_kg_per_kg / (material.mass_per_um3_kg * raw[3])
     return tuple(number * r for r in raw)
+
+
+def mass_below(moments: Tensor, size_um: float) -> Tensor:
+    """Crystal volume (um^3 per kg, the shape of ``moments[..., 3]``) below ``size_um`` of a
+    population given by its moments (..., 6): a gamma number density with the population's
+    mean and variance, whose volume-weighted density is again gamma, with shape k + 3
+    (Randolph & Larson 1988: the moments a PBE keeps do not say where the mass sits, and the
+    fines of a release window are a share below a size). An empty population has none."""
+    mu0 = moments[..., 0]
+    some = mu0 > 1e-12
+    safe0 = torch.where(some, mu0, torch.ones_like(mu0))
+    mean = (moments[..., 1] / safe0).clamp_min(1e-6)
+    var = (moments[..., 2] / safe0 - mean**2).clamp_min(1e-6 * mean**2)
+    shape, scale = mean**2 / var, var / mean
+    # torch has no derivative of the incomplete gamma in its shape: the optimiser's gradient
+    # goes through the scale (the sizes) only
+    below = torch.special.gammainc(shape.detach() + 3.0, size_um / scale)
+    return torch.where(some, moments[..., 3] * below, torch.zeros_like(mu0))
 
 
 def _kinetics(temperature_c: Tensor, sigma: Tensor, suspension: Tensor, growth: Tensor, nucleation: Tensor,
@@ -405,9 +428,105 @@ def rollout(moves_k: Tensor, state: PopulationState, growth: Tensor, nucleation:
     d43 = total[..., 4] / mu3
     spread = (total[..., 5] / mu3 - d43**2).clamp_min(1e-12)
     cv = torch.sqrt(spread) / d43.clamp_min(1e-9)
-    fines = nuclei[..., 3] / mu3
+    fines = (mass_below(seeds, plan.fines_size_um) + mass_below(nuclei, plan.fines_size_um)) / mu3
     # what the final temperature and solvent allow (the plant's batch record counts yield so)
     final_solute = material.solubility_g_per_kg(torch.full_like(anti, plan.final_temperature_c), anti) * (1.0 + anti)
     recoverable = (plan.charged_concentration_g_per_kg - final_solute).clamp_min(1e-9)
     yield_fraction = (plan.charged_concentration_g_per_kg - solute) / recoverable
     return Outcomes(d43, cv, fines, yield_fraction, peak, time_left, anti - state.antisolvent_per_water)
+
+
+def _temperature_for_solubility(material: MaterialConstants, solubility: Tensor, guess_c: Tensor, low_c: float,
+                                high_c: float, iterations: int = 3) -> Tensor:
+    """The temperature (C) where C*_water(T) = ``solubility`` (g per kg water), by chord-Newton
+    steps from ``guess_c`` with the central-difference slope there (C* is smooth and increasing
+    in T, and a rollout step moves T by well under a kelvin, so the slope at the guess serves
+    every step; the table lookups are the rollout's main cost), clamped to [low_c, high_c]."""
+    h = 0.05
+    slope = ((material.water_solubility_g_per_kg(guess_c + h) - material.water_solubility_g_per_kg(guess_c - h))
+             / (2 * h)).clamp_min(1e-6)
+    t = guess_c
+    for _ in range(iterations):
+        t = (t - (material.water_solubility_g_per_kg(t) - solubility) / slope).clamp(low_c, high_c)
+    return t
+
+
+def rollout_supersaturation(sigma_setpoints: Tensor, hold_s: Tensor, state: PopulationState, growth: Tensor,
+                            nucleation: Tensor, material: MaterialConstants, plan: BatchPlan,
+                            max_cooling_k_per_min: float, switch_c: float, horizon_s: float,
+                            held_s: float = 0.0) -> Outcomes:
+    """Roll the batch to its end under supersaturation control (the agent's inner loop) for n
+    candidates and S members.
+
+    The inner loop is taken as ideal within its rate limit: each step the reactor is cooled
+    towards the temperature at which the solution would sit at the candidate's setpoint,
+    C*(T) = C exp(-sigma_sp), by at most ``max_cooling_k_per_min`` and never heated, down to the
+    final temperature. The setpoint is ``sigma_setpoints[:, 0]`` above ``switch_c`` and
+    ``sigma_setpoints[:, 1]`` below it. A batch ends its final hold ``hold_s`` after it reaches
+    the final temperature (each member on its own path: faster growth draws the solute down
+    sooner and cools sooner), or at ``horizon_s`` if it never does. No antisolvent.
+
+    Args:
+        sigma_setpoints: (n, 2) supersaturation setpoints ln S, before and after ``switch_c``.
+        hold_s: (n,) final hold per candidate, plant seconds.
+        state / growth / nucleation / material / plan: as :func:`rollout` (the plan gives the
+            final temperature and the rollout step).
+        max_cooling_k_per_min: the inner loop's fastest cooling.
+        switch_c: temperature at which the second setpoint takes over.
+        horizon_s: the longest the rollout runs (the batch time limit, say).
+        held_s: how long the batch has already held at the final temperature (0: it has not
+            reached it); a candidate whose hold is shorter ends at the first step.
+
+    Returns:
+        Outcomes with ``time_left_s`` (n, S): plant seconds to each member's end of batch.
+    """
+    dtype = sigma_setpoints.dtype
+    n, s = sigma_setpoints.shape[0], growth.shape[0]
+    dt = float(plan.step_s)
+    n_steps = max(1, int(math.ceil(horizon_s / dt)))
+    final = float(plan.final_temperature_c)
+    top = max(float(state.path_start_c), float(state.temperature_c), final) + 1.0
+    solute = torch.full((n, s), state.solute_g_per_kg_water, dtype=dtype)
+    seeds = torch.tensor(state.seeds, dtype=dtype).expand(n, s, N_MOMENTS).clone()
+    nuclei = torch.tensor(state.nuclei, dtype=dtype).expand(n, s, N_MOMENTS).clone()
+    growth, nucleation = growth.to(dtype), nucleation.to(dtype)
+    temp = torch.full((n, s), float(state.path_start_c), dtype=dtype)
+    sp_hot, sp_cold = sigma_setpoints[:, :1].expand(n, s), sigma_setpoints[:, 1:2].expand(n, s)
+    hold = hold_s.to(dtype).reshape(n, 1).expand(n, s)
+    peak = torch.full((n, s), -1.0, dtype=dtype)
+    cooled_at = torch.full((n, s), -float(held_s) if held_s > 0 else math.inf, dtype=dtype)
+    ended_at = torch.full((n, s), float(n_steps) * dt, dtype=dtype)
+    running = torch.ones((n, s), dtype=torch.bool)
+    drop = max_cooling_k_per_min / 60.0 * dt
+    for j in range(n_steps):
+        t_start = j * dt
+        sp = torch.where(temp > switch_c, sp_hot, sp_cold)
+        wanted = _temperature_for_solubility(material, solute * torch.exp(-sp), temp, final - 1.0, top)
+        new_temp = torch.maximum(torch.minimum(wanted, temp), temp - drop).clamp_min(final)
+        new_temp = torch.where(running, new_temp, temp)
+        solute_next, seeds_next, nuclei_next, sigma = step_moments(new_temp, solute, seeds, nuclei, growth,
+                                                                   nucleation, material, dt,
+                                                                   plan.suspension_ref_kg_per_kg)
+        keep = running[..., None]
+        seeds = torch.where(keep, seeds_next, seeds)
+        nuclei = torch.where(keep, nuclei_next, nuclei)
+        solute = torch.where(running, solute_next, solute)
+        peak = torch.where(running, torch.maximum(peak, sigma), peak)
+        temp = new_temp
+        reached = running & torch.isinf(cooled_at) & (temp <= final + 1e-6)
+        cooled_at = torch.where(reached, torch.full_like(cooled_at, t_start + dt), cooled_at)
+        done = running & (t_start + dt >= cooled_at + hold)
+        ended_at = torch.where(done, torch.full_like(ended_at, t_start + dt), ended_at)
+        running = running & ~done
+        if not bool(running.any()):
+            break
+    total = seeds + nuclei
+    mu3 = total[..., 3].clamp_min(1e-30)
+    d43 = total[..., 4] / mu3
+    spread = (total[..., 5] / mu3 - d43**2).clamp_min(1e-12)
+    cv = torch.sqrt(spread) / d43.clamp_min(1e-9)
+    fines = (mass_below(seeds, plan.fines_size_um) + mass_below(nuclei, plan.fines_size_um)) / mu3
+    final_solute = material.water_solubility_g_per_kg(torch.full_like(solute, final))
+    recoverable = (plan.charged_concentration_g_per_kg - final_solute).clamp_min(1e-9)
+    yield_fraction = (plan.charged_concentration_g_per_kg - solute) / recoverable
+    return Outcomes(d43, cv, fines, yield_fraction, peak, ended_at, torch.zeros_like(solute))

@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["BatchScore", "FAILED_BATCH_H", "LIMIT_PENALTY_H", "SPEC_PENALTY_H", "score_batch"]
+import numpy as np
+
+__all__ = ["BatchScore", "FAILED_BATCH_H", "LIMIT_PENALTY_H", "SPEC_PENALTY_H", "batch_cost_h", "score_batch"]
 
 #: Hours charged per unit of relative excess over the release window (a batch 1x its tolerance
 #: outside it costs 4 h: reworking it is a second batch).
@@ -87,16 +89,48 @@ def score_batch(record: dict, target_um: float, specification, metastable_sigma_
     if not math.isfinite(peak):
         peak = _number(record, "peak_sigma")
     failed = bool(record.get("time_limit_hit")) or record.get("batch_state", "completed") != "completed"
-    excess = 0.0
     size_error = abs(d43 - target_um) if target_um > 0 else math.nan
-    if target_um > 0:
-        tolerance = specification.d43_tolerance_rel * target_um
-        excess += min(max(size_error / tolerance - 1.0, 0.0), MAX_EXCESS) if math.isfinite(size_error) else MAX_EXCESS
-    for value, most in ((cv, specification.max_cv), (fines, specification.max_fines_mass_fraction)):
-        excess += min(max(value / most - 1.0, 0.0), MAX_EXCESS) if math.isfinite(value) else MAX_EXCESS
-    limit_excess = max(peak / metastable_sigma_limit - 1.0, 0.0) if math.isfinite(peak) else 0.0
-    throughput = (hours if math.isfinite(hours) else 0.0) / max(yield_ if math.isfinite(yield_) else 0.0, MIN_YIELD)
-    cost = throughput + SPEC_PENALTY_H * excess + LIMIT_PENALTY_H * limit_excess + (FAILED_BATCH_H if failed else 0.0)
+    cost, throughput, excess, limit_excess = (float(v) for v in batch_cost_h(
+        hours, yield_, d43, cv, fines, peak, target_um, specification, metastable_sigma_limit, failed))
     return BatchScore(cost=float(cost), on_spec=excess == 0.0 and not failed, hard_violation=limit_excess > 0.0,
                       size_error_um=float(size_error), throughput_h=float(throughput), spec_excess=float(excess),
                       limit_excess=float(limit_excess))
+
+
+def batch_cost_h(hours, yield_, d43_um, cv, fines, peak_sigma, target_um: float, specification,
+                 metastable_sigma_limit: float, failed=False):
+    """The objective of the module docstring on arrays (any broadcastable shapes, numpy or
+    numbers): what :func:`score_batch` charges a record, and what the agent's proposer charges
+    a predicted batch, so that both judge by one formula.
+
+    Args:
+        hours: batch time, h.
+        yield_: yield (fraction).
+        d43_um, cv, fines: product size, CV and fines mass fraction (NaN: not known, charged
+            as a term at its cap).
+        peak_sigma: peak supersaturation from the seed charge on (NaN: not charged).
+        target_um: the d43 target (0: the size is not judged).
+        specification: a :class:`conf.contract.process.ProductSpecification`.
+        metastable_sigma_limit: the metastable limit (ln S).
+        failed: the batch hit its time limit or did not complete.
+
+    Returns:
+        (cost h, throughput h, spec excess, limit excess), numpy arrays of the broadcast shape.
+    """
+    def excess_over(value, most):
+        value = np.asarray(value, dtype=float)
+        return np.where(np.isfinite(value), np.clip(value / most - 1.0, 0.0, MAX_EXCESS), MAX_EXCESS)
+
+    excess = excess_over(cv, specification.max_cv) + excess_over(fines, specification.max_fines_mass_fraction)
+    if target_um > 0:
+        tolerance = specification.d43_tolerance_rel * target_um
+        excess = excess + excess_over(np.abs(np.asarray(d43_um, dtype=float) - target_um), tolerance)
+    peak = np.asarray(peak_sigma, dtype=float)
+    limit_excess = np.where(np.isfinite(peak), np.maximum(peak / metastable_sigma_limit - 1.0, 0.0), 0.0)
+    hours = np.asarray(hours, dtype=float)
+    yield_ = np.asarray(yield_, dtype=float)
+    throughput = np.where(np.isfinite(hours), hours, 0.0) / np.maximum(np.where(np.isfinite(yield_), yield_, 0.0),
+                                                                        MIN_YIELD)
+    cost = (throughput + SPEC_PENALTY_H * excess + LIMIT_PENALTY_H * limit_excess
+            + np.where(np.asarray(failed, dtype=bool), FAILED_BATCH_H, 0.0))
+    return cost, throughput, excess, limit_excess

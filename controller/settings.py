@@ -149,6 +149,17 @@ class ProposerSettings:
         resolve_interval_s: plant seconds between posed proposal problems: the plan is revised
             this often from the newest state (a move lasts ``move_interval_min``; revising every
             cycle costs a proposal per cycle for little).
+        cascade: the agent supervises supersaturation control (the inner loop of
+            :class:`controller.baselines.SupersaturationControl`, its tuning in ``baselines``):
+            it chooses the loop's setpoints and the final hold for the rest of the batch, re-
+            solved every ``resolve_interval_s`` (controller/proposer.py, ``propose_cascade``);
+            False: it chooses temperature moves. A recipe that feeds antisolvent, or a plant
+            without a concentration signal, runs the moves.
+        cascade_sigma_rel_limit: the setpoints the cascade plan chooses from, as fractions of
+            the metastable limit (the top one is the most the agent ever asks the loop for).
+        cascade_hold_fractions: the final holds it chooses from, as fractions of the recipe's.
+        cascade_switch_rel: where the plan's second setpoint takes over: this share of the way
+            from the programme's start temperature to the final one.
     """
 
     moves: int = 3
@@ -179,6 +190,10 @@ class ProposerSettings:
     model_timeout_s: float = 60.0
     proposal_timeout_s: float = 60.0
     resolve_interval_s: float = 180.0
+    cascade: bool = True
+    cascade_sigma_rel_limit: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8)
+    cascade_hold_fractions: tuple[float, ...] = (0.0, 0.33, 0.67, 1.0)
+    cascade_switch_rel: float = 0.5
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
@@ -199,6 +214,13 @@ class ProposerSettings:
         lo, hi = self.grid_sigmas
         if not 0 < lo < hi:
             raise ValueError(f"grid_sigmas must be (low, high) with 0 < low < high, got {(lo, hi)}")
+        if not self.cascade_sigma_rel_limit or not all(0.0 < f < 1.0 for f in self.cascade_sigma_rel_limit):
+            raise ValueError("cascade_sigma_rel_limit must list fractions of the metastable limit in (0, 1), got "
+                             f"{self.cascade_sigma_rel_limit}")
+        if not self.cascade_hold_fractions or not all(0.0 <= f <= 1.0 for f in self.cascade_hold_fractions):
+            raise ValueError(f"cascade_hold_fractions must list fractions in [0, 1], got {self.cascade_hold_fractions}")
+        if not 0.0 <= self.cascade_switch_rel <= 1.0:
+            raise ValueError(f"cascade_switch_rel must be in [0, 1], got {self.cascade_switch_rel}")
 
 
 @dataclass(frozen=True)

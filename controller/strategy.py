@@ -24,7 +24,12 @@ background proposer. ``advise`` must be fast (it runs on the agent's event loop)
   (temperature and, where the plant has one, antisolvent rate); the recipe when the model
   cannot answer. When batch time is in its objective it asks the plant to
   complete the batch once cooling has reached the final temperature and the recipe's final hold
-  has passed.
+  has passed. In cascade (``proposer.cascade``, the default) it supervises supersaturation
+  control instead: the recipe until its last ramp starts, then the PI loop of
+  :func:`supersaturation_pi` on the measured supersaturation, its setpoints and the final hold
+  chosen by the latest cascade plan; without a plan (no model answer yet, a model error) the
+  loop runs at supersaturation control's own setpoint, so the agent is never worse placed than
+  the strategy plants run.
 """
 
 from __future__ import annotations
@@ -40,12 +45,12 @@ import numpy as np
 from conf.contract import signals
 from controller.estimator import EstimatorSettings, PlantState, PlantView, PopulationEstimate, ProcessFacts
 from controller.model_client import ModelAnswer
-from controller.proposer import Problem, Proposal
+from controller.proposer import Cascade, Problem, Proposal
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState
-from controller.settings import ProposerSettings
+from controller.settings import BaselineSettings, ProposerSettings
 
 __all__ = ["ANTISOLVENT_SP", "Advice", "BatchRecipe", "LinearCooling", "ModelPredictive", "PathFollower", "PlantView",
-           "Strategy", "metastable_limit", "product_target_um"]
+           "Strategy", "metastable_limit", "product_target_um", "supersaturation_pi"]
 
 _log = logging.getLogger("xtalpilot.strategy")
 
@@ -181,6 +186,22 @@ def product_target_um(cfg) -> float:
     return float(cfg.process.target_mean_size_um or cfg.proposer.target_size_um)
 
 
+def supersaturation_pi(error: float, integral_min: float, dt_min: float, settings: BaselineSettings
+                       ) -> tuple[float, float]:
+    """Supersaturation control's law, velocity-form PI: cooling rate = Kp (e + I / Ti) with
+    e = sigma_sp - sigma, clamped to [0, ``ssc_max_cooling_k_per_min``] (cooling only), the
+    integral frozen while the output is clamped and would wind further (anti-windup).
+
+    Returns:
+        (cooling rate K/min, the integral of the error after this step, minutes).
+    """
+    rate = settings.ssc_gain_k_per_min * (error + (integral_min + error * dt_min) / settings.ssc_integral_time_min)
+    clamped = min(max(rate, 0.0), settings.ssc_max_cooling_k_per_min)
+    if clamped == rate or (rate > clamped) != (error > 0):
+        integral_min += error * dt_min  # integrate unless it winds the clamp further
+    return clamped, integral_min
+
+
 class LinearCooling:
     """The recipe's linear ramps and holds, written as remote setpoints (the baseline)."""
 
@@ -286,6 +307,9 @@ class ModelPredictive:
         concentration_delay_s: how far the concentration analyser lags the reactor RTD
             (controller.state.alignment_delay_s), for the estimator's facts.
         blend_s: plant seconds over which a plan switch is blended.
+        inner: the supersaturation loop's tuning (``baselines``); None: no cascade.
+        specification: the product's release window, for the cascade plan's objective.
+        batch_time_limit_s: the plant's batch time limit (the cascade plan's horizon).
     """
 
     name = "model_predictive"
@@ -294,8 +318,13 @@ class ModelPredictive:
                  stirring_rpm: float = 300.0, max_cooling_k_per_min: float = 1.0,
                  max_heating_k_per_min: float = 0.2, setpoint_low_c: float = -math.inf,
                  max_antisolvent_kg_per_min: float = 0.0, estimator_settings: EstimatorSettings | None = None,
-                 blend_s: float | None = None, concentration_delay_s: float = 0.0) -> None:
+                 blend_s: float | None = None, concentration_delay_s: float = 0.0,
+                 inner: BaselineSettings | None = None, specification=None,
+                 batch_time_limit_s: float = math.inf) -> None:
         self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
+        # The cascade supervises a cooling loop: a recipe that feeds antisolvent keeps the moves.
+        self.inner = inner if settings.cascade and not recipe.uses_antisolvent else None
+        self.specification, self.batch_time_limit_s = specification, batch_time_limit_s
         self.stirring_rpm = stirring_rpm
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
         self.max_antisolvent = max_antisolvent_kg_per_min if settings.antisolvent or recipe.uses_antisolvent else 0.0
@@ -320,6 +349,11 @@ class ModelPredictive:
         self._advised: dict[str, float] = {}
         self._advised_at_s: float | None = None
         self.follower.reset()
+        self._integral_min = 0.0  # the cascade's inner loop
+
+    @property
+    def cascade(self) -> bool:
+        return self.inner is not None
 
     # ------------------------------------------------------------------ interface
     def accept(self, proposal: Proposal) -> None:
@@ -360,6 +394,10 @@ class ModelPredictive:
         self._batch_start_s = state.batch_start_s  # moves on by the time the batch was held
         now = state.plant_time_s
         inputs: dict = state.summary()
+        if self.cascade and state.population is not None:
+            # the loop decides what bad data means (it holds), not the recipe
+            inputs.update(state.population.summary(self.material.mass_per_um3_kg))
+            return self._cascade_advice(state, model if model is not None else ModelAnswer(), inputs)
         if not state.data_ok:
             return self._advice(state, self._recipe_path_key(), inputs, data_ok=False)
         population = state.population
@@ -373,23 +411,11 @@ class ModelPredictive:
             inputs["fallback"] = "recipe"
             inputs["model_error"] = model.error or "no answer"
             return self._advice(state, self._recipe_path_key(), inputs)
-        kinetics = model.kinetics
-        temperature, sigma = state.temperature_c, state.sigma
+        temperature = state.temperature_c
         corrected = _corrected(laws, population)
-        g_members = corrected.growth_um_per_min(temperature, sigma)
-        predictions = {"G_um_per_min": float(np.exp(np.log(g_members).mean())) if sigma > 0 else 0.0,
-                       "G_model_um_per_min": float(kinetics.growth_um_per_min),
-                       "log10_B": float(corrected.log10_nucleation(temperature, sigma).mean()),
-                       "log10_B_model": float(kinetics.log10_nucleation),
-                       "lambda": kinetics.morphology_lambda, "model_age_s": model.age_s(now),
-                       **{f"spread_{k}": v for k, v in kinetics.spread.items()}}
+        predictions, uncertainty = self._predictions(state, model, corrected, inputs)
         plan = self._plan(state.batch_time_s / 60.0)
         key = ("proposal", self.proposal.plant_time_s) if self.proposal is not None else self._recipe_path_key()
-        # The gate is on what the constraint depends on: growth and nucleation near the limit.
-        uncertainty = float(getattr(kinetics, "uncertainty_constraint", kinetics.uncertainty))
-        predictions["uncertainty_log10_G"] = float(kinetics.uncertainty)
-        predictions["uncertainty_constraint"] = uncertainty
-        inputs["facet_source"] = getattr(getattr(kinetics, "facet_source", None), "value", "imaging")
         advice = self._advice(state, key, inputs, uncertainty=uncertainty, predictions=predictions)
         if plan.cooling_left_s > 0 and self._cooled_at_s is None:
             anti = state.antisolvent_per_water
@@ -404,6 +430,106 @@ class ModelPredictive:
             inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
                            if isinstance(v, (int, float))})
         return advice
+
+    def _predictions(self, state: PlantState, model: ModelAnswer, corrected, inputs: dict) -> tuple[dict, float]:
+        """What the corrected model says now, for the log and the guard: (predictions, the
+        uncertainty the guard gates on)."""
+        kinetics, now = model.kinetics, state.plant_time_s
+        temperature, sigma = state.temperature_c, state.sigma
+        g_members = corrected.growth_um_per_min(temperature, sigma)
+        predictions = {"G_um_per_min": float(np.exp(np.log(g_members).mean())) if sigma > 0 else 0.0,
+                       "G_model_um_per_min": float(kinetics.growth_um_per_min),
+                       "log10_B": float(corrected.log10_nucleation(temperature, sigma).mean()),
+                       "log10_B_model": float(kinetics.log10_nucleation),
+                       "lambda": kinetics.morphology_lambda, "model_age_s": model.age_s(now),
+                       **{f"spread_{k}": v for k, v in kinetics.spread.items()}}
+        # The gate is on what the constraint depends on: growth and nucleation near the limit.
+        uncertainty = float(getattr(kinetics, "uncertainty_constraint", kinetics.uncertainty))
+        predictions["uncertainty_log10_G"] = float(kinetics.uncertainty)
+        predictions["uncertainty_constraint"] = uncertainty
+        inputs["facet_source"] = getattr(getattr(kinetics, "facet_source", None), "value", "imaging")
+        return predictions, uncertainty
+
+    # ------------------------------------------------------------------ cascade
+    def _cascade_advice(self, state: PlantState, model: ModelAnswer, inputs: dict) -> Advice:
+        """The cascade (module docstring): the recipe until its last ramp starts, then the PI
+        loop on the measured supersaturation at the plan's setpoint, the plan's final hold, and
+        completion. The model only chooses setpoints: without it the loop runs at supersaturation
+        control's own."""
+        from controller.baselines import program_start
+
+        now, batch_min = state.plant_time_s, state.batch_time_s / 60.0
+        final = self.recipe.final_temperature_c
+        start_min, start_c = program_start(self.recipe)
+        kwargs: dict = {"reference": {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)}}
+        corrected = None
+        if model.laws is not None and state.data_ok:
+            corrected = _corrected(model.laws, state.population)
+            kwargs["predictions"], kwargs["uncertainty"] = self._predictions(state, model, corrected, inputs)
+        elif model.laws is None:
+            inputs["fallback"] = "supersaturation_control"
+            inputs["model_error"] = model.error or "no answer"
+        previous = self._advised.get(TEMPERATURE_SP)
+        dt_min = max(now - self._advised_at_s, 0.0) / 60.0 if self._advised_at_s is not None else 0.0
+        data_ok = True
+        if batch_min < start_min:
+            temperature = self.recipe.setpoint_c(batch_min)
+        else:
+            limit = self.settings.metastable_sigma_limit
+            sigma_sp = self.proposal.sigma_setpoint_at(state.temperature_c) if self.proposal is not None else None
+            if sigma_sp is None:
+                sigma_sp = self.inner.ssc_sigma_setpoint_rel_limit * limit
+            inputs["sigma_setpoint"] = sigma_sp
+            previous = previous if previous is not None else start_c
+            if state.data_ok and math.isfinite(state.sigma):
+                rate, self._integral_min = supersaturation_pi(sigma_sp - state.sigma, self._integral_min, dt_min,
+                                                              self.inner)
+                inputs["ssc_cooling_rate_k_per_min"] = rate
+                temperature = previous - rate * dt_min
+            else:
+                temperature, data_ok = previous, False  # no concentration, no feedback: hold
+        temperature = max(float(temperature), final)
+        setpoints = {TEMPERATURE_SP: temperature}
+        if self.antisolvent:
+            setpoints[ANTISOLVENT_SP] = self.recipe.antisolvent_kg_per_min(batch_min)
+        self._advised, self._advised_at_s = dict(setpoints), now
+        if batch_min >= start_min and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K and self._final_at_s is None:
+            self._final_at_s = now
+        hold_s = self.recipe.final_hold_min * 60.0
+        if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
+            hold_s = self.proposal.final_hold_s
+        done = self._final_at_s is not None and now - self._final_at_s >= hold_s
+        advice = Advice(setpoints, now, data_ok=data_ok, inputs=inputs, complete_batch=done, **kwargs)
+        if corrected is not None and not done and state.data_ok:
+            # posed in the hold too: there the plan decides when the batch ends
+            advice = dataclasses.replace(advice, problem=self._cascade_problem(state, corrected, temperature, start_c))
+        if self.proposal is not None:
+            inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
+                           if isinstance(v, (int, float))})
+        return advice
+
+    def _cascade_problem(self, state: PlantState, corrected, setpoint_c: float, start_c: float) -> Problem:
+        population = state.population
+        final = self.recipe.final_temperature_c
+        limit_s = self.batch_time_limit_s
+        horizon_s = (limit_s - state.batch_time_s if math.isfinite(limit_s)
+                     else 2.0 * self.recipe.duration_min * 60.0)
+        cascade = Cascade(
+            metastable_sigma_limit=self.settings.metastable_sigma_limit,
+            specification=self.specification,
+            target_size_um=self.settings.target_size_um,
+            elapsed_s=state.batch_time_s,
+            horizon_s=max(horizon_s, self.settings.rollout_step_s),
+            recipe_hold_s=self.recipe.final_hold_min * 60.0,
+            switch_c=start_c - self.settings.cascade_switch_rel * (start_c - final),
+            max_cooling_k_per_min=min(self.inner.ssc_max_cooling_k_per_min, self.max_cooling),
+            held_s=state.plant_time_s - self._final_at_s if self._final_at_s is not None else 0.0,
+        )
+        state_now = PopulationState(state.temperature_c, state.concentration_g_per_kg, population.seeds,
+                                    population.nuclei, setpoint_c=setpoint_c)
+        return Problem(state.plant_time_s, state_now, self._plan(state.batch_time_s / 60.0), self.material,
+                       corrected.growth, corrected.nucleation, self.settings, self.max_cooling, 0.0,
+                       self.setpoint_low_c, 0.0, cascade=cascade)
 
     def _apply_saved(self) -> None:
         saved, self._saved = self._saved, None

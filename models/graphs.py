@@ -23,6 +23,7 @@ data, whose labels come from the simulator's physics chain, are :mod:`models.dat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ __all__ = [
     "structure_family",
     "structure_habit",
     "supercell_repeats",
+    "with_observed_rates",
 ]
 
 #: Structure families (one-hot order of the flat descriptors).
@@ -618,6 +620,18 @@ def facet_query(facet_x: np.ndarray, normals: np.ndarray, adjacency: np.ndarray,
         y=torch.zeros(len(GRAPH_TARGETS)),
         facet_y=torch.zeros(facet_x.shape[0]),
     )
+
+
+def with_observed_rates(query: Query, observed_um_per_min: np.ndarray) -> Query:
+    """``query`` with its faces' observed-rate feature replaced (um/min, (F,); floored as in
+    :func:`facet_features`)."""
+    col = FACET_FEATURES.index("log10_observed_rate_um_per_min")
+    rates = np.asarray(observed_um_per_min, dtype=float).reshape(-1)
+    if rates.shape != (query.facet_x.shape[0],):
+        raise ValueError(f"need one rate per face ({query.facet_x.shape[0]}), got shape {rates.shape}")
+    fx = query.facet_x.clone()
+    fx[:, col] = torch.tensor(np.log10(np.maximum(rates, 1e-4)), dtype=fx.dtype)
+    return dataclasses.replace(query, facet_x=fx)
 
 
 def structure_habit(material: "str | CrystalStructure") -> Habit:

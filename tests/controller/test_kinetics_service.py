@@ -183,7 +183,7 @@ def test_the_observed_habit_carries_the_network_s_reference_rates_not_an_in_line
     import torch
 
     from controller.facet_graph import facet_graph_from_imaging
-    from models.graphs import FACET_FEATURES, REFERENCE_CONDITION
+    from models.graphs import FACET_FEATURES, REFERENCE_CONDITION, with_observed_rates
 
     service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
     imaging = [(100, 0.9), (111, 0.1)]
@@ -191,9 +191,12 @@ def test_the_observed_habit_carries_the_network_s_reference_rates_not_an_in_line
     graph = facet_graph_from_imaging(imaging, service.family_properties, service.embedding_directions,
                                      service.reference_face_rates)
     rate, largest = (FACET_FEATURES.index(n) for n in ("log10_observed_rate_um_per_min", "sorted_abs_normal_0"))
+    face = service.reference_face_rates(unknown)
+    # self-consistent: the network, told the faces grow at these rates, answers them again
     with torch.no_grad():
-        face = service.predictor.query(service.embedding, unknown, [REFERENCE_CONDITION]).facet_mean.double().numpy()
-    np.testing.assert_allclose(service.reference_face_rates(unknown), face)
+        again = service.predictor.query(service.embedding, with_observed_rates(unknown, face),
+                                        [REFERENCE_CONDITION]).facet_mean.double().numpy()
+    np.testing.assert_allclose(again, face, rtol=5e-3)
     # each family's faces carry the family's mean of the network's face rates on the first pass
     first_cube, cube = (g.facet_x[:, largest].numpy() > 0.99 for g in (unknown, graph))  # {100} faces
     rates = graph.facet_x[:, rate].numpy()
@@ -272,3 +275,21 @@ def test_a_material_from_a_structure_file_is_served_on_its_own_structure(tiny_ch
     for same, other, r in zip(embeddings["kcl"], embeddings["other"], ref):
         scale = float(r.abs().max())
         assert float((same - r).abs().max()) < 1e-4 * scale < float((other - r).abs().max())
+
+
+def test_self_consistent_rates_leave_the_floor_for_the_fixed_point():
+    """The served growth was four decades low when one pass started at the rate feature's
+    floor: a map with a fixed point at 4 um/min converges there from either side."""
+    from controller.kinetics_service import self_consistent_rates
+
+    def contracting(r):
+        return 2.0 * np.sqrt(r)  # fixed point r = 4
+
+    for start in (1e-4, 100.0):
+        np.testing.assert_allclose(self_consistent_rates(contracting, np.full(3, start)), 4.0, rtol=1e-2)
+    # an answer that is not usable comes back as it is, for the caller to treat as unknown
+    bad = self_consistent_rates(lambda r: np.full_like(r, math.nan), np.ones(2))
+    assert np.all(np.isnan(bad))
+    # a map that does not settle stops at the cap, finite
+    capped = self_consistent_rates(lambda r: 1.0 / r, np.full(2, 3.0), damping=1.0, max_passes=5)
+    assert np.all(np.isfinite(capped))

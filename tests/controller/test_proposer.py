@@ -138,3 +138,46 @@ def test_a_hung_worker_is_killed_and_replaced():
 
     old, new, answer = asyncio.run(go())
     assert old != new and answer.moves_k
+
+
+def cascade_problem(nucleation=NUCLEATION, held_s: float = 0.0, **settings) -> Problem:
+    from conf.contract.process import ProductSpecification
+    from controller.proposer import Cascade
+
+    base = problem(**settings)
+    cascade = Cascade(metastable_sigma_limit=0.015, specification=ProductSpecification(), target_size_um=0.0,
+                      elapsed_s=1800.0, horizon_s=24 * 3600.0, recipe_hold_s=1800.0, switch_c=35.0,
+                      max_cooling_k_per_min=0.5, held_s=held_s)
+    return dataclasses.replace(base, nucleation=np.asarray(nucleation, dtype=float), cascade=cascade)
+
+
+def test_a_cascade_plan_chooses_setpoints_and_a_hold_from_its_grid_by_the_benchmark_s_objective():
+    from controller.proposer import propose_cascade
+
+    p = cascade_problem()
+    plan = propose(p)
+    again = propose_cascade(p)  # deterministic, and propose dispatches on the problem
+    assert dataclasses.replace(again, duration_s=plan.duration_s) == plan
+    s = p.settings
+    allowed = {round(f * 0.015, 12) for f in s.cascade_sigma_rel_limit}
+    assert {round(v, 12) for v in plan.sigma_setpoints} <= allowed and len(plan.sigma_setpoints) == 2
+    assert any(plan.final_hold_s == pytest.approx(f * 1800.0) for f in s.cascade_hold_fractions)
+    assert plan.sigma_setpoint_at(40.0) == plan.sigma_setpoints[0] and plan.sigma_setpoint_at(30.0) == plan.sigma_setpoints[1]
+    assert plan.moves_k == () and math.isfinite(plan.expected["cost"])
+    # little nucleation: nothing to fear from driving force, so the plan drives hardest
+    assert plan.sigma_setpoints == (max(allowed), max(allowed))
+
+
+def test_a_cascade_plan_backs_off_where_the_model_says_the_driving_force_makes_fines():
+    calm = propose(cascade_problem())
+    # nucleation that climbs steeply with the driving force (primary-like, sigma^8): the top
+    # setpoint would breed fines past the release window, a lower one does not
+    steep = np.array([[19.0, 8.0, 0.0], [18.7, 8.0, 0.0]])
+    violent = propose(cascade_problem(nucleation=steep))
+    assert max(violent.sigma_setpoints) < min(calm.sigma_setpoints)
+    assert violent.expected["fines"] < 0.01  # inside the window
+
+
+def test_a_proposal_without_setpoints_is_a_moves_plan():
+    plan = Proposal(0.0, 40.0, (-1.0,), 600.0)
+    assert plan.sigma_setpoint_at(40.0) is None

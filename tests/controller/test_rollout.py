@@ -14,6 +14,7 @@ from controller.rollout import (
     MaterialConstants,
     PopulationState,
     rollout,
+    rollout_supersaturation,
     seed_moments,
     setpoint_path,
     step_moments,
@@ -248,3 +249,41 @@ def test_a_process_with_its_material_as_data_gives_its_own_constants():
     assert float(m.solubility_g_per_kg(20.0)) == pytest.approx(128.6 + 5.88 * 20 + 0.1721 * 400, rel=1e-6)
     kcl = MaterialConstants.for_process(load_config([], simulator=False).process)  # a built-in by name
     assert kcl == MaterialConstants.for_material("KCl")
+
+
+def _ssc_rollout(fractions, holds_s, limit=0.015, held_s=0.0, state=None, rate=0.5):
+    sp = torch.tensor([[f * limit, f * limit] for f in fractions], dtype=torch.float64)
+    hold = torch.tensor(holds_s, dtype=torch.float64)
+    return rollout_supersaturation(sp, hold, state or seeded_state(), GROWTH, NUCLEATION, KCL, plan(step_s=120.0),
+                                   rate, 35.0, 30 * 3600.0, held_s=held_s)
+
+
+def test_under_supersaturation_control_a_higher_setpoint_ends_sooner_at_about_its_own_peak():
+    limit = 0.015
+    out = _ssc_rollout([0.5, 0.8], [1800.0, 1800.0], limit)
+    ends_h = out.time_left_s.numpy() / 3600.0
+    assert np.all(ends_h[1] < ends_h[0])  # every member: more driving force, less batch time
+    assert np.all(ends_h < 30.0)  # both reach the final temperature and hold
+    # the loop holds the setpoint: the peak is the setpoint, not the rate limit's excursion
+    np.testing.assert_allclose(out.peak_sigma.numpy()[0], 0.5 * limit, rtol=0.05)
+    np.testing.assert_allclose(out.peak_sigma.numpy()[1], 0.8 * limit, rtol=0.05)
+    assert torch.all(out.yield_fraction > 0.9) and torch.all(out.yield_fraction <= 1.0 + 1e-9)
+
+
+def test_the_final_hold_costs_its_time_and_buys_yield_and_a_batch_in_its_hold_may_end_now():
+    out = _ssc_rollout([0.8, 0.8], [0.0, 1800.0])
+    extra_s = (out.time_left_s[1] - out.time_left_s[0]).numpy()
+    np.testing.assert_allclose(extra_s, 1800.0, atol=120.0)
+    assert torch.all(out.yield_fraction[1] > out.yield_fraction[0])
+    # a batch that has held 20 min already: a 10 min hold ends at once, a 30 min one in 10
+    final = PopulationState(20.0, float(KCL.solubility_g_per_kg(20.0)) * 1.01, seeded_state().seeds, (0.0,) * 6)
+    held = _ssc_rollout([0.8, 0.8], [600.0, 1800.0], held_s=1200.0, state=final)
+    np.testing.assert_allclose(held.time_left_s.numpy()[0], 120.0)  # the first step
+    np.testing.assert_allclose(held.time_left_s.numpy()[1], 600.0, atol=120.0)
+
+
+def test_a_rate_limited_loop_falls_behind_its_setpoint_and_never_heats():
+    # at 0.01 K/min the loop cannot cool fast enough to hold 0.8 x limit: sigma stays below it
+    out = _ssc_rollout([0.8], [0.0], rate=0.01)
+    assert torch.all(out.peak_sigma < 0.8 * 0.015)
+    assert torch.all(out.time_left_s >= 30 * 3600.0 - 1e-6)  # never reaches 20 C in the horizon

@@ -389,3 +389,82 @@ def test_switching_to_a_slower_plan_blends_without_heating():
     assert path[plain][0] == pytest.approx(fast(10.0)) == path[cooling][0]  # bumpless at the switch
     assert max(b - a for a, b in zip(path[plain], path[plain][1:])) > 0  # blending alone heats here
     assert max(b - a for a, b in zip(path[cooling], path[cooling][1:])) <= 0.0  # a cooling design does not
+
+
+# ---------------------------------------------------------------------------- the cascade
+KCL_CONSTANTS = MaterialConstants.for_material("KCl")
+
+
+def _cascade_agent(tiny_checkpoint) -> Loop:
+    from controller.kinetics_service import KineticsService
+    from controller.settings import BaselineSettings
+
+    service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
+    return Loop(ModelPredictive(RECIPE, service, KCL_CONSTANTS, ProposerSettings(antisolvent=False),
+                                max_heating_k_per_min=0.0, inner=BaselineSettings()))
+
+
+def _at_sigma(temperature_c: float, sigma: float, **values) -> dict:
+    """Signals of a reactor at ``temperature_c`` whose solution sits at ``sigma``."""
+    c = float(KCL_CONSTANTS.solubility_g_per_kg(temperature_c)) * math.exp(sigma)
+    return {"reactor_temperature_c": temperature_c, "reactor_temperature_setpoint_active_c": temperature_c,
+            "concentration_g_per_kg": c, **values}
+
+
+def test_the_cascade_runs_the_recipe_then_the_supersaturation_loop_at_its_own_setpoint_without_a_plan(tiny_checkpoint):
+    from controller.baselines import program_start
+    from controller.settings import BaselineSettings
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        assert a.strategy.cascade
+        start_min, start_c = program_start(RECIPE)
+        before = a.advise(view(start_min - 2.0, **_at_sigma(49.0, 0.002)))
+        assert before.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(start_min - 2.0))
+        limit = a.strategy.settings.metastable_sigma_limit
+        # in the programme, the solution below the loop's setpoint: it cools, within its rate
+        first = a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
+        second = a.advise(view(start_min + 1.0, **_at_sigma(49.0, 0.002)))
+        assert second.inputs["sigma_setpoint"] == pytest.approx(BaselineSettings().ssc_sigma_setpoint_rel_limit * limit)
+        drop = first.setpoints[TEMPERATURE_SP] - second.setpoints[TEMPERATURE_SP]
+        assert 0.0 < drop <= BaselineSettings().ssc_max_cooling_k_per_min + 1e-9
+        # above the setpoint it stops cooling; with no concentration it holds
+        over = a.advise(view(start_min + 2.0, **_at_sigma(49.0, 1.5 * limit)))
+        assert over.setpoints[TEMPERATURE_SP] <= second.setpoints[TEMPERATURE_SP]
+        assert over.inputs["ssc_cooling_rate_k_per_min"] < 0.5 * BaselineSettings().ssc_max_cooling_k_per_min
+        blind = a.advise(view(start_min + 3.0, **_at_sigma(49.0, 0.002, concentration_g_per_kg=math.nan)))
+        assert blind.setpoints[TEMPERATURE_SP] == pytest.approx(over.setpoints[TEMPERATURE_SP])
+        assert not blind.data_ok and blind.problem is None
+    finally:
+        a.close()
+
+
+def test_the_cascade_follows_its_plan_s_setpoints_poses_cascade_problems_and_ends_after_the_plan_s_hold(tiny_checkpoint):
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+        a.advise(view(start_min - 0.5, **_at_sigma(49.0, 0.002)))
+        a.wait_for_model()
+        posed = a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
+        assert posed.problem is not None and posed.problem.cascade is not None
+        assert posed.problem.cascade.switch_c == pytest.approx(0.5 * (49.0 + 20.0))
+        plan = Proposal(posed.problem.plant_time_s, 49.0, (), 600.0, {"cost": 1.0},
+                        sigma_setpoints=(0.5 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=600.0)
+        a.accept(plan)
+        hot = a.advise(view(start_min + 1.0, **_at_sigma(45.0, 0.002)))
+        cold = a.advise(view(start_min + 2.0, **_at_sigma(30.0, 0.002)))
+        assert hot.inputs["sigma_setpoint"] == pytest.approx(0.5 * limit)
+        assert cold.inputs["sigma_setpoint"] == pytest.approx(0.8 * limit)
+        # at the final temperature: the plan's hold, then the batch is complete
+        a.strategy._advised[TEMPERATURE_SP] = 20.0
+        t = start_min + 10.0
+        arrived = a.advise(view(t, **_at_sigma(20.0, 0.002)))
+        assert arrived.setpoints[TEMPERATURE_SP] == pytest.approx(20.0) and not arrived.complete_batch
+        assert not a.advise(view(t + 9.0, **_at_sigma(20.0, 0.002))).complete_batch
+        assert a.advise(view(t + 10.5, **_at_sigma(20.0, 0.002))).complete_batch
+    finally:
+        a.close()

@@ -471,7 +471,9 @@ def test_a_short_batch_at_real_time_follows_its_plan_without_steps(tmp_path, tin
                             f"agent.control_interval_s={interval_s}", "proposer.move_interval_min=0.5",
                             "proposer.rollout_step_s=5", "proposer.model_refresh_s=10",
                             # a batch compressed to minutes: the plan is revised every 10 s
-                            "proposer.resolve_interval_s=10", "proposer.weight_batch_time_per_h=0"),
+                            "proposer.resolve_interval_s=10", "proposer.weight_batch_time_per_h=0",
+                            # the temperature-moves plan (the cascade has no moves to follow)
+                            "proposer.cascade=false"),
             timeout_s=240.0)
     assert report.stopped_by == "batch completed", report.summary()
     log = read_decisions(tmp_path / "decisions.sqlite")
