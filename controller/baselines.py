@@ -49,7 +49,14 @@ from controller.estimator import PlantState
 from controller.model_client import ModelAnswer
 from controller.proposer import Proposal
 from controller.settings import BaselineSettings
-from controller.strategy import ANTISOLVENT_SP, FINAL_TEMPERATURE_TOLERANCE_K, TEMPERATURE_SP, Advice, BatchRecipe
+from controller.strategy import (
+    ANTISOLVENT_SP,
+    FINAL_TEMPERATURE_TOLERANCE_K,
+    TEMPERATURE_SP,
+    Advice,
+    BatchRecipe,
+    supersaturation_pi,
+)
 
 __all__ = ["CubicCooling", "DirectNucleationControl", "NaturalCooling", "ProgrammedPath", "SupersaturationControl",
            "program_start"]
@@ -77,6 +84,7 @@ class _Programme:
         self.recipe, self.settings = recipe, settings
         self.start_min, self.start_c = program_start(recipe)
         self.final_c = recipe.final_temperature_c
+        self.final_hold_min = recipe.final_hold_min
         # Antisolvent, where the recipe feeds it, stays the recipe's: these are cooling designs.
         self.setpoints = (TEMPERATURE_SP, ANTISOLVENT_SP) if recipe.uses_antisolvent else (TEMPERATURE_SP,)
         self._reset()
@@ -122,7 +130,7 @@ class _Programme:
         self._last_c, self._last_s = temperature, now
         if temperature <= self.final_c + FINAL_TEMPERATURE_TOLERANCE_K and self._final_at_s is None:
             self._final_at_s = now
-        done = self._final_at_s is not None and now - self._final_at_s >= self.recipe.final_hold_min * 60.0
+        done = self._final_at_s is not None and now - self._final_at_s >= self.final_hold_min * 60.0
         setpoints = {TEMPERATURE_SP: temperature}
         if self.recipe.uses_antisolvent:
             setpoints[ANTISOLVENT_SP] = reference[ANTISOLVENT_SP]
@@ -165,9 +173,9 @@ class CubicCooling(_Programme):
 
 
 class SupersaturationControl(_Programme):
-    """SSC (module docstring): velocity-form PI, cooling rate = Kp (e + I / Ti), e = sigma_sp -
-    sigma, clamped to [0, ``ssc_max_cooling_k_per_min``] (cooling only), the integral frozen
-    while the output is clamped and would wind further (anti-windup).
+    """SSC (module docstring): the PI law of :func:`controller.strategy.supersaturation_pi`
+    (velocity form, cooling only, anti-windup) at a fixed setpoint; the agent's cascade runs the
+    same loop at the setpoints it chooses.
 
     Args:
         metastable_sigma_limit: the material's metastable limit (ln S); the setpoint is a
@@ -191,14 +199,10 @@ class SupersaturationControl(_Programme):
         inputs["sigma_setpoint"] = self.sigma_setpoint
         if not (state.data_ok and math.isfinite(state.sigma)):
             return previous_c, False  # no concentration, no feedback: hold
-        error = self.sigma_setpoint - state.sigma
         dt_min = dt_s / 60.0
-        rate = s.ssc_gain_k_per_min * (error + (self._integral_min + error * dt_min) / s.ssc_integral_time_min)
-        clamped = min(max(rate, 0.0), s.ssc_max_cooling_k_per_min)
-        if clamped == rate or (rate > clamped) != (error > 0):
-            self._integral_min += error * dt_min  # integrate unless it winds the clamp further
-        inputs["ssc_cooling_rate_k_per_min"] = clamped
-        return previous_c - clamped * dt_min, True
+        rate, self._integral_min = supersaturation_pi(self.sigma_setpoint - state.sigma, self._integral_min, dt_min, s)
+        inputs["ssc_cooling_rate_k_per_min"] = rate
+        return previous_c - rate * dt_min, True
 
 
 class DirectNucleationControl(_Programme):
@@ -243,17 +247,20 @@ class DirectNucleationControl(_Programme):
 
 class ProgrammedPath(_Programme):
     """A given cooling profile after the recipe's part: knot temperatures at equal times over a
-    cooling time (the oracle's trajectory, :mod:`controller.oracle`, replayed through the guard
-    like every controller's)."""
+    cooling time, and a final hold (the oracle's trajectory, :mod:`controller.oracle`, replayed
+    through the guard like every controller's)."""
 
     name = "programmed_path"
 
-    def __init__(self, recipe: BatchRecipe, settings: BaselineSettings, temperatures_c, cooling_min: float) -> None:
+    def __init__(self, recipe: BatchRecipe, settings: BaselineSettings, temperatures_c, cooling_min: float,
+                 final_hold_min: float | None = None) -> None:
         if len(temperatures_c) < 2 or not cooling_min > 0:
             raise ValueError("a programmed path needs at least 2 knot temperatures and a cooling time > 0")
         self.temperatures_c, self.cooling_min = tuple(float(t) for t in temperatures_c), float(cooling_min)
         self._knots_min = np.linspace(0.0, self.cooling_min, len(self.temperatures_c))
         super().__init__(recipe, settings)
+        if final_hold_min is not None:
+            self.final_hold_min = float(final_hold_min)
 
     def _programme(self, state, elapsed_s, previous_c, dt_s, inputs):
         return float(np.interp(elapsed_s / 60.0, self._knots_min, self.temperatures_c)), True

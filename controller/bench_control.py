@@ -202,7 +202,7 @@ def _run_task(task: dict) -> dict:
 
         oracle, _ = oracle_cached(cfg, task["oracle_cache"], task["oracle_settings"])
         strategy_object = ProgrammedPath(BatchRecipe.from_process(cfg.process), cfg.baselines, oracle.temperatures_c,
-                                         oracle.cooling_min)
+                                         oracle.cooling_min, oracle.final_hold_min)
     result = simulated_batch(cfg, strategy, decision_log=task.get("decision_log"), strategy_object=strategy_object)
     record = result["record"]
     target, limit = float(cfg.process.target_mean_size_um or 0.0), metastable_limit(cfg)

@@ -1,14 +1,16 @@
-"""``xtalpilot demo``: the agent beside a linear-cooling recipe, one seeded batch each, on the simulated plant.
+"""``xtalpilot demo``: the agent beside the linear-cooling recipe and supersaturation control, one batch
+each, on the simulated plant.
 
 1. A model: ``agent.checkpoint`` if it exists (``make model``); otherwise a quick demo
    checkpoint is trained now on synthetic data (fewer epochs, said in the log) and kept for
    the next run.
-2. For each strategy (the model-predictive agent, then the recipe's linear cooling): the
+2. For each strategy (``demo.strategies``: the agent, the recipe's linear cooling, SSC): the
    simulated plant is started as ``xtalpilot plant`` on free loopback ports with the same
    process, scenario and seed (the agent reads the same ``process``), the batch starts, and
    the agent runs in automatic mode over OPC UA until the batch completes. Metrics are served meanwhile; decisions go to a decision log.
 3. The plant's batch record (product size, CV, fines, yield, peak supersaturation, final CSD)
-   and the decision logs give the JSON summary and a report with plots in ``demo.output_dir``.
+   and the decision logs give the JSON summary, each batch scored as ``bench control`` scores
+   it, and a report with plots in ``demo.output_dir``.
 
 Everything the summary reports comes from the plant's own batch record (the simulated truth),
 not from the agent's estimates.
@@ -31,7 +33,7 @@ import numpy as np
 from controller.guard import Mode
 from controller.settings import StrategyName
 
-__all__ = ["batch_cost", "demo_summary", "run_demo"]
+__all__ = ["demo_summary", "run_demo"]
 
 _log = logging.getLogger("xtalpilot.demo")
 
@@ -41,31 +43,25 @@ QUICK_TRAIN_EPOCHS = 10
 QUICK_CHECKPOINT = "runs/model/demo_msgnn"
 
 
-def batch_cost(report: dict, proposer) -> float:
-    """The proposer's objective on the plant's batch record (lower is better).
+def demo_summary(report: dict, cfg) -> dict:
+    """The demo's figures of one batch from the plant's batch record, with the control
+    benchmark's cost (hours: batch time per yield plus the release window's and the limit's
+    penalties, controller/scoring.py), so the demo and ``bench control`` judge alike."""
+    from controller.bench_control import score_record
+    from controller.strategy import metastable_limit, product_target_um
 
-    cost = w_size ((d43 - target)/target)^2 + w_cv CV + w_fines fines + w_yield (1 - yield),
-    the same terms the agent optimises (controller/proposer.py), without its proximal term.
-    """
-    target = proposer.target_size_um
-    size_err = ((report["d43_um"] - target) / target) ** 2
-    lost_yield = max(1.0 - report["yield"], 0.0)
-    return float(proposer.weight_size * size_err + proposer.weight_cv * report["cv"]
-                 + proposer.weight_fines * report["fines_mass_fraction"] + proposer.weight_yield * lost_yield)
-
-
-def demo_summary(report: dict, proposer) -> dict:
-    """The demo's figures of one batch from the plant's batch record."""
+    score = score_record(cfg, report)
     return {
         "mean_size_um": report["d43_um"],
-        "target_size_um": proposer.target_size_um,
+        "target_size_um": product_target_um(cfg),
         "cv": report["cv"],
         "fines_fraction": report["fines_mass_fraction"],
         "yield": report["yield"],
         "batch_time_h": report["batch_time_h"],
-        "peak_supersaturation": report["peak_sigma"],
-        "supersaturation_limit": proposer.metastable_sigma_limit,
-        "cost": batch_cost(report, proposer),
+        "peak_supersaturation": report.get("peak_sigma_controlled", report["peak_sigma"]),
+        "supersaturation_limit": metastable_limit(cfg),
+        "cost": score.cost,
+        "on_spec": score.on_spec,
     }
 
 
@@ -182,15 +178,15 @@ def run_demo(cfg, overrides: Sequence[str] = ()) -> dict:
     wall0 = time.monotonic()
     checkpoint = ensure_checkpoint(cfg, overrides)
     runs = {}
-    for name in (StrategyName.model_predictive, StrategyName.linear_cooling):
+    names = [StrategyName(n) for n in cfg.demo.strategies]
+    if StrategyName.model_predictive not in names:
+        names.insert(0, StrategyName.model_predictive)  # the demo is the agent's
+    for name in names:
         runs[name.value] = run_batch(cfg, overrides, name, out / name.value, checkpoint)
-    from controller.strategy import product_target_um
-
-    p = dataclasses.replace(cfg.proposer, target_size_um=product_target_um(cfg))  # the agent's target
     agent_run = runs["model_predictive"]["agent"]
     summary = {
-        "agent": demo_summary(runs["model_predictive"]["record"], p),
-        "linear_cooling": demo_summary(runs["linear_cooling"]["record"], p),
+        "agent": demo_summary(runs["model_predictive"]["record"], cfg),
+        **{n: demo_summary(r["record"], cfg) for n, r in runs.items() if n != "model_predictive"},
         "guard_verdicts": dict(agent_run.verdicts),
         "agent_loop": {
             "cycles": agent_run.cycles,

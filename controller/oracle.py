@@ -4,16 +4,20 @@ The attainable limit every controller is measured against (``xtalpilot bench con
 one scenario and seed, the temperature-setpoint trajectory that minimises the benchmark's
 objective (:func:`controller.scoring.score_batch`) on the simulator's own equations and real
 kinetics, with the scenario's disturbances and noise draws known, under the constraints every
-controller has (cooling only, the guard's cooling-rate limit, the recipe's final temperature
-and final hold; the metastable limit through the objective's penalty). Direct single shooting:
+controller has (cooling only, the guard's cooling-rate limit, the recipe's final temperature,
+a final hold no longer than the recipe's; the metastable limit a hard constraint). Direct
+single shooting:
 
 - the recipe runs until its last ramp starts (charge, seeding, its hold: every controller's);
 - from there a piecewise-linear, non-increasing profile over ``knots`` equal segments of a
   free cooling time D reaches the final temperature; the share of the temperature drop per
   segment is w_k / sum(w), w_k = exp(z_k), so every profile is monotone;
-- decision variables (log D, z_1..z_K), searched by Nelder-Mead from the linear recipe's
-  profile, from the same at half its rate and from a slow-first (cubic) one, each batch simulated by the plant in steps of
-  ``step_s``, setpoints written at every control interval as the agent's writes reach it.
+- the final hold is a share h of the recipe's, clipped to [0, 1] (the agent decides its hold
+  too: an oracle held to the recipe's would not bound it);
+- decision variables (log D, z_1..z_K, h), searched by Nelder-Mead from the linear recipe's
+  profile, from the same at half its rate and from a slow-first (cubic) one, each with the
+  recipe's hold, each batch simulated by the plant in steps of ``step_s``, setpoints written
+  at every control interval as the agent's writes reach it.
 
 How close to optimal it is: :func:`refinement_gap` re-solves with twice the knots from the
 coarse solution; the relative change of cost says what the parametrisation leaves.
@@ -36,7 +40,7 @@ import numpy as np
 
 __all__ = ["OracleResult", "OracleSettings", "cache_key", "oracle_cached", "profile_path", "solve_oracle"]
 
-ORACLE_VERSION = 1  # part of the cache key: a change of the method invalidates old entries
+ORACLE_VERSION = 2  # part of the cache key: a change of the method invalidates old entries
 HARD_PENALTY = 1000.0  # hours per unit of relative excess over the metastable limit, in the search
 
 
@@ -76,6 +80,8 @@ class OracleResult:
         record: that batch's record.
         evaluations: batches simulated.
         wall_s: seconds the search took.
+        final_hold_min: the final hold after the final temperature is reached (None: the
+            recipe's).
     """
 
     cooling_min: float
@@ -85,6 +91,7 @@ class OracleResult:
     record: dict
     evaluations: int
     wall_s: float
+    final_hold_min: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,9 +110,11 @@ def _path_at(temperatures_c, cooling_min: float, elapsed_min: float) -> float:
     return float(np.interp(elapsed_min, knots, temperatures_c))
 
 
-def simulate_profile(cfg, temperatures_c, cooling_min: float, step_s: float) -> dict:
+def simulate_profile(cfg, temperatures_c, cooling_min: float, step_s: float, final_hold_min: float | None = None
+                     ) -> dict:
     """The batch record of the plant driven by the profile after the recipe's part (the
-    plant's own DCS handshake written directly: agent mode automatic, a live heartbeat)."""
+    plant's own DCS handshake written directly: agent mode automatic, a live heartbeat), the
+    batch completed ``final_hold_min`` (default the recipe's) after the final temperature."""
     from conf.contract import signals
     from conf.contract.codes import AgentMode, BatchCommand
     from controller.baselines import program_start
@@ -114,6 +123,7 @@ def simulate_profile(cfg, temperatures_c, cooling_min: float, step_s: float) -> 
 
     recipe = BatchRecipe.from_process(cfg.process)
     start_min, _ = program_start(recipe)
+    hold_min = recipe.final_hold_min if final_hold_min is None else final_hold_min
     plant = Plant.from_config(cfg.plant, cfg.scenario, cfg.plant_settings(step_s=step_s, autostart=False))
     interval = cfg.agent.control_interval_s
     plant.write(signals.AGENT_MODE, float(AgentMode.AUTOMATIC))
@@ -135,7 +145,7 @@ def simulate_profile(cfg, temperatures_c, cooling_min: float, step_s: float) -> 
         heartbeat += 1.0
         plant.write(signals.AGENT_HEARTBEAT, heartbeat)
         plant.write(signals.TEMPERATURE_SETPOINT, setpoint)
-        if final_at is not None and batch_min - final_at >= recipe.final_hold_min:
+        if final_at is not None and batch_min - final_at >= hold_min:
             plant.write(signals.BATCH_COMMAND, float(BatchCommand.COMPLETE))
         plant.advance(interval)
     return plant.last_batch_report or plant.batch_report()
@@ -164,12 +174,13 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
     def evaluate(x):
         nonlocal evaluations
         cooling_min = float(np.exp(np.clip(x[0], -5.0, 8.0)))
-        weights = np.exp(np.clip(x[1:], -8.0, 8.0))
+        weights = np.exp(np.clip(x[1:-1], -8.0, 8.0))
+        hold_min = recipe.final_hold_min * float(np.clip(x[-1], 0.0, 1.0))
         temps = profile_path(start_c, final_c, cooling_min, weights)
         # the guard's rate limit: a segment faster than it is not a trajectory any controller has
         rate = drop * weights / weights.sum() / (cooling_min / k)
         excess = float(np.maximum(rate / settings.max_cooling_k_per_min - 1.0, 0.0).sum())
-        record = simulate_profile(cfg, temps, cooling_min, settings.step_s)
+        record = simulate_profile(cfg, temps, cooling_min, settings.step_s, hold_min)
         evaluations += 1
         # The metastable limit is a hard constraint here (the objective only charges for it):
         # the optimum every controller is held to keeps inside it.
@@ -179,7 +190,8 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
         objective = score_record(cfg, record).cost
         cost = objective + 10.0 * excess + HARD_PENALTY * over
         if cost < best["cost"]:
-            best.update(cost=cost, objective=objective, temps=temps, cooling_min=cooling_min, record=record)
+            best.update(cost=cost, objective=objective, temps=temps, cooling_min=cooling_min, record=record,
+                        hold_min=hold_min)
         return cost
 
     starts = []
@@ -187,20 +199,24 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
         knots_old = np.linspace(0.0, 1.0, len(start.temperatures_c))
         fine = np.interp(np.linspace(0.0, 1.0, k + 1), knots_old, start.temperatures_c)
         steps = np.maximum(-np.diff(fine), 1e-6 * drop)
-        starts.append(np.concatenate([[math.log(start.cooling_min)], np.log(steps / steps.sum() * k)]))
+        share = (start.final_hold_min / recipe.final_hold_min if start.final_hold_min is not None
+                 and recipe.final_hold_min > 0 else 1.0)
+        starts.append(np.concatenate([[math.log(start.cooling_min)], np.log(steps / steps.sum() * k), [share]]))
     else:
-        starts.append(np.concatenate([[math.log(recipe_cooling_min)], np.zeros(k)]))  # the linear recipe
+        starts.append(np.concatenate([[math.log(recipe_cooling_min)], np.zeros(k), [1.0]]))  # the linear recipe
         # half its rate: feasible where the recipe itself crosses the limit (a recipe too fast)
-        starts.append(np.concatenate([[math.log(2.0 * recipe_cooling_min)], np.zeros(k)]))
+        starts.append(np.concatenate([[math.log(2.0 * recipe_cooling_min)], np.zeros(k), [1.0]]))
         cubic = np.diff((np.linspace(0.0, 1.0, k + 1)) ** 3)  # slow first, as Mullin-Nyvlt
-        starts.append(np.concatenate([[math.log(recipe_cooling_min)], np.log(np.maximum(cubic, 1e-3) * k)]))
+        starts.append(np.concatenate([[math.log(recipe_cooling_min)], np.log(np.maximum(cubic, 1e-3) * k), [1.0]]))
     for x0 in starts:
-        simplex = np.vstack([x0] + [x0 + 0.4 * np.eye(k + 1)[i] for i in range(k + 1)])
+        # the hold's step goes down from the recipe's (the share is clipped at 1)
+        steps = np.concatenate([np.full(k + 1, 0.4), [-0.4]])
+        simplex = np.vstack([x0] + [x0 + steps[i] * np.eye(k + 2)[i] for i in range(k + 2)])
         minimize(evaluate, x0, method="Nelder-Mead",
                  options={"maxfev": settings.max_evaluations, "initial_simplex": simplex, "xatol": 1e-3,
                           "fatol": 1e-4})
     return OracleResult(best["cooling_min"], tuple(best["temps"]), float(best["objective"]), float(best["cost"]),
-                        best["record"], evaluations, time.monotonic() - wall0)
+                        best["record"], evaluations, time.monotonic() - wall0, float(best["hold_min"]))
 
 
 def cache_key(cfg, settings: OracleSettings) -> str:

@@ -325,14 +325,20 @@ class DemoSettings:
         shed_timeout_s: the demo plant's heartbeat watchdog, plant seconds. The watchdog counts
             plant time, so on an accelerated clock the plant default (120 s) is 0.4 wall s at
             300x, shorter than a scheduling hiccup on a loaded 2-core machine.
+        strategies: what runs, one batch each on the same plant and seed (the agent always):
+            the agent beside the recipe plants run and the supersaturation control they would
+            install instead.
     """
 
     output_dir: str = "runs/demo"
     speed: float = 300.0
     shed_timeout_s: float = 600.0
+    strategies: tuple[str, ...] = ("model_predictive", "linear_cooling", "supersaturation_control")
 
     def __post_init__(self) -> None:
         validate.positive(self, "speed", "shed_timeout_s")
+        for name in self.strategies:
+            StrategyName(name)  # a clear error naming the allowed strategies
 
 
 @dataclass(frozen=True)

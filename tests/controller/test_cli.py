@@ -87,9 +87,9 @@ def test_agent_with_a_bad_mode_names_the_allowed_values():
 
 
 @pytest.mark.integration
-def test_demo_runs_both_batches_and_prints_the_summary(tmp_path, tiny_checkpoint):
+def test_demo_runs_every_strategy_s_batch_and_prints_the_summary(tmp_path, tiny_checkpoint):
     """The demo end to end on a fast clock with the tiny checkpoint (figures meaningless here;
-    `make demo` runs it with the real model at 300x)."""
+    `make demo` runs it with the real model at 300x): the agent, the recipe and SSC."""
     out = xtalpilot("demo", f"agent.checkpoint={tiny_checkpoint}", "agent.metrics_port=0",
                     f"demo.output_dir={tmp_path}", "demo.speed=1500", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -97,6 +97,7 @@ def test_demo_runs_both_batches_and_prints_the_summary(tmp_path, tiny_checkpoint
     keys = {"mean_size_um", "target_size_um", "cv", "fines_fraction", "yield", "batch_time_h",
             "peak_supersaturation", "cost"}
     assert keys <= set(summary["agent"]) and keys <= set(summary["linear_cooling"])
+    assert keys <= set(summary["supersaturation_control"]) and "on_spec" in summary["agent"]
     assert summary["linear_cooling"]["batch_time_h"] > 3 and sum(summary["guard_verdicts"].values()) > 50
     assert (tmp_path / "report.png").stat().st_size > 10_000 and (tmp_path / "summary.json").exists()
     assert (tmp_path / "model_predictive" / "decisions.sqlite").exists()

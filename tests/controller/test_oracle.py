@@ -48,6 +48,7 @@ def test_the_oracle_beats_the_recipe_s_profile_and_improves_a_poor_start():
     assert best.cost <= linear and best.penalized_cost == best.cost  # the linear recipe is one of its starts
     assert best.record["peak_sigma_controlled"] <= cfg.proposer.metastable_sigma_limit * (1 - FAST.limit_margin_rel)
     assert all(b <= a + 1e-9 for a, b in zip(best.temperatures_c, best.temperatures_c[1:]))
+    assert 0.0 <= best.final_hold_min <= 30.0  # its own hold, no longer than the recipe's
 
 
 def test_the_oracle_is_cached_per_scenario_content_and_seed(tmp_path, monkeypatch):
