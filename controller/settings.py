@@ -160,6 +160,14 @@ class ProposerSettings:
         cascade_hold_fractions: the final holds it chooses from, as fractions of the recipe's.
         cascade_switch_rel: where the plan's second setpoint takes over: this share of the way
             from the programme's start temperature to the final one.
+        cascade_integral_band_rel: the cascade's loop integrates only while the error is within
+            this share of its setpoint (conditional integration: no overshoot from an integral
+            built on the approach; supersaturation control as plants tune it integrates always).
+        cascade_final_reached_k: the final hold starts when the reactor (not only the setpoint)
+            is within this of the final temperature.
+        cascade_lookahead_k: the cascade's loop feeds back the supersaturation at the
+            temperature the reactor is heading to, its setpoint but at most this far below it
+            (the reactor's lag behind a falling setpoint at the loop's fastest rate).
     """
 
     moves: int = 3
@@ -191,9 +199,12 @@ class ProposerSettings:
     proposal_timeout_s: float = 60.0
     resolve_interval_s: float = 180.0
     cascade: bool = True
-    cascade_sigma_rel_limit: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8)
+    cascade_sigma_rel_limit: tuple[float, ...] = (0.5, 0.65, 0.75, 0.85, 0.9, 0.95)
     cascade_hold_fractions: tuple[float, ...] = (0.0, 0.33, 0.67, 1.0)
     cascade_switch_rel: float = 0.5
+    cascade_integral_band_rel: float = 0.25
+    cascade_final_reached_k: float = 0.5
+    cascade_lookahead_k: float = 0.15
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
@@ -219,6 +230,7 @@ class ProposerSettings:
                              f"{self.cascade_sigma_rel_limit}")
         if not self.cascade_hold_fractions or not all(0.0 <= f <= 1.0 for f in self.cascade_hold_fractions):
             raise ValueError(f"cascade_hold_fractions must list fractions in [0, 1], got {self.cascade_hold_fractions}")
+        validate.non_negative(self, "cascade_integral_band_rel", "cascade_final_reached_k", "cascade_lookahead_k")
         if not 0.0 <= self.cascade_switch_rel <= 1.0:
             raise ValueError(f"cascade_switch_rel must be in [0, 1], got {self.cascade_switch_rel}")
 

@@ -186,18 +186,20 @@ def product_target_um(cfg) -> float:
     return float(cfg.process.target_mean_size_um or cfg.proposer.target_size_um)
 
 
-def supersaturation_pi(error: float, integral_min: float, dt_min: float, settings: BaselineSettings
-                       ) -> tuple[float, float]:
+def supersaturation_pi(error: float, integral_min: float, dt_min: float, settings: BaselineSettings,
+                       integral_band: float = math.inf) -> tuple[float, float]:
     """Supersaturation control's law, velocity-form PI: cooling rate = Kp (e + I / Ti) with
     e = sigma_sp - sigma, clamped to [0, ``ssc_max_cooling_k_per_min``] (cooling only), the
-    integral frozen while the output is clamped and would wind further (anti-windup).
+    integral frozen while the output is clamped and would wind further (anti-windup), and
+    while |e| > ``integral_band`` (conditional integration: a cooling-only loop cannot take
+    back an overshoot, so the integral must not build up on the approach to the setpoint).
 
     Returns:
         (cooling rate K/min, the integral of the error after this step, minutes).
     """
     rate = settings.ssc_gain_k_per_min * (error + (integral_min + error * dt_min) / settings.ssc_integral_time_min)
     clamped = min(max(rate, 0.0), settings.ssc_max_cooling_k_per_min)
-    if clamped == rate or (rate > clamped) != (error > 0):
+    if (clamped == rate or (rate > clamped) != (error > 0)) and abs(error) <= integral_band:
         integral_min += error * dt_min  # integrate unless it winds the clamp further
     return clamped, integral_min
 
@@ -322,8 +324,10 @@ class ModelPredictive:
                  inner: BaselineSettings | None = None, specification=None,
                  batch_time_limit_s: float = math.inf) -> None:
         self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
-        # The cascade supervises a cooling loop: a recipe that feeds antisolvent keeps the moves.
-        self.inner = inner if settings.cascade and not recipe.uses_antisolvent else None
+        # The cascade supervises a cooling loop on seeds' surface: a recipe that feeds antisolvent
+        # or charges no seeds keeps the moves (a supersaturation loop inside the metastable zone
+        # never nucleates an unseeded batch).
+        self.inner = inner if settings.cascade and not recipe.uses_antisolvent and recipe.seed_mass_g > 0 else None
         self.specification, self.batch_time_limit_s = specification, batch_time_limit_s
         self.stirring_rpm = stirring_rpm
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
@@ -482,8 +486,20 @@ class ModelPredictive:
             inputs["sigma_setpoint"] = sigma_sp
             previous = previous if previous is not None else start_c
             if state.data_ok and math.isfinite(state.sigma):
-                rate, self._integral_min = supersaturation_pi(sigma_sp - state.sigma, self._integral_min, dt_min,
-                                                              self.inner)
+                # The reactor lags its setpoint (jacket, thermal mass): fed back the
+                # supersaturation the solution reaches once the reactor gets there, a setpoint
+                # already written is not cooled past the limit by the lag (a cooling-only loop
+                # cannot take an overshoot back).
+                # At most ``cascade_lookahead_k`` below the reactor: a jacket that saturates
+                # leaves the setpoint far below it, and that is not where it is heading soon.
+                heading_c = max(previous, state.temperature_c - self.settings.cascade_lookahead_k)
+                ahead = math.log(max(state.concentration_g_per_kg, 1e-9)
+                                 / float(self.material.solubility_g_per_kg(heading_c)))
+                sigma_fed = max(state.sigma, ahead) if math.isfinite(ahead) else state.sigma
+                inputs["sigma_at_setpoint"] = ahead
+                rate, self._integral_min = supersaturation_pi(
+                    sigma_sp - sigma_fed, self._integral_min, dt_min, self.inner,
+                    integral_band=self.settings.cascade_integral_band_rel * sigma_sp)
                 inputs["ssc_cooling_rate_k_per_min"] = rate
                 temperature = previous - rate * dt_min
             else:
@@ -493,7 +509,10 @@ class ModelPredictive:
         if self.antisolvent:
             setpoints[ANTISOLVENT_SP] = self.recipe.antisolvent_kg_per_min(batch_min)
         self._advised, self._advised_at_s = dict(setpoints), now
-        if batch_min >= start_min and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K and self._final_at_s is None:
+        # The hold starts when the reactor is there, not the setpoint: a saturated jacket lags.
+        there = state.temperature_c <= final + self.settings.cascade_final_reached_k
+        if (batch_min >= start_min and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K and there
+                and self._final_at_s is None):
             self._final_at_s = now
         hold_s = self.recipe.final_hold_min * 60.0
         if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
