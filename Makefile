@@ -27,8 +27,9 @@ deb:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The agent beside the recipe and SSC on a plant whose seed charge varies (control matters).
 demo: install
-	$(VENV)/bin/xtalpilot demo
+	$(VENV)/bin/xtalpilot demo scenario=seed_mass_variation
 
 test: install
 	$(VENV)/bin/python -m pytest -q

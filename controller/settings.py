@@ -166,8 +166,9 @@ class ProposerSettings:
         cascade_final_reached_k: the final hold starts when the reactor (not only the setpoint)
             is within this of the final temperature.
         cascade_lookahead_k: the cascade's loop feeds back the supersaturation at the
-            temperature the reactor is heading to, its setpoint but at most this far below it
-            (the reactor's lag behind a falling setpoint at the loop's fastest rate).
+            temperature the reactor is heading to, its setpoint but at most this far below the
+            reactor (the reactor lags a falling setpoint; a saturated jacket leaves the setpoint
+            far below it).
     """
 
     moves: int = 3

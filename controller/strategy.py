@@ -354,6 +354,7 @@ class ModelPredictive:
         self._advised_at_s: float | None = None
         self.follower.reset()
         self._integral_min = 0.0  # the cascade's inner loop
+        self._setpoint_final_at_s: float | None = None  # the cascade's setpoint reached the final temperature
 
     @property
     def cascade(self) -> bool:
@@ -489,9 +490,9 @@ class ModelPredictive:
                 # The reactor lags its setpoint (jacket, thermal mass): fed back the
                 # supersaturation the solution reaches once the reactor gets there, a setpoint
                 # already written is not cooled past the limit by the lag (a cooling-only loop
-                # cannot take an overshoot back).
-                # At most ``cascade_lookahead_k`` below the reactor: a jacket that saturates
-                # leaves the setpoint far below it, and that is not where it is heading soon.
+                # cannot take an overshoot back). At most ``cascade_lookahead_k`` below the
+                # reactor: a jacket that saturates leaves the setpoint far below it, and that is
+                # not where it is heading soon.
                 heading_c = max(previous, state.temperature_c - self.settings.cascade_lookahead_k)
                 ahead = math.log(max(state.concentration_g_per_kg, 1e-9)
                                  / float(self.material.solubility_g_per_kg(heading_c)))
@@ -509,11 +510,16 @@ class ModelPredictive:
         if self.antisolvent:
             setpoints[ANTISOLVENT_SP] = self.recipe.antisolvent_kg_per_min(batch_min)
         self._advised, self._advised_at_s = dict(setpoints), now
-        # The hold starts when the reactor is there, not the setpoint: a saturated jacket lags.
-        there = state.temperature_c <= final + self.settings.cascade_final_reached_k
-        if (batch_min >= start_min and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K and there
-                and self._final_at_s is None):
-            self._final_at_s = now
+        # The hold starts when the reactor is there, not the setpoint (a saturated jacket lags),
+        # or a recipe's final hold after the setpoint got there, when the plant's supersaturation
+        # strategies complete (a jacket that cannot get there is not waited for longer).
+        if batch_min >= start_min and temperature <= final + FINAL_TEMPERATURE_TOLERANCE_K:
+            if self._setpoint_final_at_s is None:
+                self._setpoint_final_at_s = now
+            there = state.temperature_c <= final + self.settings.cascade_final_reached_k
+            waited = now - self._setpoint_final_at_s >= self.recipe.final_hold_min * 60.0
+            if (there or waited) and self._final_at_s is None:
+                self._final_at_s = now
         hold_s = self.recipe.final_hold_min * 60.0
         if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
             hold_s = self.proposal.final_hold_s

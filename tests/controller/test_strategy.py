@@ -468,3 +468,25 @@ def test_the_cascade_follows_its_plan_s_setpoints_poses_cascade_problems_and_end
         assert a.advise(view(t + 10.5, **_at_sigma(20.0, 0.002))).complete_batch
     finally:
         a.close()
+
+
+def test_the_cascade_s_hold_starts_when_the_reactor_is_there_or_a_recipe_hold_after_its_setpoint(tiny_checkpoint):
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
+        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=0.0))
+        a.strategy._advised[TEMPERATURE_SP] = 20.0  # the setpoint is at the final temperature
+        t = start_min + 20.0
+        # a jacket that cannot follow: the reactor 3 K above; a plan with no hold still waits
+        lagging = [a.advise(view(t + k, **_at_sigma(23.0, 0.002))) for k in range(0, 30, 5)]
+        assert not any(adv.complete_batch for adv in lagging)
+        # a recipe final hold (30 min) after the setpoint got there, the hold starts (and, the plan
+        # holding none, the batch completes)
+        assert a.advise(view(t + RECIPE.final_hold_min + 0.5, **_at_sigma(23.0, 0.002))).complete_batch
+    finally:
+        a.close()
