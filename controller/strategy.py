@@ -43,6 +43,7 @@ from typing import Mapping, Protocol
 import numpy as np
 
 from conf.contract import signals
+from conf.contract.process import ProductSpecification
 from controller.estimator import EstimatorSettings, PlantState, PlantView, PopulationEstimate, ProcessFacts
 from controller.model_client import ModelAnswer
 from controller.proposer import Cascade, Problem, Proposal
@@ -541,7 +542,7 @@ class ModelPredictive:
                      else 2.0 * self.recipe.duration_min * 60.0)
         cascade = Cascade(
             metastable_sigma_limit=self.settings.metastable_sigma_limit,
-            specification=self.specification,
+            specification=self.specification if self.specification is not None else ProductSpecification(),
             target_size_um=self.settings.target_size_um,
             elapsed_s=state.batch_time_s,
             horizon_s=max(horizon_s, self.settings.rollout_step_s),
