@@ -334,6 +334,8 @@ class KineticsService:
         self.material_graph = pristine_material_graph(self.structure, DataSettings().max_atoms)
         self.embedding = predictor.embed_material(self.material_graph)
         self.family_properties = facet_family_properties(self.structure)
+        # facet graph (or its faces' normals) -> the fixed point of its reference face rates
+        self._reference_rates_cache: dict[bytes, np.ndarray] = {}
         self.material_facets = self._material_habit()
         self.grid_sigmas = grid_sigmas
         self.grid_temperatures = grid_temperatures
@@ -470,8 +472,22 @@ class KineticsService:
                 pred = self.predictor.query(self.embedding, with_observed_rates(facets, rates), [REFERENCE_CONDITION])
             return pred.facet_mean.detach().cpu().double().numpy().reshape(-1)
 
-        start = 10.0 ** float(self.predictor.ensemble.scaler.mean[3])
-        return self_consistent_rates(one_pass, np.full(facets.facet_x.shape[0], start))
+        # The same graph gets the same answer; a graph on the same faces starts from the last
+        # solution there (the habit's area fractions move a little from cycle to cycle, the
+        # rates hardly): a pass or two instead of a dozen.
+        exact = facets.facet_x.numpy().tobytes()
+        if exact in self._reference_rates_cache:
+            return self._reference_rates_cache[exact].copy()
+        faces = np.round(facets.facet_x[:, :3].numpy(), 3).tobytes()
+        start = self._reference_rates_cache.get(faces)
+        if start is None:
+            start = np.full(facets.facet_x.shape[0], 10.0 ** float(self.predictor.ensemble.scaler.mean[3]))
+        rates = self_consistent_rates(one_pass, start)
+        if np.all(np.isfinite(rates) & (rates > 0)):
+            if len(self._reference_rates_cache) > 256:
+                self._reference_rates_cache.clear()
+            self._reference_rates_cache[faces] = self._reference_rates_cache[exact] = rates
+        return rates.copy()
 
     @property
     def embedding_directions(self) -> np.ndarray:
