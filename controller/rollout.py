@@ -32,8 +32,7 @@ keeps the rollout differentiable in the scale.
 Outcomes at the end of the batch (per candidate and member): volume-weighted mean size d43,
 CV of the volume distribution, fines (mass share below ``plan.fines_size_um``, as the plant's
 batch record counts them, from a gamma distribution fitted to each population's moments:
-:func:`mass_below`; the nucleated population, which stays
-small), yield (crystallised solute / what the final temperature and solvent allow, seeds
+:func:`mass_below`), yield (crystallised solute / what the final temperature and solvent allow, seeds
 excluded, as the plant's batch record counts it), the peak supersaturation on the way, the
 batch time left and the antisolvent added. Fixed steps; everything is differentiable in
 the setpoint moves, so ``optimize_acqf`` can use gradients.

@@ -13,6 +13,7 @@ from controller.rollout import (
     BatchPlan,
     MaterialConstants,
     PopulationState,
+    mass_below,
     rollout,
     rollout_supersaturation,
     seed_moments,
@@ -287,3 +288,14 @@ def test_a_rate_limited_loop_falls_behind_its_setpoint_and_never_heats():
     out = _ssc_rollout([0.8], [0.0], rate=0.01)
     assert torch.all(out.peak_sigma < 0.8 * 0.015)
     assert torch.all(out.time_left_s >= 30 * 3600.0 - 1e-6)  # never reaches 20 C in the horizon
+
+
+def test_the_mass_below_a_size_is_none_all_or_a_share_and_an_empty_population_has_none():
+    seeds = torch.tensor(seed_moments(4e-3, 100.0, 20.0, KCL), dtype=torch.float64)
+    volume = float(seeds[3])
+    assert float(mass_below(seeds, 1.0)) < 1e-6 * volume
+    assert float(mass_below(seeds, 1000.0)) == pytest.approx(volume, rel=1e-6)
+    # the volume-weighted median of 100 +- 20 um seeds lies above their number mean
+    share = float(mass_below(seeds, 100.0)) / volume
+    assert 0.2 < share < 0.5
+    assert float(mass_below(torch.zeros(6, dtype=torch.float64), 100.0)) == 0.0
