@@ -257,6 +257,13 @@ def _evaluate(problem: Problem, x, growth, nucleation):
     return out, y, cost
 
 
+def _product_expected(out, pick: int) -> dict:
+    """What candidate ``pick`` is expected to make: member means (the peak: the members' worst)."""
+    return {"d43_um": float(out.d43_um[pick].mean()), "cv": float(out.cv[pick].mean()),
+            "fines": float(out.fines[pick].mean()), "yield": float(out.yield_fraction[pick].mean()),
+            "peak_sigma": float(out.peak_sigma[pick].max())}
+
+
 def propose_cascade(problem: Problem) -> Proposal:
     """The cascade plan (module docstring): every combination of the setpoints above and below
     the switch temperature (fractions ``settings.cascade_sigma_rel_limit`` of the limit) and the
@@ -289,11 +296,7 @@ def propose_cascade(problem: Problem) -> Proposal:
     mean_cost = cost.mean(axis=1)
     pick = int(np.argmin(mean_cost))
     expected = {
-        "d43_um": float(out.d43_um[pick].mean()),
-        "cv": float(out.cv[pick].mean()),
-        "fines": float(out.fines[pick].mean()),
-        "yield": float(out.yield_fraction[pick].mean()),
-        "peak_sigma": float(out.peak_sigma[pick].max()),
+        **_product_expected(out, pick),
         "batch_time_left_h": float(left_s[pick].mean()) / 3600.0,
         "cost": float(mean_cost[pick]),
         "cost_spread": float(cost[pick].std()),
@@ -383,11 +386,7 @@ def propose(problem: Problem) -> Proposal:
     moves, anti, scale = _split(problem, both[pick : pick + 1])
     cooling_left_s = p.cooling_left_s * (float(scale[0]) if scale is not None else 1.0)
     expected = {
-        "d43_um": float(out.d43_um[pick].mean()),
-        "cv": float(out.cv[pick].mean()),
-        "fines": float(out.fines[pick].mean()),
-        "yield": float(out.yield_fraction[pick].mean()),
-        "peak_sigma": float(out.peak_sigma[pick].max()),
+        **_product_expected(out, pick),
         "antisolvent_kg_per_kg": float(out.antisolvent_added[pick].mean()),
         "batch_time_left_h": float(out.time_left_s[pick]) / 3600.0,
         "cost": float(cost[pick].mean()),

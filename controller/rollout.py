@@ -344,6 +344,23 @@ def step_moments(temperature_c: Tensor, solute: Tensor, seeds: Tensor, nuclei: T
     return solute, seeds, nuclei, sigma
 
 
+def _product(seeds: Tensor, nuclei: Tensor, fines_size_um: float) -> tuple[Tensor, Tensor, Tensor]:
+    """d43, CV of the volume distribution and fines mass share of seeds and nuclei together."""
+    total = seeds + nuclei
+    mu3 = total[..., 3].clamp_min(1e-30)
+    d43 = total[..., 4] / mu3
+    spread = (total[..., 5] / mu3 - d43**2).clamp_min(1e-12)
+    cv = torch.sqrt(spread) / d43.clamp_min(1e-9)
+    fines = (mass_below(seeds, fines_size_um) + mass_below(nuclei, fines_size_um)) / mu3
+    return d43, cv, fines
+
+
+def _yield(plan: BatchPlan, solute: Tensor, final_solute: Tensor) -> Tensor:
+    """Crystallised solute over what the final solubility allows (seeds excluded)."""
+    recoverable = (plan.charged_concentration_g_per_kg - final_solute).clamp_min(1e-9)
+    return (plan.charged_concentration_g_per_kg - solute) / recoverable
+
+
 def setpoint_path(moves_k: Tensor, start_c: float, plan: BatchPlan, times_s: Tensor | None = None,
                   cooling_left_s: Tensor | None = None) -> Tensor:
     """Temperature at each rollout step: the moves, then linear to the final temperature by the
@@ -422,16 +439,10 @@ def rollout(moves_k: Tensor, state: PopulationState, growth: Tensor, nucleation:
                                                     dt_ns, plan.suspension_ref_kg_per_kg, anti)
         anti = anti + feed[:, j : j + 1]
         peak = torch.maximum(peak, sigma)
-    total = seeds + nuclei
-    mu3 = total[..., 3].clamp_min(1e-30)
-    d43 = total[..., 4] / mu3
-    spread = (total[..., 5] / mu3 - d43**2).clamp_min(1e-12)
-    cv = torch.sqrt(spread) / d43.clamp_min(1e-9)
-    fines = (mass_below(seeds, plan.fines_size_um) + mass_below(nuclei, plan.fines_size_um)) / mu3
+    d43, cv, fines = _product(seeds, nuclei, plan.fines_size_um)
     # what the final temperature and solvent allow (the plant's batch record counts yield so)
     final_solute = material.solubility_g_per_kg(torch.full_like(anti, plan.final_temperature_c), anti) * (1.0 + anti)
-    recoverable = (plan.charged_concentration_g_per_kg - final_solute).clamp_min(1e-9)
-    yield_fraction = (plan.charged_concentration_g_per_kg - solute) / recoverable
+    yield_fraction = _yield(plan, solute, final_solute)
     return Outcomes(d43, cv, fines, yield_fraction, peak, time_left, anti - state.antisolvent_per_water)
 
 
@@ -519,13 +530,6 @@ def rollout_supersaturation(sigma_setpoints: Tensor, hold_s: Tensor, state: Popu
         running = running & ~done
         if not bool(running.any()):
             break
-    total = seeds + nuclei
-    mu3 = total[..., 3].clamp_min(1e-30)
-    d43 = total[..., 4] / mu3
-    spread = (total[..., 5] / mu3 - d43**2).clamp_min(1e-12)
-    cv = torch.sqrt(spread) / d43.clamp_min(1e-9)
-    fines = (mass_below(seeds, plan.fines_size_um) + mass_below(nuclei, plan.fines_size_um)) / mu3
-    final_solute = material.water_solubility_g_per_kg(torch.full_like(solute, final))
-    recoverable = (plan.charged_concentration_g_per_kg - final_solute).clamp_min(1e-9)
-    yield_fraction = (plan.charged_concentration_g_per_kg - solute) / recoverable
+    d43, cv, fines = _product(seeds, nuclei, plan.fines_size_um)
+    yield_fraction = _yield(plan, solute, material.water_solubility_g_per_kg(torch.full_like(solute, final)))
     return Outcomes(d43, cv, fines, yield_fraction, peak, ended_at, torch.zeros_like(solute))
