@@ -48,6 +48,7 @@ from conf.contract.process import FROM_PROCESS, BatchProcess
 from controller.settings import (
     AgentSettings,
     BaselineSettings,
+    BenchCampaignSettings,
     BenchControlSettings,
     BenchLoopSettings,
     DemoSettings,
@@ -128,6 +129,7 @@ class XtalpilotConfig:
         demo: ``xtalpilot demo``.
         bench_loop: ``xtalpilot bench loop``.
         bench_control: ``xtalpilot bench control``.
+        bench_campaign: ``xtalpilot bench campaign``.
     """
 
     plant: dict = field(default_factory=dict)
@@ -160,6 +162,7 @@ class XtalpilotConfig:
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     bench_loop: BenchLoopSettings = field(default_factory=BenchLoopSettings)
     bench_control: BenchControlSettings = field(default_factory=BenchControlSettings)
+    bench_campaign: BenchCampaignSettings = field(default_factory=BenchCampaignSettings)
 
     def __post_init__(self) -> None:
         validate.positive(self, "speed", "publish_interval_s", "shed_timeout_s")

@@ -208,7 +208,7 @@ def _run_task(task: dict) -> dict:
     target, limit = float(cfg.process.target_mean_size_um or 0.0), metastable_limit(cfg)
     score = score_record(cfg, record)
     keep = ("batch_state", "batch_time_h", "d43_um", "cv", "fines_mass_fraction", "yield", "peak_sigma",
-            "peak_sigma_controlled", "time_limit_hit")
+            "peak_sigma_controlled", "time_limit_hit", "batch_time_limit_h")
     return {"controller": task["controller"], "scenario": task["scenario"], "class": task["class"],
             "seed": task["seed"], **{k: record.get(k) for k in keep}, "target_um": target,
             "metastable_sigma_limit": limit, **dataclasses.asdict(score), "wall_s": result["wall_s"],

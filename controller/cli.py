@@ -9,6 +9,7 @@
     xtalpilot bench model [overrides]       MS-GNN vs flat baselines, BHPO vs random, JSON
     xtalpilot bench loop [overrides]        agent cycle, loop lag and proposal timings, JSON
     xtalpilot bench control [overrides]     every controller on the scenario suite, scored, JSON
+    xtalpilot bench campaign [overrides]    batch-to-batch learning over a campaign, JSON
     xtalpilot train [overrides]             train the MS-GNN ensemble, write a checkpoint
     xtalpilot tune [overrides]              Bayesian hyperparameter optimisation of one model
     xtalpilot certs [overrides]             OPC UA certificates (and a user: username=NAME)
@@ -88,11 +89,16 @@ def cmd_simulate(overrides: Sequence[str]) -> int:
 
 
 def cmd_bench(args: Sequence[str]) -> int:
-    """``xtalpilot bench plant|model|loop|control``: JSON on stdout."""
-    if not args or args[0] not in ("plant", "model", "loop", "control"):
-        print("usage: xtalpilot bench plant|model|loop|control [overrides]", file=sys.stderr)
+    """``xtalpilot bench plant|model|loop|control|campaign``: JSON on stdout."""
+    if not args or args[0] not in ("plant", "model", "loop", "control", "campaign"):
+        print("usage: xtalpilot bench plant|model|loop|control|campaign [overrides]", file=sys.stderr)
         return 2
     cfg = _load(args[1:])
+    if args[0] == "campaign":
+        from controller.campaign import run_campaign_benchmark
+
+        print(json.dumps(run_campaign_benchmark(cfg, overrides=args[1:]), indent=2))
+        return 0
     if args[0] == "control":
         from controller.bench_control import run_control_benchmark
 

@@ -409,6 +409,54 @@ class BenchControlSettings:
 
 
 @dataclass(frozen=True)
+class BenchCampaignSettings:
+    """``xtalpilot bench campaign`` (controller/campaign.py): batch-to-batch learning.
+
+    Attributes:
+        batches: batches in the campaign (each with its own noise and disturbance draws,
+            ``first_seed`` + batch number - 1, paired between the two arms).
+        mismatch: Hydra overrides of the plant that persist over the campaign (what the
+            agent is not told; default: every charge puts 30 % less seed crystal in than the
+            recipe sheet counts, a seed lot's assay or a dosing error).
+        seed_mass_rel: (low, high) seed charges the campaign may choose, as multiples of the
+            recipe's.
+        candidates: seed charges on that range the campaign chooses from (evenly spaced).
+        residual_scale: the prior standard deviation of the model's error per outcome
+            (d43 and batch time as log ratios; CV, fines, yield and peak supersaturation as
+            differences): how far the campaign expects the plant to be from the model before
+            it has seen a batch.
+        mc_samples: posterior samples of the acquisition.
+        first_seed: the first batch's seed.
+        workers: 2 runs the campaign and the arm without learning side by side, 1 one after
+            the other.
+        output_dir: JSON, figure and decision logs.
+        checkpoint: the agent's MS-GNN (None: ``agent.checkpoint``, or the demo's quick model,
+            trained once, when that is missing).
+    """
+
+    batches: int = 10
+    mismatch: tuple[str, ...] = ("scenario.seed_mass_rel_offset=-0.3",)
+    seed_mass_rel: tuple[float, float] = (0.5, 2.0)
+    candidates: int = 31
+    residual_scale: tuple[float, ...] = (0.1, 0.2, 0.02, 0.005, 0.02, 0.002)
+    mc_samples: int = 256
+    first_seed: int = 0
+    workers: int = 2
+    output_dir: str = "runs/bench_campaign"
+    checkpoint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        validate.positive(self, "batches", "candidates", "mc_samples", "workers")
+        validate.non_negative(self, "first_seed")
+        low, high = (tuple(self.seed_mass_rel) + (math.nan, math.nan))[:2]
+        if len(self.seed_mass_rel) != 2 or not 0.0 < low < high:
+            raise ValueError(f"seed_mass_rel must be (low, high) with 0 < low < high, got {self.seed_mass_rel}")
+        if len(self.residual_scale) != 6 or not all(v > 0 for v in self.residual_scale):
+            raise ValueError("residual_scale needs six positive scales (d43, batch time, CV, fines, yield, peak "
+                             f"supersaturation), got {self.residual_scale}")
+
+
+@dataclass(frozen=True)
 class BenchLoopSettings:
     """``xtalpilot bench loop`` (controller/bench_loop.py).
 

@@ -38,7 +38,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -528,34 +528,76 @@ class ModelPredictive:
         advice = Advice(setpoints, now, data_ok=data_ok, inputs=inputs, complete_batch=done, **kwargs)
         if corrected is not None and not done and state.data_ok:
             # posed in the hold too: there the plan decides when the batch ends
-            advice = dataclasses.replace(advice, problem=self._cascade_problem(state, corrected, temperature, start_c))
+            population = state.population
+            now_state = PopulationState(state.temperature_c, state.concentration_g_per_kg, population.seeds,
+                                        population.nuclei, setpoint_c=temperature)
+            held_s = now - self._final_at_s if self._final_at_s is not None else 0.0
+            advice = dataclasses.replace(advice, problem=self._cascade_problem(
+                now_state, corrected, state.batch_time_s, now, start_c, held_s))
         if self.proposal is not None:
             inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
                            if isinstance(v, (int, float))})
         return advice
 
-    def _cascade_problem(self, state: PlantState, corrected, setpoint_c: float, start_c: float) -> Problem:
-        population = state.population
+    def _cascade_problem(self, now_state: PopulationState, laws, batch_time_s: float, plant_time_s: float,
+                         start_c: float, held_s: float = 0.0) -> Problem:
+        """The cascade plan's problem from a population state at a batch time (``held_s``: how
+        long the batch has held at the final temperature)."""
         final = self.recipe.final_temperature_c
         limit_s = self.batch_time_limit_s
-        horizon_s = (limit_s - state.batch_time_s if math.isfinite(limit_s)
+        horizon_s = (limit_s - batch_time_s if math.isfinite(limit_s)
                      else 2.0 * self.recipe.duration_min * 60.0)
         cascade = Cascade(
             metastable_sigma_limit=self.settings.metastable_sigma_limit,
             specification=self.specification if self.specification is not None else ProductSpecification(),
             target_size_um=self.settings.target_size_um,
-            elapsed_s=state.batch_time_s,
+            elapsed_s=batch_time_s,
             horizon_s=max(horizon_s, self.settings.rollout_step_s),
             recipe_hold_s=self.recipe.final_hold_min * 60.0,
             switch_c=start_c - self.settings.cascade_switch_rel * (start_c - final),
             max_cooling_k_per_min=min(self.inner.ssc_max_cooling_k_per_min, self.max_cooling),
-            held_s=state.plant_time_s - self._final_at_s if self._final_at_s is not None else 0.0,
+            held_s=held_s,
         )
-        state_now = PopulationState(state.temperature_c, state.concentration_g_per_kg, population.seeds,
-                                    population.nuclei, setpoint_c=setpoint_c)
-        return Problem(state.plant_time_s, state_now, self._plan(state.batch_time_s / 60.0), self.material,
-                       corrected.growth, corrected.nucleation, self.settings, self.max_cooling, 0.0,
+        return Problem(plant_time_s, now_state, self._plan(batch_time_s / 60.0), self.material,
+                       laws.growth, laws.nucleation, self.settings, self.max_cooling, 0.0,
                        self.setpoint_low_c, 0.0, cascade=cascade)
+
+    def recipe_forecast(self, seed_masses_g: Sequence[float]) -> list[dict]:
+        """What the model expects of this recipe with other seed charges: per charge, the
+        cascade plan the agent would make where its programme starts (the recipe's seeds scaled
+        to the charge, the solution as charged, the model's laws there with no online
+        correction) and its expected outcome (:attr:`controller.proposer.Proposal.expected`:
+        ``cost`` in the benchmark's hours, d43, CV, fines, yield, batch time left). The prior
+        mean of batch-to-batch learning (:mod:`controller.campaign`).
+
+        Raises:
+            ValueError: the strategy runs no cascade (an unseeded or antisolvent recipe, no
+                concentration analyser), whose plan this forecast is.
+            controller.kinetics_service.ModelUnavailable: the model cannot answer.
+        """
+        from controller.baselines import program_start
+        from controller.kinetics_service import batch_sigma_range
+        from controller.proposer import propose_cascade
+        from controller.rollout import seed_moments
+
+        if not self.cascade:
+            raise ValueError("a recipe forecast is the cascade's plan: this strategy runs none (an unseeded or "
+                             "antisolvent recipe, or no concentration analyser)")
+        recipe, material = self.recipe, self.material
+        start_min, start_c = program_start(recipe)
+        concentration = float(material.solubility_g_per_kg(recipe.saturation_temperature_c))
+        sigma = math.log(concentration / float(material.solubility_g_per_kg(start_c)))
+        limit = self.settings.metastable_sigma_limit
+        laws = self.service.estimate([], start_c, sigma, stirring_rpm=self.stirring_rpm,
+                                     sigma_range=batch_sigma_range(sigma, limit), constraint_sigma=limit).laws
+        out = []
+        for mass_g in seed_masses_g:
+            seeds = seed_moments(float(mass_g) / 1000.0 / recipe.solvent_mass_kg, recipe.seed_mean_size_um,
+                                 recipe.seed_std_size_um, material)
+            state = PopulationState(start_c, concentration, seeds, (0.0,) * len(seeds), setpoint_c=start_c)
+            proposal = propose_cascade(self._cascade_problem(state, laws, start_min * 60.0, start_min * 60.0, start_c))
+            out.append(dict(proposal.expected))
+        return out
 
     def _apply_saved(self) -> None:
         saved, self._saved = self._saved, None
