@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := prometheus
 
-.PHONY: install demo test bench bench-control bench-model model clean deb
+.PHONY: install demo test bench bench-control bench-campaign bench-model model clean deb
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench: install
 # first run and reused); JSON, figure and HTML page in runs/bench_control/.
 bench-control: install
 	$(VENV)/bin/xtalpilot bench control
+
+# Batch-to-batch learning: 10 batches under a persistent seed-charge error, the campaign's
+# recipe-level GP beside the agent alone; JSON and figure in runs/bench_campaign/.
+bench-campaign: install
+	$(VENV)/bin/xtalpilot bench campaign
 
 # MS-GNN against the flat baselines (about 75 min on 2 cores); JSON also in runs/bench_model/.
 bench-model: install

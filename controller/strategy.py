@@ -253,6 +253,11 @@ class PathFollower:
         self._switch_s = 0.0
         self._last: float | None = None
 
+    @property
+    def key(self) -> object:
+        """The plan followed now (None: none yet)."""
+        return self._key
+
     def _current(self, now_s: float) -> float:
         weight = max(0.0, 1.0 - (now_s - self._switch_s) / self.blend_s)
         return self._path(now_s) + self._offset * weight
@@ -371,7 +376,12 @@ class ModelPredictive:
         """What the guard let through this cycle: where the path continues from."""
         value = values.get(TEMPERATURE_SP)
         advised = self._advised.get(TEMPERATURE_SP)
-        if value is not None and advised is not None and abs(value - advised) > 1e-6:
+        # A plan's path continues from what was written; the recipe is a fixed path, rejoined at
+        # the rate the guard allows, as the recipe itself and every baseline do (blended back
+        # over a move interval after the bumpless entry, the approach to seeding lagged the
+        # recipe by a cycle's ramp: KNO3 was seeded 0.25 K warmer and overshot the limit).
+        following_plan = self.follower.key is not None and self.follower.key[0] == "proposal"
+        if value is not None and advised is not None and abs(value - advised) > 1e-6 and following_plan:
             self.follower.rebase(float(value), plant_time_s)
             self._advised[TEMPERATURE_SP] = float(value)
         if ANTISOLVENT_SP in values:

@@ -123,6 +123,17 @@ def test_before_the_seeds_the_recipe_decides_without_the_model(agent):
     assert advice.problem is None and advice.predictions == {} and advice.model_ok
 
 
+def test_after_a_bumpless_entry_the_recipe_is_rejoined_not_blended_back(agent):
+    """The guard writes the present setpoint on entering automatic; the next cycle asks for the
+    recipe's own value again (the guard rate-limits the way back), as the recipe and every
+    baseline do: blended back over a move interval, the approach to seeding lagged the recipe."""
+    first = agent.advise(view(1.0))
+    assert first.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(1.0))
+    agent.written({TEMPERATURE_SP: 55.0}, first.proposal_time_s)  # bumpless entry: the standing setpoint
+    nxt = agent.advise(view(1.5))
+    assert nxt.setpoints[TEMPERATURE_SP] == pytest.approx(RECIPE.setpoint_c(1.5))
+
+
 def test_after_the_seeds_it_poses_a_problem_from_this_cycles_setpoint(agent):
     agent.advise(view(11.0))
     first = agent.advise(view(12.5))  # the model is asked in the background: the recipe meanwhile
