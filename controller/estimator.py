@@ -56,7 +56,7 @@ carried into this one. What the process is, the estimator is told (:class:`Proce
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Mapping
 
 import numpy as np
@@ -67,7 +67,7 @@ from controller.state import ChordStatistics, aligned, chord_statistics
 
 __all__ = ["EstimatorSettings", "Measurement", "PlantState", "PlantView", "PopulationEstimate", "ProcessFacts",
            "aligned", "crystal_mass_kg_per_kg", "estimate", "growth_from_size_trends", "seed", "size_trend_per_min",
-           "step"]
+           "smoothed_image_size_um", "step"]
 
 N_MOMENTS = 6
 T_REF_K = 298.15
@@ -91,6 +91,17 @@ class EstimatorSettings:
         max_ln_correction: bound of each correction, ln units.
         suspension_ref_kg_per_kg: suspension density at which the nucleation law holds.
         max_step_s: longest step integrated at once (a longer gap is cut to this).
+        seed_time_s: time constant of the seed-charge correction.
+        seed_window_s: plant seconds after seeding over which the seed charge is estimated
+            (the seeds are most of what the imaging probe sees then).
+        min_relative_growth: the imaging size must have grown this share of the seeds' size
+            before it says how far they grew (below it, the probe's noise would).
+        image_settle_s: imaging readings in the first seconds after seeding are left out (the
+            probe's view fills with the charge).
+        max_image_fines_rise: the seed charge is no longer estimated once the number fraction in
+            the imaging probe's smallest size bin rose this much above its lowest since seeding
+            (seeds only leave that bin as they grow: what comes into it was born there).
+        max_ln_seed_correction: bound of the seed-charge correction, ln units.
     """
 
     mass_balance_time_s: float = 120.0
@@ -102,6 +113,12 @@ class EstimatorSettings:
     max_ln_correction: float = 4.0
     suspension_ref_kg_per_kg: float = 0.05
     max_step_s: float = 600.0
+    seed_time_s: float = 300.0
+    seed_window_s: float = 2400.0
+    min_relative_growth: float = 0.1
+    image_settle_s: float = 120.0
+    max_image_fines_rise: float = 0.05
+    max_ln_seed_correction: float = 0.7
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -124,6 +141,9 @@ class Measurement:
         growth_trend_um_per_min: growth seen in the trend of the imaging and FBRM mean sizes
             (:func:`growth_from_size_trends`; NaN: none). Used where the mass balance is not
             (the concentration analyser is out).
+        image_size_um: the imaging probe's mean size now, smoothed over its recent readings
+            (:func:`smoothed_image_size_um`; NaN: none).
+        image_fines_fraction: number fraction in the imaging probe's smallest size bin (NaN: none).
     """
 
     time_s: float
@@ -133,6 +153,8 @@ class Measurement:
     antisolvent_per_water: float = 0.0
     fbrm_total_per_s: float = math.nan
     growth_trend_um_per_min: float = math.nan
+    image_size_um: float = math.nan
+    image_fines_fraction: float = math.nan
 
     @property
     def solute_g_per_kg_water(self) -> float:
@@ -159,6 +181,13 @@ class PopulationEstimate:
         growth_observed_um_per_min: G the mass balance implied over the last step (NaN: none).
         fbrm_counts_per_mu1: calibrated counts per s per um of mu_1 (NaN: not yet).
         calibration_samples: readings in the FBRM calibration so far.
+        ln_seed_correction: the seed charge estimated against the recipe's, ln (the seed
+            moments, the mass-balance anchor and the FBRM calibration are scaled by it).
+        image_reference_um / image_reference_seed_um: the imaging size when it was first
+            usable after seeding, and the seeds' estimated mean size then (NaN: not yet).
+        seed_start_mean_um: the seeds' number-mean size as charged.
+        image_fines_floor: the lowest number fraction in the imaging probe's smallest size bin
+            since seeding (NaN: none seen).
     """
 
     time_s: float
@@ -173,6 +202,11 @@ class PopulationEstimate:
     growth_observed_um_per_min: float = math.nan
     fbrm_counts_per_mu1: float = math.nan
     calibration_samples: int = 0
+    ln_seed_correction: float = 0.0
+    image_reference_um: float = math.nan
+    image_reference_seed_um: float = math.nan
+    seed_start_mean_um: float = math.nan
+    image_fines_floor: float = math.nan
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -181,11 +215,15 @@ class PopulationEstimate:
     def from_dict(cls, data: Mapping) -> "PopulationEstimate":
         """The estimate from :meth:`to_dict`'s output. Raises ValueError on anything malformed."""
         names = {f.name for f in fields(cls)}
-        if set(data) != names:
-            raise ValueError(f"estimate fields differ: missing {sorted(names - set(data))}, "
+        # a field added since the estimate was saved takes its default (an agent upgraded mid-batch)
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        if not required <= set(data) or not set(data) <= names:
+            raise ValueError(f"estimate fields differ: missing {sorted(required - set(data))}, "
                              f"unknown {sorted(set(data) - names)}")
         out = {}
         for f in fields(cls):
+            if f.name not in data:
+                continue
             value = data[f.name]
             if f.name in ("seeds", "nuclei"):
                 value = tuple(float(v) for v in value)
@@ -210,6 +248,7 @@ class PopulationEstimate:
                 "estimated_crystal_kg_per_kg": float(mass_per_um3_kg * mu3),
                 "growth_correction": math.exp(self.ln_growth_correction),
                 "nucleation_correction": math.exp(self.ln_nucleation_correction),
+                "seed_charge_correction": math.exp(self.ln_seed_correction),
                 "growth_observed_um_per_min": self.growth_observed_um_per_min}
 
 
@@ -223,7 +262,7 @@ def seed(time_s: float, seed_moments: tuple[float, ...], seed_mass_kg_per_kg: fl
     """The estimate when the seeds go in (the solute measured then anchors the mass balance)."""
     return PopulationEstimate(time_s, tuple(float(v) for v in seed_moments), (0.0,) * N_MOMENTS,
                               float(solute_g_per_kg_water), float(seed_mass_kg_per_kg), float(solute_g_per_kg_water),
-                              float(time_s))
+                              float(time_s), seed_start_mean_um=_mean_size(seed_moments))
 
 
 def _translate(moments: np.ndarray, length_um: float) -> np.ndarray:
@@ -331,7 +370,67 @@ def step(est: PopulationEstimate, m: Measurement, laws, mass_per_um3_kg: float,
         solute = max(est.solute_g_per_kg_water - 1000.0 * grown_kg, 0.0)
     out = replace(est, time_s=m.time_s, seeds=_bounded(seeds), nuclei=_bounded(nuclei), solute_g_per_kg_water=solute,
                   ln_growth_correction=_clip(ln_growth, settings.max_ln_correction), growth_observed_um_per_min=observed)
+    if measured:
+        out = _correct_seed_charge(out, m, dt, settings)
     return _correct_nucleation(out, m, dt, settings)
+
+
+def _mean_size(moments) -> float:
+    return float(moments[1] / moments[0]) if moments[0] > 0 else math.nan
+
+
+def _correct_seed_charge(est: PopulationEstimate, m: Measurement, dt: float, settings: EstimatorSettings
+                         ) -> PopulationEstimate:
+    """The seed charge from how far the seeds grew (a plant's charge is off its sheet by the
+    lot's crystal content or the dosing; the recipe's is what the estimate starts from).
+
+    The mass balance fixes the mass the crystals took up; shared by N seeds it grows each by a
+    length that depends on N. The imaging probe sees how far they grew: its mean size relative to
+    its first usable reading after seeding (a ratio, so the probe's projected-size factor drops
+    out), times the seeds' estimated mean size then. With q(dL) the third moment of one seed grown
+    by dL (the seeds' shape, translated), the mass per seed the estimate gives over the mass per
+    seed the probe shows is the real number of seeds over the assumed:
+
+        N_real / N = (q(dL_est) - q(0)) / (q(dL_seen) - q(0))
+
+    An integrator filtered over ``seed_time_s`` drives that ratio to one while the seeds are most
+    of what the probe sees (``seed_window_s``, from the end of the FBRM calibration, once they
+    grew ``min_relative_growth`` of their size); the seed moments, the seed mass the balance is
+    anchored on and the FBRM's counts per mu_1 are scaled together, so the mass balance and the
+    counts stay consistent. Nuclei in the probe's view pull its mean down: the estimate then
+    errs towards more seeds, the side on which the plan predicts the smaller product.
+    """
+    since = m.time_s - est.seeded_at_s
+    seed_mean = _mean_size(est.seeds)
+    fines = m.image_fines_fraction
+    if math.isfinite(fines):
+        floor = min(est.image_fines_floor, fines) if math.isfinite(est.image_fines_floor) else fines
+        est = replace(est, image_fines_floor=floor)
+        if fines - floor > settings.max_image_fines_rise:
+            return est  # crystals born in the probe's view: its mean is no longer the seeds'
+    if not (math.isfinite(m.image_size_um) and m.image_size_um > 0 and math.isfinite(seed_mean)):
+        return est
+    if not math.isfinite(est.image_reference_um):
+        return replace(est, image_reference_um=m.image_size_um, image_reference_seed_um=seed_mean)
+    if not settings.fbrm_calibration_s < since <= settings.seed_window_s:
+        return est
+    start_mean = est.seed_start_mean_um
+    if not math.isfinite(start_mean):
+        return est
+    grown_est = seed_mean - start_mean
+    grown_seen = est.image_reference_seed_um * m.image_size_um / est.image_reference_um - start_mean
+    if not (grown_seen >= settings.min_relative_growth * start_mean and grown_est > 0):
+        return est
+    per_seed = np.asarray(est.seeds, dtype=float) / est.seeds[0]
+    start = _translate(per_seed, -grown_est)  # one seed as charged
+    gain_est = float(_translate(start, grown_est)[3] - start[3])
+    gain_seen = float(_translate(start, grown_seen)[3] - start[3])
+    alpha = 1.0 - math.exp(-dt / settings.seed_time_s)
+    ln_seed = _clip(est.ln_seed_correction + alpha * math.log(gain_est / gain_seen), settings.max_ln_seed_correction)
+    scale = math.exp(ln_seed - est.ln_seed_correction)
+    counts = est.fbrm_counts_per_mu1 / scale if math.isfinite(est.fbrm_counts_per_mu1) else est.fbrm_counts_per_mu1
+    return replace(est, seeds=tuple(v * scale for v in est.seeds), seed_mass_kg_per_kg=est.seed_mass_kg_per_kg * scale,
+                   fbrm_counts_per_mu1=counts, ln_seed_correction=ln_seed)
 
 
 def _correct_nucleation(est: PopulationEstimate, m: Measurement, dt: float, settings: EstimatorSettings
@@ -604,7 +703,10 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
                           concentration * (1.0 + state.antisolvent_per_water))
     if population is not None:
         m = Measurement(now, temperature, concentration, state.solubility_g_per_kg, state.antisolvent_per_water,
-                        view.value("fbrm_counts_total_per_s"), state.growth_trend_um_per_min)
+                        view.value("fbrm_counts_total_per_s"), state.growth_trend_um_per_min,
+                        smoothed_image_size_um(state.size_history, now,
+                                               population.seeded_at_s + facts.settings.image_settle_s),
+                        view.value(signals.IMAGE_SIZE_FRACTIONS[0]))
         population = step(population, m, laws, facts.material.mass_per_um3_kg, facts.settings)
     return replace(state, population=population)
 
@@ -629,6 +731,23 @@ def size_trend_per_min(points, min_points: int = 4, min_span_s: float = 120.0) -
         return math.nan
     t = pts[:, 0] - pts[:, 0].mean()
     return float(np.dot(t, pts[:, 1] - pts[:, 1].mean()) / np.dot(t, t) * 60.0)
+
+
+def smoothed_image_size_um(history, now_s: float, since_s: float, window_s: float = 300.0,
+                           min_points: int = 6, min_span_s: float = 60.0) -> float:
+    """The imaging mean size at ``now_s``: a straight line through its readings of the last
+    ``window_s`` (none before ``since_s``, the seed charge), evaluated now (the probe's noise
+    averaged, the growth kept). NaN with too few readings.
+
+    Args:
+        history: (plant time s, imaging mean um, FBRM mean chord um), NaN where not valid.
+    """
+    pts = np.array([(t, v) for t, v, _ in history if t >= max(since_s, now_s - window_s) and math.isfinite(v)
+                    and v > 0], dtype=float).reshape(-1, 2)
+    if pts.shape[0] < min_points or pts[:, 0].max() - pts[:, 0].min() < min_span_s:
+        return math.nan
+    slope, intercept = np.polyfit(pts[:, 0] - now_s, pts[:, 1], 1)
+    return float(intercept)
 
 
 def growth_from_size_trends(history, mean_size_um: float) -> float:

@@ -74,8 +74,7 @@ def test_the_crystal_mass_follows_the_mass_balance_whatever_the_model_says(batch
     ts = result.timeseries
     laws = true_laws(cfg, ts)
     wrong = Laws(laws.growth + [[math.log(3.0), 0, 0]], laws.nucleation + [[2.0, 0, 0]])  # G x3, B x100
-    water = cfg.scenario.reactor.water_mass_kg
-    true_mass = result.summary["crystal_mass_kg"] / water + cfg.scenario.seeding.mass_g / 1000.0 / water
+    true_mass = result.summary["crystal_mass_kg"] / cfg.scenario.reactor.water_mass_kg  # seeds included
     for model in (laws, wrong):
         est = run(cfg, ts, model)
         summary = est.summary(MATERIAL.mass_per_um3_kg)
@@ -103,6 +102,73 @@ def test_an_injected_nucleation_mismatch_is_corrected_from_fbrm(batch):
     assert est.ln_nucleation_correction < -math.log(10.0)  # at least one of the two decades taken back
     uncorrected = run(cfg, result.timeseries, wrong, EstimatorSettings(nucleation_time_s=1e12))
     assert est.nuclei[3] < 0.5 * uncorrected.nuclei[3]
+
+
+def run_with_imaging(cfg, ts, laws, settings=EstimatorSettings()) -> PopulationEstimate:
+    """As :func:`run`, with the imaging probe's smoothed mean size and smallest-bin fraction."""
+    sc = cfg.scenario
+    water = sc.reactor.water_mass_kg
+    seed_mass = sc.seeding.mass_g / 1000.0 / water  # the recipe's charge: what the agent is told
+    est, history = None, []
+    for row in ts.itertuples():
+        if row.batch_state != 1 or row.plant_time_s < sc.seeding.at_min * 60.0:
+            continue
+        history.append((row.plant_time_s, row.image_mean_size_um, math.nan))
+        image = math.nan if est is None else estimator.smoothed_image_size_um(
+            history, row.plant_time_s, est.seeded_at_s + settings.image_settle_s)
+        m = Measurement(row.plant_time_s, row.reactor_temperature_c, row.concentration_g_per_kg,
+                        float(MATERIAL.solubility_g_per_kg(row.reactor_temperature_c)),
+                        fbrm_total_per_s=row.fbrm_counts_total_per_s, image_size_um=image,
+                        image_fines_fraction=row.image_size_bin1_number_fraction)
+        if est is None:
+            seeds = seed_moments(seed_mass, sc.seeding.mean_size_um, sc.seeding.std_size_um, MATERIAL)
+            est = estimator.seed(m.time_s, seeds, seed_mass, m.solute_g_per_kg_water)
+            continue
+        est = estimator.step(est, m, laws, MATERIAL.mass_per_um3_kg, settings)
+    return est
+
+
+@pytest.mark.parametrize("offset", [-0.3, 0.0, 0.3])
+def test_a_seed_charge_off_its_sheet_is_estimated_from_how_far_the_seeds_grew(offset):
+    """SYNTHETIC: the plant charges (1 + offset) of the recipe's seed; the estimate starts from the
+    recipe's and finds the plant's within 15 % (the recipe's batch: 0.79, 1.08, 1.34 measured),
+    and its crystal mass still closes the balance."""
+    from conf.schema import load_config
+    from plant_sim.simulate import simulate
+
+    cfg = load_config(["simulate.output_interval_s=30", f"scenario.seed_mass_rel_offset={offset}"])
+    result = simulate(cfg, progress=False)
+    ts = result.timeseries
+    est = run_with_imaging(cfg, ts, true_laws(cfg, ts))
+    assert math.exp(est.ln_seed_correction) == pytest.approx(1.0 + offset, rel=0.15)
+    true_mass = result.summary["crystal_mass_kg"] / cfg.scenario.reactor.water_mass_kg  # seeds included
+    summary = est.summary(MATERIAL.mass_per_um3_kg)
+    assert summary["estimated_crystal_kg_per_kg"] == pytest.approx(true_mass, rel=0.03)
+    assert summary["estimated_d43_um"] == pytest.approx(result.summary["d43_um"], rel=0.05)
+    # without the probe's sizes the charge stays the recipe's
+    assert run(cfg, ts, true_laws(cfg, ts)).ln_seed_correction == 0.0
+
+
+def test_the_seed_charge_is_not_estimated_once_crystals_are_born_in_the_probe_s_view():
+    seeds = seed_moments(0.002, 100.0, 20.0, MATERIAL)
+    est = estimator.seed(0.0, seeds, 0.002, 430.0)
+    laws = Laws(np.array([[math.log(2.0), 1.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
+    fines = iter([0.2, 0.1, 0.05] + [0.2] * 100)  # the seeds leave the smallest bin, then nuclei fill it
+    for k in range(1, 40):
+        # the probe says the crystals hardly grow: many more seeds than the recipe's, if they were the seeds
+        m = Measurement(60.0 * k, 40.0, 430.0 - 0.5 * k, 400.0, image_size_um=110.0 + 0.1 * k,
+                        image_fines_fraction=next(fines))
+        est = estimator.step(est, m, laws, MATERIAL.mass_per_um3_kg)
+    assert est.ln_seed_correction == 0.0 and est.image_fines_floor == pytest.approx(0.05)
+
+
+def test_an_estimate_saved_before_the_seed_charge_was_estimated_still_loads():
+    est = estimator.seed(10.0, seed_moments(0.002, 100.0, 20.0, MATERIAL), 0.002, 430.0)
+    old = {k: v for k, v in est.to_dict().items()
+           if k not in ("ln_seed_correction", "image_reference_um", "image_reference_seed_um", "seed_start_mean_um",
+                        "image_fines_floor")}
+    loaded = PopulationEstimate.from_dict(old)
+    assert loaded.ln_seed_correction == 0.0 and math.isnan(loaded.seed_start_mean_um)
 
 
 def test_nucleation_is_bounded_under_a_sustained_high_supersaturation():
