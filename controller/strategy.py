@@ -529,12 +529,8 @@ class ModelPredictive:
                 self._setpoint_final_at_s = now
             there = state.temperature_c <= final + self.settings.cascade_final_reached_k
             waited = now - self._setpoint_final_at_s >= self.recipe.final_hold_min * 60.0
-            if there and self._final_at_s is None:
+            if (there or waited) and self._final_at_s is None:
                 self._final_at_s = now
-            elif waited and self._final_at_s is None:
-                # the wait was the hold: the batch ends now, as SSC's does (the plan's hold, at most
-                # the recipe's, is not added to a recipe hold already waited at the setpoint)
-                self._final_at_s = self._setpoint_final_at_s
         hold_s = self.recipe.final_hold_min * 60.0
         if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
             hold_s = self.proposal.final_hold_s

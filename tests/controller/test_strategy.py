@@ -501,25 +501,3 @@ def test_the_cascade_s_hold_starts_when_the_reactor_is_there_or_a_recipe_hold_af
         assert a.advise(view(t + RECIPE.final_hold_min + 0.5, **_at_sigma(23.0, 0.002))).complete_batch
     finally:
         a.close()
-
-
-def test_a_hold_waited_at_the_setpoint_is_the_hold_not_the_start_of_another(tiny_checkpoint):
-    """A plan that holds as long as the recipe, on a jacket that cannot get the reactor there:
-    the batch completes a recipe hold after the setpoint got there, as SSC's does, not two."""
-    from controller.baselines import program_start
-
-    a = _cascade_agent(tiny_checkpoint)
-    try:
-        start_min, _ = program_start(RECIPE)
-        limit = a.strategy.settings.metastable_sigma_limit
-        a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
-        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5,
-                          final_hold_s=RECIPE.final_hold_min * 60.0))
-        a.strategy._advised[TEMPERATURE_SP] = 20.0
-        t = start_min + 20.0
-        waiting = [a.advise(view(t + k, **_at_sigma(23.0, 0.002))) for k in range(0, 30, 5)]
-        assert not any(adv.complete_batch for adv in waiting)
-        assert a.advise(view(t + RECIPE.final_hold_min + 0.5, **_at_sigma(23.0, 0.002))).complete_batch
-    finally:
-        a.close()
