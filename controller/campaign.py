@@ -30,8 +30,9 @@ o_j(x) = m_j(x) (+) s_j r_j(x): a GP whose prior mean is the model's prediction.
 **The acquisition.** The benchmark's own objective (:func:`controller.scoring.batch_cost_h`:
 batch time per yield, the release window, the metastable limit) of outcomes sampled from the
 posterior, as a ``GenericMCObjective``, in ``qLogNoisyExpectedImprovement`` over the batches run
-(their records are noisy), evaluated on every candidate: the highest wins. The first batch
-takes the model's best charge (the lowest cost of the prior).
+(their records are noisy), evaluated on every candidate: the highest within a trust region
+around the incumbent (``max_step_rel``: change control moves a recipe in steps) wins. The first batch
+runs the recipe as written (``first_batch=recipe``) or the model's best charge (``model``).
 
 ``xtalpilot bench campaign`` (:func:`run_campaign_benchmark`) runs a campaign on the simulated
 plant under a persistent mismatch (``bench_campaign.mismatch``), beside the same batches (paired
@@ -134,7 +135,8 @@ def _residuals(observed: np.ndarray, predicted: np.ndarray, scale: np.ndarray) -
 
 def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, specification,
                 metastable_sigma_limit: float, residual_scale: Sequence[float], mc_samples: int = 256,
-                seed: int = 0, time_limit_h: float = math.inf) -> Choice:
+                seed: int = 0, time_limit_h: float = math.inf, first: int | None = None,
+                max_step_rel: float = math.inf) -> Choice:
     """The next batch's seed charge (module docstring). Pure; deterministic for its inputs.
 
     Args:
@@ -147,6 +149,9 @@ def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, 
         residual_scale: the prior scale of the model's error per outcome (6,).
         mc_samples: posterior samples of the acquisition.
         seed: the samples' seed.
+        first: the first batch's candidate (None: the prior's best).
+        max_step_rel: the next charge lies within this share of the incumbent's (the batch run
+            whose posterior mean cost is lowest): a trust region, as change control moves a recipe.
     """
     import torch
 
@@ -154,7 +159,7 @@ def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, 
     prior_cost = outcome_cost(prior.outcomes, target_um, specification, metastable_sigma_limit, time_limit_h)
     x = prior.seed_mass_rel
     if len(tried) == 0:
-        pick = int(np.argmin(prior_cost))
+        pick = int(np.argmin(prior_cost)) if first is None else int(first)
         return Choice(pick, float(x[pick]), prior_cost, np.zeros(0))
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
     from botorch.acquisition.objective import GenericMCObjective
@@ -210,7 +215,10 @@ def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, 
         values = acquisition(grid.unsqueeze(1)).numpy()  # (n,)
         samples = sampler(model.posterior(grid))  # (S, n, 6)
         expected = -negative_cost(samples.unsqueeze(-2), grid.unsqueeze(1)).mean(dim=0)[:, 0].numpy()
-    pick = int(np.argmax(values)) if np.any(np.isfinite(values)) else int(np.argmin(expected))
+    incumbent = min(set(tried), key=lambda i: expected[i])
+    allowed = np.abs(x / x[incumbent] - 1.0) <= max_step_rel + 1e-9
+    scores = np.where(allowed & np.isfinite(values), values, -np.inf)
+    pick = int(np.argmax(scores)) if np.any(np.isfinite(scores)) else int(np.argmin(np.where(allowed, expected, np.inf)))
     return Choice(pick, float(x[pick]), expected, values)
 
 
@@ -274,15 +282,21 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
         strategy = make_strategy(agent_cfg)
         try:
             _log.info("the model forecasts %d seed charges (the campaign's prior mean)", b.candidates)
-            prior = forecast_prior(strategy, np.linspace(*b.seed_mass_rel, b.candidates))
+            grid = np.linspace(*b.seed_mass_rel, b.candidates)
+            if b.seed_mass_rel[0] <= 1.0 <= b.seed_mass_rel[1]:
+                grid = np.unique(np.append(grid, 1.0))  # the recipe's own charge is a candidate
+            prior = forecast_prior(strategy, grid)
         finally:
             if hasattr(strategy, "close"):
                 strategy.close()
+        # the campaign starts from the recipe as written, or from the model's choice
+        first = int(np.argmin(np.abs(prior.seed_mass_rel - 1.0))) if b.first_batch == "recipe" else None
         tried, observed, learned, choices = [], [], [], []
         time_limit_h = math.inf  # the plant's, from its first batch record
         for k in tqdm(range(b.batches), unit="batch", desc="campaign", leave=False):
             choice = next_charge(prior, tried, observed, target, spec, limit, b.residual_scale, b.mc_samples,
-                                 seed=b.first_seed + k, time_limit_h=time_limit_h)
+                                 seed=b.first_seed + k, time_limit_h=time_limit_h, first=first,
+                                 max_step_rel=b.max_step_rel)
             result = learn_pool.submit(_run_task, task("campaign", k, choice.seed_mass_rel)).result()
             time_limit_h = float(result.get("batch_time_limit_h") or math.inf)
             tried.append(choice.index)

@@ -426,6 +426,11 @@ class BenchCampaignSettings:
             differences): how far the campaign expects the plant to be from the model before
             it has seen a batch.
         mc_samples: posterior samples of the acquisition.
+        max_step_rel: the next batch's charge lies within this share of the incumbent's (the
+            batch run whose posterior mean cost is lowest): a trust region, as change control
+            moves a recipe in steps.
+        first_batch: ``recipe`` (the campaign starts from the recipe as written) or ``model``
+            (from the model's best charge).
         first_seed: the first batch's seed.
         workers: 2 runs the campaign and the arm without learning side by side, 1 one after
             the other.
@@ -440,13 +445,17 @@ class BenchCampaignSettings:
     candidates: int = 31
     residual_scale: tuple[float, ...] = (0.1, 0.2, 0.02, 0.005, 0.02, 0.002)
     mc_samples: int = 256
+    max_step_rel: float = 0.25
+    first_batch: str = "recipe"
     first_seed: int = 0
     workers: int = 2
     output_dir: str = "runs/bench_campaign"
     checkpoint: Optional[str] = None
 
     def __post_init__(self) -> None:
-        validate.positive(self, "batches", "candidates", "mc_samples", "workers")
+        validate.positive(self, "batches", "candidates", "mc_samples", "workers", "max_step_rel")
+        if self.first_batch not in ("recipe", "model"):
+            raise ValueError(f"first_batch must be recipe or model, got {self.first_batch!r}")
         validate.non_negative(self, "first_seed")
         low, high = (tuple(self.seed_mass_rel) + (math.nan, math.nan))[:2]
         if len(self.seed_mass_rel) != 2 or not 0.0 < low < high:

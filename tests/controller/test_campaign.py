@@ -89,6 +89,18 @@ def test_a_batch_with_a_missing_outcome_still_teaches_the_others():
     assert prior.seed_mass_rel[choice.index] > 1.0 and np.all(np.isfinite(choice.expected_cost))
 
 
+def test_the_next_charge_stays_in_the_trust_region_around_the_incumbent_and_the_first_can_be_the_recipe():
+    prior = model_prior()
+    recipe = int(np.argmin(np.abs(prior.seed_mass_rel - 1.0)))
+    first = next_charge(prior, [], np.zeros((0, 6)), TARGET_UM, SPEC, LIMIT, SCALE, first=recipe)
+    assert first.seed_mass_rel == pytest.approx(1.0)
+    observed = [outcomes(1.0, 3.3, -0.3)]  # off size: the model's best lies at 1.43 x, out of one step
+    free = next_charge(prior, [recipe], observed, TARGET_UM, SPEC, LIMIT, SCALE, mc_samples=64)
+    bound = next_charge(prior, [recipe], observed, TARGET_UM, SPEC, LIMIT, SCALE, mc_samples=64, max_step_rel=0.2)
+    assert abs(bound.seed_mass_rel - 1.0) <= 0.2 + 1e-9 and bound.seed_mass_rel > 1.0
+    assert free.seed_mass_rel > 1.2
+
+
 def test_a_bad_forecast_is_refused():
     x = np.linspace(0.5, 2.0, 3)
     with pytest.raises(ValueError, match="non-finite"):
@@ -141,9 +153,9 @@ def test_a_short_campaign_runs_both_arms_on_the_simulated_plant(tmp_path, tiny_c
     assert len(learned["cost_per_batch"]) == len(without["cost_per_batch"]) == 2
     assert all(math.isfinite(c) for c in learned["cost_per_batch"] + without["cost_per_batch"])
     assert without["seed_mass_g_per_batch"] == [40.0, 40.0]
-    prior = summary["prior"]
-    best = prior["seed_mass_rel"][int(np.argmin(prior["cost"]))]
-    assert learned["seed_mass_g_per_batch"][0] == pytest.approx(40.0 * best)  # the model's best charge first
+    assert learned["seed_mass_g_per_batch"][0] == pytest.approx(40.0)  # the campaign starts from the recipe
+    assert 1.0 in summary["prior"]["seed_mass_rel"] and len(summary["prior"]["seed_mass_rel"]) == 6
+    assert abs(learned["seed_mass_g_per_batch"][1] / 40.0 - 1.0) <= 0.25 + 1e-9  # within the trust region
     batches = json.loads((tmp_path / "batches.json").read_text())
     assert [b["seed"] for b in batches["campaign"]] == [b["seed"] for b in batches["without_learning"]] == [0, 1]
     assert all(b["batch_time_limit_h"] > 0 for b in batches["campaign"])
