@@ -705,8 +705,7 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
         m = Measurement(now, temperature, concentration, state.solubility_g_per_kg, state.antisolvent_per_water,
                         view.value("fbrm_counts_total_per_s"), state.growth_trend_um_per_min,
                         smoothed_image_size_um(state.size_history, now,
-                                               population.seeded_at_s + facts.settings.image_settle_s,
-                                               facts.concentration_delay_s + facts.settings.mass_balance_time_s),
+                                               population.seeded_at_s + facts.settings.image_settle_s),
                         view.value(signals.IMAGE_SIZE_FRACTIONS[0]))
         population = step(population, m, laws, facts.material.mass_per_um3_kg, facts.settings)
     return replace(state, population=population)
@@ -734,22 +733,21 @@ def size_trend_per_min(points, min_points: int = 4, min_span_s: float = 120.0) -
     return float(np.dot(t, pts[:, 1] - pts[:, 1].mean()) / np.dot(t, t) * 60.0)
 
 
-def smoothed_image_size_um(history, now_s: float, since_s: float, delay_s: float = 0.0, window_s: float = 300.0,
+def smoothed_image_size_um(history, now_s: float, since_s: float, window_s: float = 300.0,
                            min_points: int = 6, min_span_s: float = 60.0) -> float:
-    """The imaging mean size ``delay_s`` before ``now_s``: a straight line through its readings of
-    the last ``window_s`` (none before ``since_s``, the seed charge), evaluated then (the probe's
-    noise averaged, the growth kept; the delay puts it on the mass balance's time, which lags
-    by the analyser's dead time and its filter). NaN with too few readings.
+    """The imaging mean size at ``now_s``: a straight line through its readings of the last
+    ``window_s`` (none before ``since_s``, the seed charge), evaluated now (the probe's noise
+    averaged, the growth kept). NaN with too few readings.
 
     Args:
         history: (plant time s, imaging mean um, FBRM mean chord um), NaN where not valid.
     """
     pts = np.array([(t, v) for t, v, _ in history if t >= max(since_s, now_s - window_s) and math.isfinite(v)
                     and v > 0], dtype=float).reshape(-1, 2)
-    if pts.shape[0] < min_points or pts[:, 0].max() - pts[:, 0].min() < max(min_span_s, delay_s):
+    if pts.shape[0] < min_points or pts[:, 0].max() - pts[:, 0].min() < min_span_s:
         return math.nan
     slope, intercept = np.polyfit(pts[:, 0] - now_s, pts[:, 1], 1)
-    return float(intercept - slope * delay_s)
+    return float(intercept)
 
 
 def growth_from_size_trends(history, mean_size_um: float) -> float:
