@@ -50,17 +50,25 @@ def true_laws(cfg, ts) -> Laws:
     return Laws(growth[None, :], nucleation[None, :])
 
 
-def run(cfg, ts, laws, settings=EstimatorSettings()) -> PopulationEstimate:
+def run(cfg, ts, laws, settings=EstimatorSettings(), imaging: bool = False) -> PopulationEstimate:
+    """The estimator over a simulated batch from the recipe's seeding on; with ``imaging`` it
+    also gets the imaging probe's smoothed mean size and smallest-bin fraction."""
     sc = cfg.scenario
     water = sc.reactor.water_mass_kg
-    seed_mass = sc.seeding.mass_g / 1000.0 / water
-    est = None
+    seed_mass = sc.seeding.mass_g / 1000.0 / water  # the recipe's charge: what the agent is told
+    est, history = None, []
     for row in ts.itertuples():
         if row.batch_state != 1 or row.plant_time_s < sc.seeding.at_min * 60.0:
             continue
+        extra = {}
+        if imaging:
+            history.append((row.plant_time_s, row.image_mean_size_um, math.nan))
+            extra = {"image_fines_fraction": row.image_size_bin1_number_fraction,
+                     "image_size_um": math.nan if est is None else estimator.smoothed_image_size_um(
+                         history, row.plant_time_s, est.seeded_at_s + settings.image_settle_s)}
         m = Measurement(row.plant_time_s, row.reactor_temperature_c, row.concentration_g_per_kg,
                         float(MATERIAL.solubility_g_per_kg(row.reactor_temperature_c)),
-                        fbrm_total_per_s=row.fbrm_counts_total_per_s)
+                        fbrm_total_per_s=row.fbrm_counts_total_per_s, **extra)
         if est is None:
             seeds = seed_moments(seed_mass, sc.seeding.mean_size_um, sc.seeding.std_size_um, MATERIAL)
             est = estimator.seed(m.time_s, seeds, seed_mass, m.solute_g_per_kg_water)
@@ -104,30 +112,6 @@ def test_an_injected_nucleation_mismatch_is_corrected_from_fbrm(batch):
     assert est.nuclei[3] < 0.5 * uncorrected.nuclei[3]
 
 
-def run_with_imaging(cfg, ts, laws, settings=EstimatorSettings()) -> PopulationEstimate:
-    """As :func:`run`, with the imaging probe's smoothed mean size and smallest-bin fraction."""
-    sc = cfg.scenario
-    water = sc.reactor.water_mass_kg
-    seed_mass = sc.seeding.mass_g / 1000.0 / water  # the recipe's charge: what the agent is told
-    est, history = None, []
-    for row in ts.itertuples():
-        if row.batch_state != 1 or row.plant_time_s < sc.seeding.at_min * 60.0:
-            continue
-        history.append((row.plant_time_s, row.image_mean_size_um, math.nan))
-        image = math.nan if est is None else estimator.smoothed_image_size_um(
-            history, row.plant_time_s, est.seeded_at_s + settings.image_settle_s)
-        m = Measurement(row.plant_time_s, row.reactor_temperature_c, row.concentration_g_per_kg,
-                        float(MATERIAL.solubility_g_per_kg(row.reactor_temperature_c)),
-                        fbrm_total_per_s=row.fbrm_counts_total_per_s, image_size_um=image,
-                        image_fines_fraction=row.image_size_bin1_number_fraction)
-        if est is None:
-            seeds = seed_moments(seed_mass, sc.seeding.mean_size_um, sc.seeding.std_size_um, MATERIAL)
-            est = estimator.seed(m.time_s, seeds, seed_mass, m.solute_g_per_kg_water)
-            continue
-        est = estimator.step(est, m, laws, MATERIAL.mass_per_um3_kg, settings)
-    return est
-
-
 @pytest.mark.parametrize("offset", [-0.3, 0.0, 0.3])
 def test_a_seed_charge_off_its_sheet_is_estimated_from_how_far_the_seeds_grew(offset):
     """SYNTHETIC: the plant charges (1 + offset) of the recipe's seed; the estimate starts from the
@@ -139,7 +123,7 @@ def test_a_seed_charge_off_its_sheet_is_estimated_from_how_far_the_seeds_grew(of
     cfg = load_config(["simulate.output_interval_s=30", f"scenario.seed_mass_rel_offset={offset}"])
     result = simulate(cfg, progress=False)
     ts = result.timeseries
-    est = run_with_imaging(cfg, ts, true_laws(cfg, ts))
+    est = run(cfg, ts, true_laws(cfg, ts), imaging=True)
     assert math.exp(est.ln_seed_correction) == pytest.approx(1.0 + offset, rel=0.15)
     true_mass = result.summary["crystal_mass_kg"] / cfg.scenario.reactor.water_mass_kg  # seeds included
     summary = est.summary(MATERIAL.mass_per_um3_kg)
