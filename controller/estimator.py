@@ -31,6 +31,11 @@ controller/rollout.py), with the local kinetic laws of the model and two online 
    ``fbrm_calibration_s`` after seeding); afterwards the counts above what the seeds explain are
    the nuclei's mu_1, and their ratio to the estimated nuclei's mu_1 corrects B (filtered over
    ``nucleation_time_s``) and rescales the nuclei moments (at most a factor e per step).
+5. **Estimate the seed charge** in the first ``seed_window_s`` after seeding: the imaging probe's
+   mean size, relative to its first settled reading, says how far the seeds grew; the mass
+   balance says how much mass they took up; the two give the number of seeds
+   (:func:`_correct_seed_charge`), so a charge off its sheet is read neither as growth nor as
+   nucleation.
 
 States are bounded physically: moments finite and >= 0, mu_3 of the nuclei no more than the
 crystal mass allows, corrections within +-``max_ln_correction``. Without a valid concentration
