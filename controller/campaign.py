@@ -171,7 +171,8 @@ def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, 
 
     n = x.size
     dtype = torch.float64
-    grid = torch.linspace(0.0, 1.0, n, dtype=dtype).unsqueeze(-1)  # (n, 1): candidates, normalised
+    span = float(x[-1] - x[0]) if n > 1 else 1.0
+    grid = torch.as_tensor((x - x[0]) / span, dtype=dtype).unsqueeze(-1)  # (n, 1): candidates, normalised
     tried = [int(i) for i in tried]
     observed = np.asarray(observed, dtype=float).reshape(len(tried), len(OUTCOMES))
     residual = _residuals(observed, prior.outcomes[tried], scale)
@@ -198,7 +199,7 @@ def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, 
     log_mask = torch.as_tensor(_LOG)
 
     def negative_cost(samples, X):  # samples (S, b, q, 6), X (b, q, 1) -> (S, b, q)
-        index = torch.round(X[..., 0] * (n - 1)).long().clamp(0, n - 1)
+        index = torch.argmin((X[..., :1] - grid[:, 0]).abs(), dim=-1)  # every X is a candidate
         m = means[index]
         error = samples * scale_t
         outcomes = torch.where(log_mask, m * torch.exp(error), m + error)
@@ -283,8 +284,8 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
         try:
             _log.info("the model forecasts %d seed charges (the campaign's prior mean)", b.candidates)
             grid = np.linspace(*b.seed_mass_rel, b.candidates)
-            if b.seed_mass_rel[0] <= 1.0 <= b.seed_mass_rel[1]:
-                grid = np.unique(np.append(grid, 1.0))  # the recipe's own charge is a candidate
+            if b.seed_mass_rel[0] <= 1.0 <= b.seed_mass_rel[1] and not np.any(np.isclose(grid, 1.0)):
+                grid = np.sort(np.append(grid, 1.0))  # the recipe's own charge is a candidate
             prior = forecast_prior(strategy, grid)
         finally:
             if hasattr(strategy, "close"):

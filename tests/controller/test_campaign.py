@@ -101,6 +101,16 @@ def test_the_next_charge_stays_in_the_trust_region_around_the_incumbent_and_the_
     assert free.seed_mass_rel > 1.2
 
 
+def test_candidates_need_not_be_evenly_spaced():
+    x = np.array([0.5, 0.875, 1.0, 1.25, 1.625, 2.0])  # the recipe's charge added to an even grid
+    prior = Prior(x, outcomes(x, 3.0))
+    choice = next_charge(prior, [2], [outcomes(1.0, 3.3, -0.3)], TARGET_UM, SPEC, LIMIT, SCALE, mc_samples=64)
+    assert np.all(np.isfinite(choice.expected_cost)) and choice.seed_mass_rel > 1.0
+    # the posterior mean at the batch run is the batch's cost, not a neighbour's
+    assert choice.expected_cost[2] == pytest.approx(float(outcome_cost(outcomes(1.0, 3.3, -0.3), TARGET_UM, SPEC,
+                                                                       LIMIT)), rel=0.2)
+
+
 def test_a_bad_forecast_is_refused():
     x = np.linspace(0.5, 2.0, 3)
     with pytest.raises(ValueError, match="non-finite"):
