@@ -40,8 +40,8 @@ import numpy as np
 from conf.contract import signals
 from controller.settings import Mode, StrategyName
 
-__all__ = ["CONTROLLERS", "SuiteScenario", "load_suite", "run_control_benchmark", "score_record", "simulated_batch",
-           "summarise"]
+__all__ = ["CONTROLLERS", "SuiteScenario", "load_suite", "run_control_benchmark", "run_task", "score_record",
+           "simulated_batch", "summarise"]
 
 _log = logging.getLogger("xtalpilot.bench_control")
 
@@ -183,8 +183,9 @@ def score_record(cfg, record: dict):
 
 
 
-def _run_task(task: dict) -> dict:
-    """One batch of one controller on one scenario and seed (a worker process's job)."""
+def run_task(task: dict) -> dict:
+    """One batch of one controller on one scenario and seed, scored (a worker process's job; the
+    control benchmark's and the campaign's)."""
     from conf.schema import load_config
     from controller.strategy import metastable_limit
 
@@ -463,7 +464,7 @@ def run_control_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
             oracle_build = {"wall_s": time.monotonic() - t_build, "solved": sum(not x["cached"] for x in built),
                             "cached": sum(x["cached"] for x in built), "knots": b.oracle_knots,
                             "refinement": None if refined is None else {**refined, "scenario": solves[0]["scenario"]}}
-        futures = [pool.submit(_run_task, t) for t in tasks]
+        futures = [pool.submit(run_task, t) for t in tasks]
         with tqdm(total=len(futures), unit="batch", desc="bench control", leave=False) as bar:
             for future in concurrent.futures.as_completed(futures):
                 batches.append(future.result())

@@ -219,7 +219,10 @@ def next_charge(prior: Prior, tried: Sequence[int], observed, target_um: float, 
     incumbent = min(set(tried), key=lambda i: expected[i])
     allowed = np.abs(x / x[incumbent] - 1.0) <= max_step_rel + 1e-9
     scores = np.where(allowed & np.isfinite(values), values, -np.inf)
-    pick = int(np.argmax(scores)) if np.any(np.isfinite(scores)) else int(np.argmin(np.where(allowed, expected, np.inf)))
+    if np.any(np.isfinite(scores)):
+        pick = int(np.argmax(scores))
+    else:  # no improvement computable: the lowest posterior mean within reach
+        pick = int(np.argmin(np.where(allowed, expected, np.inf)))
     return Choice(pick, float(x[pick]), expected, values)
 
 
@@ -246,7 +249,7 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
 
     from conf.schema import load_config
     from controller.agent import make_strategy
-    from controller.bench_control import _run_task
+    from controller.bench_control import run_task
     from controller.demo import ensure_checkpoint
     from controller.strategy import metastable_limit
 
@@ -279,7 +282,7 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
                                                                                          mp_context=context)
     try:
         # The arm without learning needs no forecast: it starts while the model forecasts.
-        fixed = [fixed_pool.submit(_run_task, task("recipe", k, 1.0)) for k in range(b.batches)]
+        fixed = [fixed_pool.submit(run_task, task("recipe", k, 1.0)) for k in range(b.batches)]
         strategy = make_strategy(agent_cfg)
         try:
             _log.info("the model forecasts %d seed charges (the campaign's prior mean)", b.candidates)
@@ -298,7 +301,7 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
             choice = next_charge(prior, tried, observed, target, spec, limit, b.residual_scale, b.mc_samples,
                                  seed=b.first_seed + k, time_limit_h=time_limit_h, first=first,
                                  max_step_rel=b.max_step_rel)
-            result = learn_pool.submit(_run_task, task("campaign", k, choice.seed_mass_rel)).result()
+            result = learn_pool.submit(run_task, task("campaign", k, choice.seed_mass_rel)).result()
             time_limit_h = float(result.get("batch_time_limit_h") or math.inf)
             tried.append(choice.index)
             observed.append(observed_outcomes(result))
