@@ -1146,6 +1146,20 @@ def make_strategy(cfg, service=None):
                            specification=process.specification)
 
 
+def estimate_path(decision_log: str | Path) -> Path:
+    """Where the agent keeps its estimator state beside a decision log (it survives a restart)."""
+    return Path(decision_log).with_suffix(".estimate.json")
+
+
+def discard_run_files(decision_log: str | Path) -> None:
+    """Remove a decision log and the estimator state saved beside it, for a run that must start
+    afresh (a benchmark's or demo's new plant): a state left from an earlier run of the same
+    deterministic plant names the same batch (same start time), so the agent would resume it."""
+    for path in (Path(decision_log), Path(f"{decision_log}-wal"), Path(f"{decision_log}-shm"),
+                 estimate_path(decision_log)):
+        path.unlink(missing_ok=True)
+
+
 async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metrics_server: bool = True,
                     measure_from_batch_s: float | None = None, stop_at_batch_s: float | None = None,
                     io: PlantIO | None = None, ready: asyncio.Event | None = None) -> AgentReport:
@@ -1189,7 +1203,7 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         # Small graphs gain nothing from intra-op threads, and the proposer's worker needs a
         # core of its own: measured on 2 cores, default threads gave cycle p99 ~200 ms.
         torch.set_num_threads(1)
-        proposer = ProposerWorker()
+        proposer = ProposerWorker(in_process=lockstep)
     log = DecisionLog(a.decision_log)
     try:
         if proposer is not None:
@@ -1205,7 +1219,7 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
         agent = Agent(io, strategy, a, log=log, metrics=metrics, proposer=proposer,
                       measure_from_batch_s=measure_from_batch_s, stop_at_batch_s=stop_at_batch_s,
                       replay=replay, lockstep=lockstep, poll_interval_s=0.0 if lockstep else 0.01, ready=ready,
-                      state_path=Path(a.decision_log).with_suffix(".estimate.json"),
+                      state_path=estimate_path(a.decision_log),
                       instruments=cfg.process.instruments, facts=getattr(strategy, "facts", None) or process_facts(cfg))
         report = await agent.run(stop)
         if agent.window is not None:

@@ -422,6 +422,8 @@ def run_control_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
         from controller.demo import ensure_checkpoint
 
         checkpoint = b.checkpoint or ensure_checkpoint(cfg, overrides)
+    from controller.agent import discard_run_files
+
     out_dir = Path(b.output_dir)
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -433,8 +435,7 @@ def run_control_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
                 log = None
                 if seed == b.first_seed:  # the trajectories page shows the first seed
                     log = logs / f"{scenario.name}_{controller}.sqlite"
-                    for suffix in ("", "-wal", "-shm"):
-                        Path(str(log) + suffix).unlink(missing_ok=True)
+                    discard_run_files(log)
                 tasks.append({"controller": controller, "scenario": scenario.name, "class": scenario.scenario_class,
                               "overrides": [*base, *scenario.overrides, *user], "seed": seed,
                               "checkpoint": checkpoint if controller == "agent" else None,

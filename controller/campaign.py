@@ -248,7 +248,7 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
     from tqdm import tqdm
 
     from conf.schema import load_config
-    from controller.agent import make_strategy
+    from controller.agent import discard_run_files, make_strategy
     from controller.bench_control import run_task
     from controller.demo import ensure_checkpoint
     from controller.strategy import metastable_limit
@@ -270,8 +270,7 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
 
     def task(arm: str, k: int, rel: float) -> dict:
         log = logs / f"{arm}_{k + 1:02d}.sqlite"
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(log) + suffix).unlink(missing_ok=True)
+        discard_run_files(log)
         return {"controller": "agent", "scenario": arm, "class": "campaign", "seed": b.first_seed + k,
                 "overrides": [*b.mismatch, *user, f"process.seeding.mass_g={rel * recipe_g:.6g}"],
                 "checkpoint": checkpoint, "decision_log": str(log)}

@@ -139,14 +139,14 @@ def _plant_overrides(overrides: Sequence[str]) -> list[str]:
 
 def run_batch(cfg, overrides: Sequence[str], strategy: StrategyName, out_dir: Path, checkpoint: str) -> dict:
     """Serve a fresh plant, run one strategy's batch in automatic mode, return what happened."""
+    from controller.agent import discard_run_files
     from plant_sim.bench import served_plant
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("batch_*.json"):
         old.unlink()
     log_path = out_dir / "decisions.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(log_path) + suffix).unlink(missing_ok=True)
+    discard_run_files(log_path)
     opcua_port, modbus_port = free_port_pair()
     d = cfg.demo
     plant_args = [*_plant_overrides(overrides), f"opcua_port={opcua_port}", f"modbus_port={modbus_port}",

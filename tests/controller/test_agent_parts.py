@@ -8,11 +8,13 @@ import asyncio
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 
 from conf.contract.codes import BatchState
-from controller.agent import BatchTracker, Connection, LogOnce, ModeSupervisor, Recorder
+from controller.agent import (BatchTracker, Connection, LogOnce, ModeSupervisor, Recorder, discard_run_files,
+                              estimate_path)
 from controller.decision_log import Decision, DecisionLog
 from controller.estimator import PlantState, PopulationEstimate
 from controller.guard import Mode
@@ -130,6 +132,21 @@ def test_the_recorder_round_trips_the_state_and_survives_corrupt_files(tmp_path)
                 json.dumps({"state": state.to_dict() | {"antisolvent_per_water": -1.0}})):
         path.write_text(bad)
         assert recorder.load_state() == (None, None)
+
+
+def test_a_fresh_run_discards_the_log_and_the_estimate_an_earlier_run_left(tmp_path):
+    # A benchmark's or demo's new plant starts its batch at the same plant time as the last run's:
+    # a state left beside the log would be resumed as if it were this batch's.
+    log = tmp_path / "nominal_agent.sqlite"
+    state = PlantState(1500.0, batch_time_s=500.0, batch_start_s=1000.0, population=_population())
+    Recorder(None, estimate_path(log), LogOnce()).save_state(state, {})
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{log}{suffix}").write_text("x")
+    assert Recorder(None, estimate_path(log), LogOnce()).load_state()[0] is not None
+    discard_run_files(log)
+    assert not list(tmp_path.iterdir())
+    assert Recorder(None, estimate_path(log), LogOnce()).load_state() == (None, None)
+    discard_run_files(log)  # nothing to remove: no error
 
 
 def test_the_recorder_commits_decisions_and_reports_a_log_that_fails(tmp_path):
