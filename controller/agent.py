@@ -1186,11 +1186,12 @@ async def run_agent(cfg, stop: asyncio.Event | None = None, strategy=None, metri
     for line in check_instruments(io.tagmap):
         _log.info("cannot see: %s", line)
     strategy = strategy or make_strategy(cfg)
-    metrics = AgentMetrics(io.tagmap.reactor)
-    version = getattr(getattr(strategy, "service", None), "version", "") or "none"
-    metrics.set_model(version, strategy=strategy.name)
-    server = None
+    # Metrics nobody can scrape are not kept (the harness and replay: a tenth of a batch's time).
+    metrics, server = None, None
     if metrics_server and a.metrics_port:
+        metrics = AgentMetrics(io.tagmap.reactor)
+        version = getattr(getattr(strategy, "service", None), "version", "") or "none"
+        metrics.set_model(version, strategy=strategy.name)
         try:
             server = metrics.serve(cfg.host, a.metrics_port)
         except OSError as exc:
