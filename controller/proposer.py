@@ -80,6 +80,9 @@ class Cascade:
         max_cooling_k_per_min: the inner loop's fastest cooling.
         held_s: how long the batch has held at the final temperature (0: not there yet): in
             the hold the plan decides when it ends.
+        peak_margin: the inner loop's measured tracking error (ln S; the rollout's ideal loop
+            has none): setpoints within it of the limit are out (while any are not), and it is
+            added to every rolled-out peak the objective charges.
     """
 
     metastable_sigma_limit: float
@@ -91,6 +94,7 @@ class Cascade:
     switch_c: float
     max_cooling_k_per_min: float
     held_s: float = 0.0
+    peak_margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,8 @@ def propose_cascade(problem: Problem) -> Proposal:
     the switch temperature (fractions ``settings.cascade_sigma_rel_limit`` of the limit) and the
     final hold (fractions ``settings.cascade_hold_fractions`` of the recipe's), rolled out with
     every member's laws and charged the benchmark's objective; the lowest mean cost over the
-    members wins. Pure; deterministic for a problem."""
+    members wins, among those whose setpoints plus the loop's tracking margin stay under the
+    limit (where any do). Pure; deterministic for a problem."""
     import itertools
 
     import torch
@@ -291,9 +296,16 @@ def propose_cascade(problem: Problem) -> Proposal:
     left_s = out.time_left_s.numpy()
     failed = left_s >= c.horizon_s - 1e-6  # never reached the final temperature
     cost = batch_cost_h((c.elapsed_s + left_s) / 3600.0, out.yield_fraction.numpy(), out.d43_um.numpy(),
-                        out.cv.numpy(), out.fines.numpy(), out.peak_sigma.numpy(), c.target_size_um,
+                        out.cv.numpy(), out.fines.numpy(), out.peak_sigma.numpy() + c.peak_margin, c.target_size_um,
                         c.specification, c.metastable_sigma_limit, failed)[0]  # (n, S)
     mean_cost = cost.mean(axis=1)
+    # The limit is a hard constraint for the plan (the objective only charges a batch that
+    # crossed it): setpoints within the loop's tracking margin of it are out while some
+    # candidate keeps clear. (Judged on the setpoints, not the rolled-out peak: that starts from
+    # the solution as it is now, which no candidate can take back.)
+    clear = grid[:, :2].max(axis=1) * c.metastable_sigma_limit + c.peak_margin <= c.metastable_sigma_limit
+    if clear.any():
+        mean_cost = np.where(clear, mean_cost, np.inf)
     pick = int(np.argmin(mean_cost))
     expected = {
         **_product_expected(out, pick),

@@ -169,6 +169,21 @@ class ProposerSettings:
             temperature the reactor is heading to, its setpoint but at most this far below the
             reactor (the reactor lags a falling setpoint; a saturated jacket leaves the setpoint
             far below it).
+        cascade_final_approach_min: the cascade's setpoint approaches the final temperature no
+            faster than (distance left) / this: the plant's temperature loop overshoots a ramp
+            that stops at once (measured on the simulated jacket: 0.7 K below the final
+            temperature after 0.4 K/min, the batch's peak supersaturation). 0: no taper.
+        cascade_tracking_min: the window (plant minutes) of the running mean square of the
+            cascade loop's tracking error.
+        cascade_tracking_z: the plan keeps its setpoints this many root-mean-square tracking
+            errors under the limit (its rollout's loop is ideal).
+        cascade_tracking_smooth_min: the tracking error is averaged over this long before it is
+            squared (the analyser's noise is in each reading; the true supersaturation wanders
+            slower).
+        cascade_creep_window_min: with the setpoint at the final temperature and the reactor not
+            (a saturated jacket), the batch ends once the yield it gains per hour, relative to
+            its yield, falls below 1 / batch time (hours per yield would rise); the measured
+            concentration's fall for it is fitted over this window.
     """
 
     moves: int = 3
@@ -206,6 +221,11 @@ class ProposerSettings:
     cascade_integral_band_rel: float = 0.25
     cascade_final_reached_k: float = 0.5
     cascade_lookahead_k: float = 0.15
+    cascade_final_approach_min: float = 4.0
+    cascade_tracking_min: float = 20.0
+    cascade_tracking_z: float = 2.0
+    cascade_tracking_smooth_min: float = 2.0
+    cascade_creep_window_min: float = 10.0
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
@@ -231,7 +251,9 @@ class ProposerSettings:
                              f"{self.cascade_sigma_rel_limit}")
         if not self.cascade_hold_fractions or not all(0.0 <= f <= 1.0 for f in self.cascade_hold_fractions):
             raise ValueError(f"cascade_hold_fractions must list fractions in [0, 1], got {self.cascade_hold_fractions}")
-        validate.non_negative(self, "cascade_integral_band_rel", "cascade_final_reached_k", "cascade_lookahead_k")
+        validate.non_negative(self, "cascade_integral_band_rel", "cascade_final_reached_k", "cascade_lookahead_k",
+                              "cascade_final_approach_min", "cascade_tracking_z")
+        validate.positive(self, "cascade_tracking_min", "cascade_creep_window_min", "cascade_tracking_smooth_min")
         if not 0.0 <= self.cascade_switch_rel <= 1.0:
             raise ValueError(f"cascade_switch_rel must be in [0, 1], got {self.cascade_switch_rel}")
 

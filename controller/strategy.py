@@ -34,6 +34,7 @@ background proposer. ``advise`` must be fast (it runs on the agent's event loop)
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -44,7 +45,8 @@ import numpy as np
 
 from conf.contract import signals
 from conf.contract.process import ProductSpecification
-from controller.estimator import EstimatorSettings, PlantState, PlantView, PopulationEstimate, ProcessFacts
+from controller.estimator import (EstimatorSettings, PlantState, PlantView, PopulationEstimate, ProcessFacts,
+                                  carried_over_delay, concentration_now_g_per_kg)
 from controller.model_client import ModelAnswer
 from controller.proposer import Cascade, Problem, Proposal
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState
@@ -59,6 +61,8 @@ TEMPERATURE_SP = signals.TEMPERATURE_SETPOINT
 ANTISOLVENT_SP = signals.ANTISOLVENT_RATE_SETPOINT
 # The setpoint counts as at the final temperature within this (K): cooling is over.
 FINAL_TEMPERATURE_TOLERANCE_K = 0.05
+#: minutes of concentration readings whose trend carries the analyser's reading over its delay
+CARRY_WINDOW_MIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,10 @@ class ModelPredictive:
         self._advised_at_s: float | None = None
         self.follower.reset()
         self._integral_min = 0.0  # the cascade's inner loop
+        self._tracking_var = 0.0  # its tracking error's mean square (ln S)^2, once it has reached its setpoint
+        self._tracking = False
+        self._recent_errors: collections.deque = collections.deque()
+        self._concentration_trend: collections.deque = collections.deque()  # (plant time s, g/kg), recent
         self._setpoint_final_at_s: float | None = None  # the cascade's setpoint reached the final temperature
 
     @property
@@ -477,6 +485,11 @@ class ModelPredictive:
         now, batch_min = state.plant_time_s, state.batch_time_s / 60.0
         final = self.recipe.final_temperature_c
         start_min, start_c = program_start(self.recipe)
+        trend = self._concentration_trend
+        if state.data_ok and math.isfinite(state.concentration_g_per_kg):
+            trend.append((now, state.concentration_g_per_kg))
+        while trend and trend[0][0] < now - max(self.settings.cascade_creep_window_min, CARRY_WINDOW_MIN) * 60.0:
+            trend.popleft()
         kwargs: dict = {"reference": {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)}}
         corrected = None
         if model.laws is not None and state.data_ok:
@@ -503,15 +516,23 @@ class ModelPredictive:
                 # already written is not cooled past the limit by the lag (a cooling-only loop
                 # cannot take an overshoot back). At most ``cascade_lookahead_k`` below the
                 # reactor: a jacket that saturates leaves the setpoint far below it, and that is
-                # not where it is heading soon.
+                # not where it is heading soon. The concentration is the analyser's carried to
+                # now (its reading is the solution of a delay ago, before the crystals took up
+                # what they have since): the stale one held the loop a fifth of the metastable
+                # width below its setpoint.
                 heading_c = max(previous, state.temperature_c - self.settings.cascade_lookahead_k)
-                ahead = math.log(max(state.concentration_g_per_kg, 1e-9)
-                                 / float(self.material.solubility_g_per_kg(heading_c)))
+                ahead = math.log(max(self._concentration_now(state, model.laws), 1e-9)
+                                 / float(self.material.solubility_g_per_kg(heading_c, state.antisolvent_per_water)))
                 sigma_fed = max(state.sigma, ahead) if math.isfinite(ahead) else state.sigma
                 inputs["sigma_at_setpoint"] = ahead
+                self._track(sigma_sp - sigma_fed, sigma_sp, dt_min)
+                inputs["sigma_tracking_std"] = math.sqrt(self._tracking_var)
                 rate, self._integral_min = supersaturation_pi(
                     sigma_sp - sigma_fed, self._integral_min, dt_min, self.inner,
                     integral_band=self.settings.cascade_integral_band_rel * sigma_sp)
+                approach_min = self.settings.cascade_final_approach_min
+                if approach_min > 0:  # taper into the final temperature (settings: the loop overshoots a stop)
+                    rate = min(rate, (previous - final + FINAL_TEMPERATURE_TOLERANCE_K) / approach_min)
                 inputs["ssc_cooling_rate_k_per_min"] = rate
                 temperature = previous - rate * dt_min
             else:
@@ -535,6 +556,14 @@ class ModelPredictive:
         if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
             hold_s = self.proposal.final_hold_s
         done = self._final_at_s is not None and now - self._final_at_s >= hold_s
+        if self._setpoint_final_at_s is not None and self._final_at_s is None and not done:
+            # The setpoint is there, the reactor is not (a saturated jacket): it creeps down and
+            # the solution crystallises as it does. Worth going on only while that gains yield
+            # faster, relative to the yield so far, than the batch's time grows relative to
+            # itself: hours per yield, the objective, falls while t Y'/Y > 1.
+            gain_per_h = self._creeping_yield_gain_per_h(state)
+            inputs["creep_yield_gain_times_batch_time"] = gain_per_h * state.batch_time_s / 3600.0
+            done = inputs["creep_yield_gain_times_batch_time"] < 1.0 and not self._below_size_window(state)
         advice = Advice(setpoints, now, data_ok=data_ok, inputs=inputs, complete_batch=done, **kwargs)
         if corrected is not None and not done and state.data_ok:
             # posed in the hold too: there the plan decides when the batch ends
@@ -548,6 +577,64 @@ class ModelPredictive:
             inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
                            if isinstance(v, (int, float))})
         return advice
+
+    def _concentration_now(self, state: PlantState, laws=None) -> float:
+        """The analyser's reading carried over its delay: the higher of the reading carried by its
+        own recent trend (:func:`controller.estimator.carried_over_delay`: lags a change of pace)
+        and by the estimate's uptake (:func:`controller.estimator.concentration_now_g_per_kg`:
+        noisy at low supersaturation), so the loop judges the solution by the more cautious of
+        two imperfect views (a higher concentration, a higher supersaturation)."""
+        by_model = concentration_now_g_per_kg(state, self.facts, laws)
+        by_trend = carried_over_delay(self._concentration_trend, state.plant_time_s, self.facts.concentration_delay_s,
+                                      window_s=CARRY_WINDOW_MIN * 60.0)
+        return max(by_model, by_trend) if math.isfinite(by_trend) else by_model
+
+    def _below_size_window(self, state: PlantState) -> bool:
+        """The estimated d43 is still below the release window (the crystals growing on pays the
+        specification, which the yield rule does not see)."""
+        target = self.settings.target_size_um
+        population = state.population
+        if not target > 0 or population is None:
+            return False
+        spec = self.specification if self.specification is not None else ProductSpecification()
+        d43 = population.summary(self.material.mass_per_um3_kg).get("estimated_d43_um", math.nan)
+        return math.isfinite(d43) and d43 < target * (1.0 - spec.d43_tolerance_rel)
+
+    def _creeping_yield_gain_per_h(self, state: PlantState) -> float:
+        """Y'/Y of a batch whose reactor creeps down (1/h): the solute it crystallises per hour,
+        the measured concentration's fall (least squares over ``cascade_creep_window_min``), over
+        the solute crystallised since seeding by the reading (a delay old: the yield so far reads
+        a little low, the rule a little patient). NaN: not measurable (too short a trend, no
+        population); +inf before any yield."""
+        points = self._concentration_trend
+        population = state.population
+        if population is None or len(points) < 4 or points[-1][0] - points[0][0] < 120.0:
+            return math.nan
+        t = np.array([p[0] for p in points]) / 3600.0
+        falling_g_per_kg_h = -float(np.polyfit(t - t[-1], np.array([p[1] for p in points]), 1)[0])
+        grown = population.seed_solute_g_per_kg_water - state.concentration_g_per_kg
+        return max(falling_g_per_kg_h, 0.0) / grown if grown > 0 else math.inf
+
+    def _track(self, error: float, sigma_sp: float, dt_min: float) -> None:
+        """The loop's tracking error, a running mean square over ``cascade_tracking_min``, from
+        the first time the loop comes within its integral band of the setpoint (the approach is
+        not tracking). The plan keeps the setpoints that far from the limit (its rollout takes
+        the loop as ideal; measured, the true supersaturation wanders with the loop's error)."""
+        if not math.isfinite(error):
+            return
+        if not self._tracking:
+            self._tracking = abs(error) <= self.settings.cascade_integral_band_rel * sigma_sp
+            if not self._tracking:
+                return
+        # The error's average over the last minutes, not each reading's: the analyser's noise is
+        # in every reading, the true supersaturation (the process's time constants) only wanders
+        # slower; squared raw, noise x3 read as a loop three times as loose.
+        self._recent_errors.append(error)
+        while len(self._recent_errors) > max(int(round(self.settings.cascade_tracking_smooth_min / max(dt_min, 1e-9))), 1):
+            self._recent_errors.popleft()
+        smoothed = sum(self._recent_errors) / len(self._recent_errors)
+        weight = 1.0 - math.exp(-dt_min / self.settings.cascade_tracking_min) if dt_min > 0 else 0.0
+        self._tracking_var += weight * (smoothed * smoothed - self._tracking_var)
 
     def _cascade_problem(self, now_state: PopulationState, laws, batch_time_s: float, plant_time_s: float,
                          start_c: float, held_s: float = 0.0) -> Problem:
@@ -567,6 +654,7 @@ class ModelPredictive:
             switch_c=start_c - self.settings.cascade_switch_rel * (start_c - final),
             max_cooling_k_per_min=min(self.inner.ssc_max_cooling_k_per_min, self.max_cooling),
             held_s=held_s,
+            peak_margin=self.settings.cascade_tracking_z * math.sqrt(self._tracking_var),
         )
         return Problem(plant_time_s, now_state, self._plan(batch_time_s / 60.0), self.material,
                        laws.growth, laws.nucleation, self.settings, self.max_cooling, 0.0,

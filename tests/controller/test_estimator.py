@@ -3,6 +3,7 @@ growth and nucleation mismatches are recovered, states stay bounded, the estimat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -99,6 +100,80 @@ def test_an_injected_growth_mismatch_is_recovered_from_the_desupersaturation(bat
         est = run(cfg, result.timeseries, wrong)
         # the correction undoes the injected factor (within the fit of a power law to the plant's BCF)
         assert math.exp(est.ln_growth_correction) * factor == pytest.approx(1.0, rel=0.35)
+
+
+def test_the_concentration_carried_over_the_analyser_delay_is_nearer_the_solution_now(batch):
+    # The analyser reads the solution of a delay ago; under cooling the crystals have taken up
+    # solute since. Carried over the delay by its own trend, the reading lands on the simulator's
+    # true concentration at the same time, and scatters less (synthetic batch). The delay is the
+    # series' own: its readings' lag behind the truth on the cooling ramp (the offline series
+    # samples every 30 s, which shortens the analyser's filter lag against the served plant's).
+    cfg, result = batch
+    ts = result.timeseries
+    t = ts.plant_time_s.to_numpy()
+    reading, truth = ts.concentration_g_per_kg.to_numpy(), ts.true_concentration_g_per_kg.to_numpy()
+    ramp = (t > 40 * 60) & (t < 165 * 60)
+    delay_s = float(np.mean((reading - truth)[ramp]) / np.mean(-np.gradient(truth, t)[ramp]))
+    assert 20.0 < delay_s < 120.0
+    raw_error, carried_error = [], []
+    for k in np.flatnonzero(ramp):
+        carried = estimator.carried_over_delay(list(zip(t[: k + 1], reading[: k + 1])), t[k], delay_s)
+        raw_error.append(reading[k] - truth[k])
+        carried_error.append(carried - truth[k])
+    assert np.mean(raw_error) > 0.2  # the reading stands above the solution now
+    assert abs(np.mean(carried_error)) < 0.3 * np.mean(raw_error)
+    assert np.std(carried_error) < np.std(raw_error)
+
+
+def test_the_concentration_carried_by_the_estimate_s_uptake_is_nearer_the_solution_now(batch):
+    # The same, carried by the estimate's uptake (3 G mu_2 with the model's growth) instead of
+    # the reading's trend: the uptake matches what the solution lost.
+    cfg, result = batch
+    ts = result.timeseries
+    laws = true_laws(cfg, ts)
+    sc = cfg.scenario
+    t = ts.plant_time_s.to_numpy()
+    ramp = (t > 40 * 60) & (t < 165 * 60)
+    truth = ts.true_concentration_g_per_kg.to_numpy()
+    delay_s = float(np.mean((ts.concentration_g_per_kg.to_numpy() - truth)[ramp]) / np.mean(-np.gradient(truth, t)[ramp]))
+    seed_mass = sc.seeding.mass_g / 1000.0 / sc.reactor.water_mass_kg
+    facts = estimator.ProcessFacts(MATERIAL, seed_moments(seed_mass, sc.seeding.mean_size_um, sc.seeding.std_size_um,
+                                                          MATERIAL),
+                                   seed_mass, seed_at_min=sc.seeding.at_min, solvent_mass_kg=sc.reactor.water_mass_kg,
+                                   concentration_delay_s=delay_s)
+    est, raw_error, carried_error, state = None, [], [], None
+    for k, row in enumerate(ts.itertuples()):
+        if row.batch_state != 1 or row.plant_time_s < sc.seeding.at_min * 60.0:
+            continue
+        m = Measurement(row.plant_time_s, row.reactor_temperature_c, row.concentration_g_per_kg,
+                        float(MATERIAL.solubility_g_per_kg(row.reactor_temperature_c)))
+        if est is None:
+            est = estimator.seed(m.time_s, facts.seed_moments, seed_mass, m.solute_g_per_kg_water)
+            continue
+        est = estimator.step(est, m, laws, MATERIAL.mass_per_um3_kg)
+        state = estimator.PlantState(row.plant_time_s, temperature_c=row.reactor_temperature_c,
+                                     concentration_g_per_kg=row.concentration_g_per_kg,
+                                     aligned_temperature_c=row.reactor_temperature_c, sigma=m.sigma, population=est)
+        carried = estimator.concentration_now_g_per_kg(state, facts, laws)
+        assert carried <= row.concentration_g_per_kg
+        if ramp[k]:
+            raw_error.append(row.concentration_g_per_kg - row.true_concentration_g_per_kg)
+            carried_error.append(carried - row.true_concentration_g_per_kg)
+    assert len(raw_error) > 100 and np.mean(raw_error) > 0.2
+    assert abs(np.mean(carried_error)) < 0.3 * np.mean(raw_error)
+    without = estimator.PlantState(0.0, concentration_g_per_kg=400.0)
+    assert estimator.concentration_now_g_per_kg(without, facts, laws) == 400.0  # no population: the reading
+    no_delay = dataclasses.replace(facts, concentration_delay_s=0.0)
+    assert estimator.concentration_now_g_per_kg(state, no_delay, laws) == state.concentration_g_per_kg
+
+
+def test_a_reading_carried_over_its_delay_follows_its_line_and_needs_enough_of_it():
+    line = [(60.0 * k, 400.0 - 0.5 * k) for k in range(10)]  # -0.5 per minute
+    assert estimator.carried_over_delay(line, 540.0, 90.0) == pytest.approx(400.0 - 0.5 * 9 - 0.75)
+    assert estimator.carried_over_delay(line, 540.0, 0.0) == pytest.approx(400.0 - 0.5 * 9)
+    assert math.isnan(estimator.carried_over_delay(line[-3:], 540.0, 90.0))  # too few readings
+    noisy = [(p[0], math.nan if k % 2 else p[1]) for k, p in enumerate(line + [(600.0, 397.0), (660.0, 394.5)])]
+    assert math.isfinite(estimator.carried_over_delay(noisy, 660.0, 90.0, window_s=600.0, min_points=4))  # NaN readings skipped
 
 
 def test_an_injected_nucleation_mismatch_is_corrected_from_fbrm(batch):

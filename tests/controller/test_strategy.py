@@ -12,7 +12,7 @@ from controller.estimator import estimate
 from controller.model_client import ModelClient
 from controller.proposer import Problem, Proposal
 from controller.rollout import MaterialConstants
-from controller.settings import ProposerSettings
+from controller.settings import BaselineSettings, ProposerSettings
 from controller.strategy import (
     ANTISOLVENT_SP,
     TEMPERATURE_SP,
@@ -481,7 +481,7 @@ def test_the_cascade_follows_its_plan_s_setpoints_poses_cascade_problems_and_end
         a.close()
 
 
-def test_the_cascade_s_hold_starts_when_the_reactor_is_there_or_a_recipe_hold_after_its_setpoint(tiny_checkpoint):
+def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_reactor_ends_the_batch(tiny_checkpoint):
     from controller.baselines import program_start
 
     a = _cascade_agent(tiny_checkpoint)
@@ -490,14 +490,80 @@ def test_the_cascade_s_hold_starts_when_the_reactor_is_there_or_a_recipe_hold_af
         limit = a.strategy.settings.metastable_sigma_limit
         a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
         a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=0.0))
+                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=600.0))
         a.strategy._advised[TEMPERATURE_SP] = 20.0  # the setpoint is at the final temperature
-        t = start_min + 20.0
-        # a jacket that cannot follow: the reactor 3 K above; a plan with no hold still waits
-        lagging = [a.advise(view(t + k, **_at_sigma(23.0, 0.002))) for k in range(0, 30, 5)]
-        assert not any(adv.complete_batch for adv in lagging)
-        # a recipe final hold (30 min) after the setpoint got there, the hold starts (and, the plan
-        # holding none, the batch completes)
-        assert a.advise(view(t + RECIPE.final_hold_min + 0.5, **_at_sigma(23.0, 0.002))).complete_batch
+        t = start_min + 100.0
+        # a jacket that cannot follow: the reactor 3 K above, the solution still crystallising
+        # fast (its concentration falling 1 g/kg a minute): the batch goes on
+        c0 = float(KCL_CONSTANTS.solubility_g_per_kg(23.0)) + 5.0
+        falling = [a.advise(view(t + k, reactor_temperature_c=23.0, concentration_g_per_kg=c0 - 1.0 * k))
+                   for k in range(0, 10)]
+        assert not any(adv.complete_batch for adv in falling)
+        assert falling[-1].inputs["creep_yield_gain_times_batch_time"] > 1.0
+        # then the solution stops falling (the reactor stalled): hours per yield would only
+        # rise from here, and the batch ends
+        stalled = [a.advise(view(t + 10 + k, reactor_temperature_c=23.0, concentration_g_per_kg=c0 - 9.0))
+                   for k in range(0, 12)]
+        assert stalled[-1].complete_batch
+        assert stalled[-1].inputs["creep_yield_gain_times_batch_time"] < 1.0
+    finally:
+        a.close()
+
+    # a reactor that gets there starts the plan's hold, and the batch completes after it
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
+        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=600.0))
+        a.strategy._advised[TEMPERATURE_SP] = 20.0
+        t = start_min + 100.0
+        there = [a.advise(view(t + k, **_at_sigma(20.2, 0.002))) for k in range(0, 10)]
+        assert not any(adv.complete_batch for adv in there)
+        assert a.advise(view(t + 10.5, **_at_sigma(20.2, 0.002))).complete_batch
+    finally:
+        a.close()
+
+
+def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_loop_s_tracking_error(tiny_checkpoint):
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+        a.wait_for_model()
+        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=600.0))
+        # the approach (far below the setpoint) is not tracking: no margin yet
+        t = start_min
+        approach = a.advise(view(t, **_at_sigma(45.0, 0.002)))
+        assert approach.inputs["sigma_tracking_std"] == 0.0
+        assert approach.problem is not None and approach.problem.cascade.peak_margin == 0.0
+        # tracking: readings that flip +-10 % about the setpoint each cycle are the analyser's
+        # noise (averaged over 2 min: less of it counts); a solution that wanders +-10 % for
+        # minutes at a time is the loop's
+        def at(k: int, relative: float):  # the reactor where the loop's setpoint is
+            reactor_c = a.strategy._advised.get(TEMPERATURE_SP, 45.0)
+            return a.advise(view(t + 0.5 * k, **_at_sigma(reactor_c, 0.9 * limit * (1.0 + relative))))
+
+        for k in range(1, 80):
+            adv = at(k, 0.1 if k % 2 else -0.1)
+        noise_only = adv.inputs["sigma_tracking_std"]
+        for k in range(80, 240):
+            adv = at(k, 0.1 if (k // 16) % 2 else -0.1)
+        assert adv.inputs["sigma_tracking_std"] == pytest.approx(0.1 * 0.9 * limit, rel=0.3)
+        assert adv.inputs["sigma_tracking_std"] > 1.2 * noise_only
+        assert adv.problem.cascade.peak_margin == pytest.approx(2.0 * adv.inputs["sigma_tracking_std"])
+        # a kelvin above the final temperature with the solution far under its setpoint, the loop
+        # would cool at its fastest; it tapers in (rate <= distance left / cascade_final_approach_min)
+        a.strategy._advised[TEMPERATURE_SP] = 21.0
+        for k in range(12):
+            previous = a.strategy._advised[TEMPERATURE_SP]
+            near = a.advise(view(t + 121.0 + 0.5 * k, **_at_sigma(previous, 0.001)))
+            allowed = (previous - 20.0 + 0.05) / a.strategy.settings.cascade_final_approach_min
+            assert near.inputs["ssc_cooling_rate_k_per_min"] <= allowed + 1e-9
+        assert 0.0 < near.inputs["ssc_cooling_rate_k_per_min"] < BaselineSettings().ssc_max_cooling_k_per_min
+        assert 20.0 < near.setpoints[TEMPERATURE_SP] < 20.5
     finally:
         a.close()
