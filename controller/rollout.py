@@ -163,7 +163,7 @@ class MaterialConstants:
     def _torch_table(self, dtype, device) -> tuple[Tensor, Tensor]:
         """(inner knots (n - 2,), per segment (n - 1, 6): x_k, 1/h_k and the power coefficients
         a_0..a_3 of the contract's cubic Hermite (conf/contract/solubility.py) in s = (x - x_k)/h_k),
-        built once per dtype and device (rebuilding them per call was most of a rollout's time)."""
+        built once per dtype and device (rebuilding them per call was half a proposal's time)."""
         key = (dtype, str(device))
         cache = self.__dict__.setdefault("_torch_cache", {})  # (unpickled from an older version: none)
         cached = cache.get(key)
