@@ -481,16 +481,23 @@ def test_the_cascade_follows_its_plan_s_setpoints_poses_cascade_problems_and_end
         a.close()
 
 
-def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_reactor_ends_the_batch(tiny_checkpoint):
+def _cascade_with_plan(tiny_checkpoint, setpoint_rel_limit: float) -> tuple[Loop, float, float]:
+    """A cascade agent at its programme's start with a plan at a fraction of the limit and a
+    10-minute hold: (the agent, the programme's start in batch minutes, the limit)."""
     from controller.baselines import program_start
 
     a = _cascade_agent(tiny_checkpoint)
+    start_min, _ = program_start(RECIPE)
+    limit = a.strategy.settings.metastable_sigma_limit
+    a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
+    a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                      sigma_setpoints=(setpoint_rel_limit * limit,) * 2, switch_c=34.5, final_hold_s=600.0))
+    return a, start_min, limit
+
+
+def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_reactor_ends_the_batch(tiny_checkpoint):
+    a, start_min, _ = _cascade_with_plan(tiny_checkpoint, 0.8)
     try:
-        start_min, _ = program_start(RECIPE)
-        limit = a.strategy.settings.metastable_sigma_limit
-        a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
-        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=600.0))
         a.strategy._advised[TEMPERATURE_SP] = 20.0  # the setpoint is at the final temperature
         t = start_min + 100.0
         # a jacket that cannot follow: the reactor 3 K above, the solution still crystallising
@@ -510,11 +517,8 @@ def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_react
         a.close()
 
     # a reactor that gets there starts the plan's hold, and the batch completes after it
-    a = _cascade_agent(tiny_checkpoint)
+    a, start_min, _ = _cascade_with_plan(tiny_checkpoint, 0.8)
     try:
-        a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
-        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.8 * limit, 0.8 * limit), switch_c=34.5, final_hold_s=600.0))
         a.strategy._advised[TEMPERATURE_SP] = 20.0
         t = start_min + 100.0
         there = [a.advise(view(t + k, **_at_sigma(20.2, 0.002))) for k in range(0, 10)]
@@ -531,7 +535,7 @@ def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_
     try:
         start_min, _ = program_start(RECIPE)
         limit = a.strategy.settings.metastable_sigma_limit
-        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))  # before the programme: no trend yet
         a.wait_for_model()
         a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
                           sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=600.0))
