@@ -68,11 +68,13 @@ def test_the_supersaturation_limit_holds_back_what_the_objective_wants():
     assert tight.cooling_end_s > loose.cooling_end_s + 1000.0  # it cools for longer
 
 
-def test_the_worker_process_answers_like_the_function():
+@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
+def test_the_worker_answers_like_the_function(in_process):
+    # in_process: the lockstep harness's thread in the agent's own process
     pr = problem(time_budget_s=1.0)
 
     async def go():
-        worker = ProposerWorker()
+        worker = ProposerWorker(in_process=in_process)
         try:
             await worker.warm_up()
             return await worker.propose(pr)
