@@ -70,8 +70,8 @@ from conf.contract import signals
 from conf.contract.codes import BatchState
 from controller.state import ChordStatistics, aligned, chord_statistics
 
-__all__ = ["EstimatorSettings", "carried_over_delay", "concentration_now_g_per_kg", "Measurement", "PlantState", "PlantView", "PopulationEstimate", "ProcessFacts",
-           "aligned", "crystal_mass_kg_per_kg", "estimate", "growth_from_size_trends", "seed", "size_trend_per_min",
+__all__ = ["EstimatorSettings", "Measurement", "PlantState", "PlantView", "PopulationEstimate", "ProcessFacts",
+           "aligned", "carried_over_delay", "concentration_now_g_per_kg", "crystal_mass_kg_per_kg", "estimate", "growth_from_size_trends", "seed", "size_trend_per_min",
            "smoothed_image_size_um", "step"]
 
 N_MOMENTS = 6
