@@ -71,8 +71,8 @@ from conf.contract.codes import BatchState
 from controller.state import ChordStatistics, aligned, chord_statistics
 
 __all__ = ["EstimatorSettings", "Measurement", "PlantState", "PlantView", "PopulationEstimate", "ProcessFacts",
-           "aligned", "carried_over_delay", "concentration_now_g_per_kg", "crystal_mass_kg_per_kg", "estimate", "growth_from_size_trends", "seed", "size_trend_per_min",
-           "smoothed_image_size_um", "step"]
+           "aligned", "carried_over_delay", "concentration_now_g_per_kg", "crystal_mass_kg_per_kg", "estimate",
+           "growth_from_size_trends", "seed", "size_trend_per_min", "smoothed_image_size_um", "step"]
 
 N_MOMENTS = 6
 T_REF_K = 298.15
