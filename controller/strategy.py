@@ -46,7 +46,7 @@ import numpy as np
 from conf.contract import signals
 from conf.contract.process import ProductSpecification
 from controller.estimator import (EstimatorSettings, PlantState, PlantView, PopulationEstimate, ProcessFacts,
-                                  carried_over_delay, concentration_now_g_per_kg)
+                                  carried_over_delay, concentration_now_g_per_kg, size_trend_per_min)
 from controller.model_client import ModelAnswer
 from controller.proposer import Cascade, Problem, Proposal
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState
@@ -606,12 +606,10 @@ class ModelPredictive:
         the solute crystallised since seeding by the reading (a delay old: the yield so far reads
         a little low, the rule a little patient). NaN: not measurable (too short a trend, no
         population); +inf before any yield."""
-        points = self._concentration_trend
         population = state.population
-        if population is None or len(points) < 4 or points[-1][0] - points[0][0] < 120.0:
+        falling_g_per_kg_h = -60.0 * size_trend_per_min(self._concentration_trend)  # NaN: too short a trend
+        if population is None or not math.isfinite(falling_g_per_kg_h):
             return math.nan
-        t = np.array([p[0] for p in points]) / 3600.0
-        falling_g_per_kg_h = -float(np.polyfit(t - t[-1], np.array([p[1] for p in points]), 1)[0])
         grown = population.seed_solute_g_per_kg_water - state.concentration_g_per_kg
         return max(falling_g_per_kg_h, 0.0) / grown if grown > 0 else math.inf
 
