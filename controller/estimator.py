@@ -90,6 +90,9 @@ class EstimatorSettings:
         nucleation_time_s: time constant of the nucleation correction from FBRM.
         fbrm_calibration_s: plant seconds after seeding over which counts per mu_1 are calibrated
             (the seeds alone are in suspension then).
+        fbrm_settle_s: FBRM counts of the first seconds after seeding are left out (the counts,
+            read back over the analyser's delay, are interpolated between the clear solution's
+            and the suspension's there).
         min_sigma_for_growth: below this supersaturation the growth correction is not updated
             (G -> 0 and the ratio is noise).
         max_log10_nucleation_per_kg_s: cap on log10 B (per kg solvent per s).
@@ -113,6 +116,7 @@ class EstimatorSettings:
     growth_time_s: float = 600.0
     nucleation_time_s: float = 900.0
     fbrm_calibration_s: float = 300.0
+    fbrm_settle_s: float = 60.0
     min_sigma_for_growth: float = 0.002
     max_log10_nucleation_per_kg_s: float = 9.0
     max_ln_correction: float = 4.0
@@ -142,7 +146,10 @@ class Measurement:
         concentration_g_per_kg: solute per kg solvent.
         solubility_g_per_kg: C* at the temperature and solvent composition (per kg solvent).
         antisolvent_per_water: antisolvent fed so far, kg per kg water.
-        fbrm_total_per_s: FBRM total chord count rate (NaN: no probe).
+        fbrm_total_per_s: FBRM total chord count rate (NaN: no probe), as of ``fbrm_time_s``.
+        fbrm_time_s: the plant time those counts are of (NaN: ``time_s``). :func:`estimate`
+            reads the probe back by the concentration analyser's delay, the instant the mass
+            balance, and with it the estimate's moments, is of.
         growth_trend_um_per_min: growth seen in the trend of the imaging and FBRM mean sizes
             (:func:`growth_from_size_trends`; NaN: none). Used where the mass balance is not
             (the concentration analyser is out).
@@ -160,6 +167,7 @@ class Measurement:
     growth_trend_um_per_min: float = math.nan
     image_size_um: float = math.nan
     image_fines_fraction: float = math.nan
+    fbrm_time_s: float = math.nan
 
     @property
     def solute_g_per_kg_water(self) -> float:
@@ -186,6 +194,8 @@ class PopulationEstimate:
         growth_observed_um_per_min: G the mass balance implied over the last step (NaN: none).
         fbrm_counts_per_mu1: calibrated counts per s per um of mu_1 (NaN: not yet).
         calibration_samples: readings in the FBRM calibration so far.
+        fbrm_calibration_m2: their sum of squared deviations from the mean (Welford), counts per s
+            per um squared: the counts' scatter.
         ln_seed_correction: the seed charge estimated against the recipe's, ln (the seed
             moments, the mass-balance anchor and the FBRM calibration are scaled by it).
         image_reference_um / image_reference_seed_um: the imaging size when it was first
@@ -207,6 +217,7 @@ class PopulationEstimate:
     growth_observed_um_per_min: float = math.nan
     fbrm_counts_per_mu1: float = math.nan
     calibration_samples: int = 0
+    fbrm_calibration_m2: float = 0.0
     ln_seed_correction: float = 0.0
     image_reference_um: float = math.nan
     image_reference_seed_um: float = math.nan
@@ -439,7 +450,8 @@ def _correct_seed_charge(est: PopulationEstimate, m: Measurement, dt: float, set
     scale = math.exp(ln_seed - est.ln_seed_correction)
     counts = est.fbrm_counts_per_mu1 / scale if math.isfinite(est.fbrm_counts_per_mu1) else est.fbrm_counts_per_mu1
     return replace(est, seeds=tuple(v * scale for v in est.seeds), seed_mass_kg_per_kg=est.seed_mass_kg_per_kg * scale,
-                   fbrm_counts_per_mu1=counts, ln_seed_correction=ln_seed)
+                   fbrm_counts_per_mu1=counts, fbrm_calibration_m2=est.fbrm_calibration_m2 / (scale * scale),
+                   ln_seed_correction=ln_seed)
 
 
 def _correct_nucleation(est: PopulationEstimate, m: Measurement, dt: float, settings: EstimatorSettings
@@ -448,14 +460,22 @@ def _correct_nucleation(est: PopulationEstimate, m: Measurement, dt: float, sett
     if not (math.isfinite(counts) and counts > 0):
         return est
     total_mu1 = float(est.total()[1])
-    if m.time_s - est.seeded_at_s <= settings.fbrm_calibration_s:
+    counts_time_s = m.fbrm_time_s if math.isfinite(m.fbrm_time_s) else m.time_s
+    if counts_time_s < est.seeded_at_s + settings.fbrm_settle_s:
+        # Counts of the clear solution, or read back between it and the suspension (a fraction
+        # of the charge): calibrated on them, every later count read high, as nuclei.
+        return est
+    if counts_time_s - est.seeded_at_s <= settings.fbrm_calibration_s:
         if est.seeds[1] <= 0:
             return est
         ratio = counts / float(est.seeds[1])  # seeds alone: nuclei are few and tiny yet
         n = est.calibration_samples
-        mean = ratio if n == 0 or not math.isfinite(est.fbrm_counts_per_mu1) else (
-            est.fbrm_counts_per_mu1 + (ratio - est.fbrm_counts_per_mu1) / (n + 1))
-        return replace(est, fbrm_counts_per_mu1=mean, calibration_samples=n + 1)
+        if n == 0 or not math.isfinite(est.fbrm_counts_per_mu1):
+            return replace(est, fbrm_counts_per_mu1=ratio, calibration_samples=1, fbrm_calibration_m2=0.0)
+        # Welford: the mean and the scatter of the readings about it (the counts' own noise)
+        mean = est.fbrm_counts_per_mu1 + (ratio - est.fbrm_counts_per_mu1) / (n + 1)
+        m2 = est.fbrm_calibration_m2 + (ratio - est.fbrm_counts_per_mu1) * (ratio - mean)
+        return replace(est, fbrm_counts_per_mu1=mean, calibration_samples=n + 1, fbrm_calibration_m2=m2)
     k = est.fbrm_counts_per_mu1
     if not (math.isfinite(k) and k > 0) or total_mu1 <= 0:
         return est
@@ -465,12 +485,34 @@ def _correct_nucleation(est: PopulationEstimate, m: Measurement, dt: float, sett
     # counts' noise, not the nuclei.
     if nuclei_mu1 <= 1e-3 * total_mu1 and nuclei_mu1_measured <= 1e-3 * total_mu1:
         return est
-    ln_ratio = math.log(max(nuclei_mu1_measured, 1e-6 * total_mu1) / max(nuclei_mu1, 1e-6 * total_mu1))
+    # The nuclei's mu_1 is what the counts leave over the seeds', a small difference of large
+    # numbers: a reading's noise and the calibration's own error, both a share of all counts,
+    # are in it. Each side of the ratio carries that uncertainty, so a difference within it says
+    # little (the ratio stays near 1) and a clear one is read in full: unshrunk, one noisy
+    # stretch early in a KCl batch (nuclei 0.5 % of mu_1, counts 3 % noise) drove the
+    # correction to its bound e^4 where the plant's B was 1.3x the model's.
+    uncertainty = _count_uncertainty_rel(est, dt, settings) * total_mu1
+    ln_ratio = math.log(max(nuclei_mu1_measured + uncertainty, 1e-6 * total_mu1)
+                        / max(nuclei_mu1 + uncertainty, 1e-6 * total_mu1))
     alpha = 1.0 - math.exp(-dt / settings.nucleation_time_s)
     ln_b = _clip(est.ln_nucleation_correction + alpha * ln_ratio, settings.max_ln_correction)
     scale = math.exp(_clip(alpha * ln_ratio, 1.0))
     nuclei = tuple(v * scale for v in est.nuclei)
     return replace(est, nuclei=nuclei, ln_nucleation_correction=ln_b)
+
+
+def _count_uncertainty_rel(est: PopulationEstimate, dt: float, settings: EstimatorSettings) -> float:
+    """The relative uncertainty of the mu_1 the FBRM counts say, as the nucleation correction
+    sees it: the readings' scatter in the calibration (a share of the counts), averaged over the
+    correction's time constant (``2 tau / dt`` readings), and the calibration mean's own
+    standard error, which no averaging removes. 0 before two calibration readings."""
+    n = est.calibration_samples
+    k = est.fbrm_counts_per_mu1
+    if n < 2 or not (math.isfinite(k) and k > 0):
+        return 0.0
+    scatter_rel = math.sqrt(max(est.fbrm_calibration_m2, 0.0) / (n - 1)) / k
+    readings = max(2.0 * settings.nucleation_time_s / max(dt, 1e-9), 1.0)
+    return scatter_rel * math.sqrt(1.0 / readings + 1.0 / n)
 
 
 def _bounded(moments: np.ndarray) -> tuple[float, ...]:
@@ -588,6 +630,9 @@ class PlantState:
         antisolvent_per_water: antisolvent fed in this batch, kg per kg water.
         population: the population estimate (None: before seeding, or no batch).
         temperature_history: recent (plant time, reactor temperature) for the alignment.
+        fbrm_history: recent (plant time, FBRM total counts per s), read back as of the
+            analyser's sample (the nucleation correction compares them with the mass balance's
+            moments, which are of that instant).
         antisolvent_clock_s: when the totaliser last counted (None: stopped).
         last_batch_time_s: the batch time last seen executing (None: none yet).
         size_history: recent (plant time, imaging mean size um, FBRM mean chord um), NaN where
@@ -610,6 +655,7 @@ class PlantState:
     antisolvent_per_water: float = 0.0
     population: PopulationEstimate | None = None
     temperature_history: tuple[tuple[float, float], ...] = ()
+    fbrm_history: tuple[tuple[float, float], ...] = ()
     antisolvent_clock_s: float | None = None
     last_batch_time_s: float | None = None
     size_history: tuple[tuple[float, float, float], ...] = ()
@@ -682,9 +728,17 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
     concentration = view.value(signals.CONCENTRATION)
     delay = facts.concentration_delay_s if facts is not None else 0.0
     history, seen_c = aligned(prev.temperature_history, now, temperature, delay)
+    # The estimate's moments follow the mass balance of the analyser's sample, a delay old; the
+    # FBRM counts now. Compared unaligned, the seeds' growth over the delay (5 % of their first
+    # moment early in a KCl batch) read as nuclei: the nucleation correction rose to e^3.4 at
+    # 30 min where the plant's B was a tenth of what it then predicted.
+    counts_now = view.value("fbrm_counts_total_per_s")
+    fbrm_history, seen_counts = aligned(prev.fbrm_history, now, counts_now, delay)
+    if not math.isfinite(counts_now):
+        seen_counts = math.nan  # a probe that is out now says nothing (its history would stand in)
     state = replace(prev, plant_time_s=now, batch_time_s=view.batch_time_s, batch_state=code, view=view,
                     temperature_c=temperature, concentration_g_per_kg=concentration,
-                    aligned_temperature_c=seen_c, temperature_history=history)
+                    aligned_temperature_c=seen_c, temperature_history=history, fbrm_history=fbrm_history)
     if view.batch_time_s is None:
         if code == _HELD:
             # Held is a freeze: nothing integrates; the totaliser restarts its clock on resume.
@@ -712,10 +766,10 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
                           concentration * (1.0 + state.antisolvent_per_water))
     if population is not None:
         m = Measurement(now, temperature, concentration, state.solubility_g_per_kg, state.antisolvent_per_water,
-                        view.value("fbrm_counts_total_per_s"), state.growth_trend_um_per_min,
+                        seen_counts, state.growth_trend_um_per_min,
                         smoothed_image_size_um(state.size_history, now,
                                                population.seeded_at_s + facts.settings.image_settle_s),
-                        view.value(signals.IMAGE_SIZE_FRACTIONS[0]))
+                        view.value(signals.IMAGE_SIZE_FRACTIONS[0]), fbrm_time_s=now - delay)
         population = step(population, m, laws, facts.material.mass_per_um3_kg, facts.settings)
     return replace(state, population=population)
 

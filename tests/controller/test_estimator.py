@@ -407,3 +407,50 @@ def test_the_size_trend_is_a_least_squares_slope_and_needs_enough_points():
     history = [(s, 2.0 * (100.0 + s / 60.0), 0.7 * (100.0 + s / 60.0)) for s in t]
     assert estimator.growth_from_size_trends(history, 105.0) == pytest.approx(1.0, rel=0.1)
     assert math.isnan(estimator.growth_from_size_trends(history, math.nan))
+
+
+def _calibrated(scatter_rel: float, samples: int = 10) -> PopulationEstimate:
+    """An estimate 20 min after seeding, its FBRM calibrated on ``samples`` readings scattering by
+    ``scatter_rel``, with few nuclei (0.1 % of mu_1)."""
+    seeds = seed_moments(0.002, 150.0, 20.0, MATERIAL)
+    est = estimator.seed(0.0, seeds, 0.002, 430.0)
+    k = 2.0
+    m2 = (scatter_rel * k) ** 2 * (samples - 1)
+    nuclei = (1.0, 1e-3 * seeds[1], 0.0, 0.0, 0.0, 0.0)
+    return dataclasses.replace(est, time_s=1200.0, nuclei=nuclei, fbrm_counts_per_mu1=k, calibration_samples=samples,
+                               fbrm_calibration_m2=m2)
+
+
+def test_a_count_excess_within_the_calibration_s_scatter_hardly_moves_the_nucleation_correction():
+    """The nuclei's mu_1 is the counts less the seeds': an excess of a share of the counts that the
+    calibration's own scatter explains moves the correction far less than its raw ratio would,
+    one far beyond it by at least half as much."""
+    settings = EstimatorSettings()
+    dt = 30.0
+    alpha = 1.0 - math.exp(-dt / settings.nucleation_time_s)
+    for scatter, excess_rel, at_most in ((0.03, 0.005, 0.3), (0.03, 0.2, 1.0), (0.0, 0.005, 1.0)):
+        est = _calibrated(scatter)
+        total_mu1 = float(est.total()[1])
+        counts = est.fbrm_counts_per_mu1 * (est.seeds[1] + est.nuclei[1] + excess_rel * total_mu1)
+        m = Measurement(1230.0, 40.0, 430.0, 420.0, fbrm_total_per_s=counts)
+        out = estimator._correct_nucleation(est, m, dt, settings)
+        raw = math.log((est.nuclei[1] + excess_rel * total_mu1) / est.nuclei[1])
+        moved = out.ln_nucleation_correction / (alpha * raw)
+        assert 0.0 < moved <= at_most + 1e-9, (scatter, excess_rel, moved)
+        if at_most == 1.0:
+            assert moved > 0.5  # a clear excess (or a calibration without scatter): at least half of it
+
+
+def test_counts_read_back_to_before_the_seeds_settled_neither_calibrate_nor_correct():
+    """The counts are read back over the analyser's delay: those of the clear solution, or of the
+    first seconds of the charge, are left out of the calibration."""
+    seeds = seed_moments(0.002, 150.0, 20.0, MATERIAL)
+    est = estimator.seed(600.0, seeds, 0.002, 430.0)
+    settings = EstimatorSettings()
+    for counts_time_s in (500.0, 600.0 + 0.5 * settings.fbrm_settle_s):
+        m = Measurement(690.0, 40.0, 430.0, 420.0, fbrm_total_per_s=3.0, fbrm_time_s=counts_time_s)
+        assert estimator._correct_nucleation(est, m, 30.0, settings) == est
+    m = Measurement(690.0 + settings.fbrm_settle_s, 40.0, 430.0, 420.0, fbrm_total_per_s=1e4,
+                    fbrm_time_s=600.0 + settings.fbrm_settle_s)
+    out = estimator._correct_nucleation(est, m, 30.0, settings)
+    assert out.calibration_samples == 1 and out.fbrm_counts_per_mu1 == pytest.approx(1e4 / seeds[1])
