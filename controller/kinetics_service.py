@@ -527,7 +527,7 @@ class PriorKinetics:
     the supersaturations of a controlled batch), one ensemble member:
 
         ln G = ln k_g + g ln sigma + (E_g/R) (1/T_ref - 1/T)
-        log10 B = log10(k_b M_ref^j [/ rho per m^3 on a third-moment basis]) + b log10 sigma
+        log10 B = log10(k_b M_ref^j [M_ref x 1000 / rho on a third-moment basis]) + b log10 sigma
                   + (E_b/R) / ln 10 (1/T_ref - 1/T)
 
     with M_ref the suspension density the rollout scales B from (linear in M_T: j = 1 is
@@ -547,7 +547,9 @@ class PriorKinetics:
         ln_b_ref = math.log(max(preset.nucleation_rate_per_kg_s, 1e-300))
         suspension = suspension_ref_kg_per_kg
         if preset.nucleation_basis == "third_moment":
-            suspension = suspension_ref_kg_per_kg / crystal_density_kg_per_m3  # m^3 crystal per kg
+            # crystal volume per solvent volume, the solvent at 1000 kg/m3 (the preset's mu_3, the
+            # plant's): per kg, as it was, B came out 1000x low and KNO3's correction sat at its bound
+            suspension = suspension_ref_kg_per_kg * 1000.0 / crystal_density_kg_per_m3
         ln_b_ref += preset.suspension_exponent * math.log(suspension)
         self.laws = KineticsLaws(
             np.array([[math.log(preset.growth_rate_um_per_min), preset.growth_exponent,

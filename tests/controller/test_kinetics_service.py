@@ -236,10 +236,16 @@ def test_a_kinetics_prior_in_the_preset_form_becomes_the_agents_laws():
     warm = prior.estimate([], 45.0, 0.01).growth_um_per_min
     expected = 100.0 * 0.01**1.5 * math.exp(40e3 / 8.314462618 * (1 / 298.15 - 1 / 318.15))
     assert warm == pytest.approx(expected, rel=1e-9)
-    # a third-moment basis (mu_3 in m^3 crystal per kg) divides the suspension by the density
+    # a third-moment basis: mu_3 as crystal volume per solvent volume, as the plant computes it
+    # (plant_sim/reactor.py: M_T x 1000 / rho, the solvent at 1000 kg/m3)
+    from plant_sim.kinetics import PowerLawKinetics
+
     third = PriorKinetics(dataclasses.replace(preset, nucleation_basis="third_moment"), 2000.0, 0.05)
+    plant = PowerLawKinetics("test", growth_rate_m_per_s=100.0 / 6e7, growth_exponent=1.5, dissolution_rate_m_per_s=0.0,
+                             dissolution_exponent=1.0, nucleation_rate_per_kg_s=1e6, nucleation_exponent=2.0,
+                             suspension_exponent=1.0, nucleation_basis="third_moment")
     assert third.estimate([], 25.0, 0.01).log10_nucleation == pytest.approx(
-        est.log10_nucleation - math.log10(2000.0))
+        math.log10(float(plant.nucleation_per_kg_s(25.0, 0.01, 0.05 * 1000.0 / 2000.0))))
     with pytest.raises(ModelUnavailable):
         PriorKinetics(dataclasses.replace(preset, growth_rate_um_per_min=0.0), 2000.0)
 
