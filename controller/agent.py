@@ -1143,7 +1143,7 @@ def make_strategy(cfg, service=None):
                            concentration_delay_s=concentration_delay_s(a, process.instruments),
                            # the cascade's inner loop feeds back on the analyser: without one, moves
                            inner=cfg.baselines if signals.CONCENTRATION in tagmap else None,
-                           specification=process.specification)
+                           specification=process.specification, cascade_heating=a.allow_heating)
 
 
 def estimate_path(decision_log: str | Path) -> Path:

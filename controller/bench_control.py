@@ -47,7 +47,8 @@ _log = logging.getLogger("xtalpilot.bench_control")
 
 #: Benchmark controller name -> the strategy that runs it (and the overrides it needs).
 CONTROLLERS: dict[str, tuple[StrategyName, tuple[str, ...]]] = {
-    "agent": (StrategyName.model_predictive, ()),
+    # heating allowed as for DNC: the cascade's loop heats back over the metastable limit
+    "agent": (StrategyName.model_predictive, ("agent.allow_heating=true",)),
     "natural": (StrategyName.natural_cooling, ()),
     "linear": (StrategyName.linear_cooling, ()),
     "cubic": (StrategyName.cubic_cooling, ()),

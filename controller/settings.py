@@ -184,6 +184,12 @@ class ProposerSettings:
             (a saturated jacket), the batch ends once the yield it gains per hour, relative to
             its yield, falls below 1 / batch time (hours per yield would rise); the measured
             concentration's fall for it is fitted over this window.
+        cascade_max_heating_k_per_min: where the guard lets the temperature rise
+            (``agent.allow_heating``), the cascade's loop heats, at most this fast, while the
+            supersaturation it feeds back is above the metastable limit (a growth stall, an
+            impurity, crosses it faster than the analyser's delay lets a cooling-only loop stop);
+            proportional on the excess over the setpoint. Plans never heat (the moment model
+            cannot dissolve).
     """
 
     moves: int = 3
@@ -226,6 +232,7 @@ class ProposerSettings:
     cascade_tracking_z: float = 2.0
     cascade_tracking_smooth_min: float = 2.0
     cascade_creep_window_min: float = 10.0
+    cascade_max_heating_k_per_min: float = 0.5
 
     def __post_init__(self) -> None:
         validate.positive(self, "move_interval_min", "rollout_step_s", "target_size_um", "metastable_sigma_limit",
@@ -252,7 +259,7 @@ class ProposerSettings:
         if not self.cascade_hold_fractions or not all(0.0 <= f <= 1.0 for f in self.cascade_hold_fractions):
             raise ValueError(f"cascade_hold_fractions must list fractions in [0, 1], got {self.cascade_hold_fractions}")
         validate.non_negative(self, "cascade_integral_band_rel", "cascade_final_reached_k", "cascade_lookahead_k",
-                              "cascade_final_approach_min", "cascade_tracking_z")
+                              "cascade_final_approach_min", "cascade_tracking_z", "cascade_max_heating_k_per_min")
         validate.positive(self, "cascade_tracking_min", "cascade_creep_window_min", "cascade_tracking_smooth_min")
         if not 0.0 <= self.cascade_switch_rel <= 1.0:
             raise ValueError(f"cascade_switch_rel must be in [0, 1], got {self.cascade_switch_rel}")

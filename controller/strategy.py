@@ -320,6 +320,8 @@ class ModelPredictive:
             (controller.state.alignment_delay_s), for the estimator's facts.
         blend_s: plant seconds over which a plan switch is blended.
         inner: the supersaturation loop's tuning (``baselines``); None: no cascade.
+        cascade_heating: the cascade's loop may heat (the guard lets the setpoint rise) at up to
+            ``settings.cascade_max_heating_k_per_min`` over the metastable limit.
         specification: the product's release window, for the cascade plan's objective.
         batch_time_limit_s: the plant's batch time limit (the cascade plan's horizon).
     """
@@ -332,7 +334,7 @@ class ModelPredictive:
                  max_antisolvent_kg_per_min: float = 0.0, estimator_settings: EstimatorSettings | None = None,
                  blend_s: float | None = None, concentration_delay_s: float = 0.0,
                  inner: BaselineSettings | None = None, specification=None,
-                 batch_time_limit_s: float = math.inf) -> None:
+                 batch_time_limit_s: float = math.inf, cascade_heating: bool = False) -> None:
         self.recipe, self.service, self.material, self.settings = recipe, service, material, settings
         # The cascade supervises a cooling loop on seeds' surface: a recipe that feeds antisolvent
         # or charges no seeds keeps the moves (a supersaturation loop inside the metastable zone
@@ -340,6 +342,7 @@ class ModelPredictive:
         self.inner = inner if settings.cascade and not recipe.uses_antisolvent and recipe.seed_mass_g > 0 else None
         self.specification, self.batch_time_limit_s = specification, batch_time_limit_s
         self.stirring_rpm = stirring_rpm
+        self.cascade_heating_k_per_min = settings.cascade_max_heating_k_per_min if cascade_heating else 0.0
         self.max_cooling, self.max_heating, self.setpoint_low_c = max_cooling_k_per_min, max_heating_k_per_min, setpoint_low_c
         self.max_antisolvent = max_antisolvent_kg_per_min if settings.antisolvent or recipe.uses_antisolvent else 0.0
         self.antisolvent = self.max_antisolvent > 0  # drives the antisolvent setpoint
@@ -530,6 +533,13 @@ class ModelPredictive:
                 rate, self._integral_min = supersaturation_pi(
                     sigma_sp - sigma_fed, self._integral_min, dt_min, self.inner,
                     integral_band=self.settings.cascade_integral_band_rel * sigma_sp)
+                if sigma_fed > limit and self.cascade_heating_k_per_min > 0 and math.isfinite(ahead):
+                    # Over the limit (a growth stall: the solution stops being drawn while the
+                    # reactor still cools): a cooling-only loop can only stop, heating takes it back.
+                    # Judged where the setpoint heads (the reading is a delay old: on it the loop
+                    # heated 2 K too far), the loop holds once that is under its setpoint.
+                    rate = -min(max(self.inner.ssc_gain_k_per_min * (ahead - sigma_sp), 0.0),
+                                self.cascade_heating_k_per_min)
                 approach_min = self.settings.cascade_final_approach_min
                 if approach_min > 0:  # taper into the final temperature (settings: the loop overshoots a stop)
                     rate = min(rate, (previous - final + FINAL_TEMPERATURE_TOLERANCE_K) / approach_min)

@@ -406,13 +406,13 @@ def test_switching_to_a_slower_plan_blends_without_heating():
 KCL_CONSTANTS = MaterialConstants.for_material("KCl")
 
 
-def _cascade_agent(tiny_checkpoint) -> Loop:
+def _cascade_agent(tiny_checkpoint, **kwargs) -> Loop:
     from controller.kinetics_service import KineticsService
     from controller.settings import BaselineSettings
 
     service = KineticsService.load(tiny_checkpoint, "KCl", device="cpu")
     return Loop(ModelPredictive(RECIPE, service, KCL_CONSTANTS, ProposerSettings(antisolvent=False),
-                                max_heating_k_per_min=0.0, inner=BaselineSettings()))
+                                max_heating_k_per_min=0.0, inner=BaselineSettings(), **kwargs))
 
 
 def _at_sigma(temperature_c: float, sigma: float, **values) -> dict:
@@ -569,5 +569,35 @@ def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_
             assert near.inputs["ssc_cooling_rate_k_per_min"] <= allowed + 1e-9
         assert 0.0 < near.inputs["ssc_cooling_rate_k_per_min"] < BaselineSettings().ssc_max_cooling_k_per_min
         assert 20.0 < near.setpoints[TEMPERATURE_SP] < 20.5
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("heating", [False, True])
+def test_over_the_limit_the_cascade_heats_only_where_the_guard_lets_it_and_holds_once_back_under(tiny_checkpoint,
+                                                                                                heating):
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint, cascade_heating=heating)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        most = a.strategy.settings.cascade_max_heating_k_per_min
+
+        def at(minutes: float, sigma: float):  # the reactor where the loop's setpoint is
+            reactor_c = a.strategy._advised.get(TEMPERATURE_SP, 45.0)
+            return a.advise(view(start_min + minutes, **_at_sigma(reactor_c, sigma)))
+
+        for k in range(6):
+            before = at(0.5 * k, 0.5 * limit)  # cooling towards the setpoint
+        over = at(3.0, 1.4 * limit)  # a growth stall: the solution crosses the limit
+        rise = over.setpoints[TEMPERATURE_SP] - before.setpoints[TEMPERATURE_SP]
+        if heating:
+            assert 0.0 < rise <= 0.5 * most + 1e-9
+            assert over.inputs["ssc_cooling_rate_k_per_min"] < 0.0
+        else:
+            assert rise <= 1e-9  # cooling only: it stops
+        back = at(3.5, 0.5 * limit)  # under the setpoint again: it cools, never heats
+        assert back.setpoints[TEMPERATURE_SP] <= over.setpoints[TEMPERATURE_SP] + 1e-9
     finally:
         a.close()
