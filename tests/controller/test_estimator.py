@@ -330,6 +330,26 @@ def test_a_state_of_another_batch_is_not_carried_into_this_one():
     assert ahead.population is None
 
 
+def test_the_fbrm_counts_are_read_back_to_the_analyser_s_sample_before_they_calibrate():
+    """The population follows the mass balance of the analyser's sample, a delay old: the counts it
+    is compared with are read back by the same delay, so those of the clear solution (here still
+    seen two minutes after the seeds went in) never calibrate the probe; a probe that is out now
+    gives nothing, not its history."""
+    facts = _facts(delay_s=120.0)
+    state = None
+    for m in (10.0, 11.0, 12.0, 13.0):  # seeded at 12: the counts jump to 1000 then
+        state = estimator.estimate(state, _view(1000.0 + m * 60.0, m, fbrm_counts_total_per_s=0.0 if m < 12 else 1000.0),
+                                   None, facts)
+    assert state.population is not None and state.population.calibration_samples == 0
+    for m in (14.0, 15.0):  # read back: 12 and 13 min, the second a settled minute after seeding
+        state = estimator.estimate(state, _view(1000.0 + m * 60.0, m, fbrm_counts_total_per_s=1000.0), None, facts)
+    est = state.population
+    assert est.calibration_samples == 1
+    assert est.fbrm_counts_per_mu1 == pytest.approx(1000.0 / est.seeds[1], rel=0.05)
+    out = estimator.estimate(state, _view(1000.0 + 16.0 * 60.0, 16.0, fbrm_counts_total_per_s=math.nan), None, facts)
+    assert out.population.calibration_samples == 1
+
+
 def test_bad_data_does_not_move_the_population_and_no_facts_give_the_measured_part_only():
     facts = _facts()
     state = _run(None, 1000.0, [12.0, 13.0], facts)
