@@ -533,11 +533,15 @@ class ModelPredictive:
                 rate, self._integral_min = supersaturation_pi(
                     sigma_sp - sigma_fed, self._integral_min, dt_min, self.inner,
                     integral_band=self.settings.cascade_integral_band_rel * sigma_sp)
-                if sigma_fed > limit and self.cascade_heating_k_per_min > 0 and math.isfinite(ahead):
+                if (sigma_fed > limit and self.cascade_heating_k_per_min > 0 and math.isfinite(ahead)
+                        and self._solution_not_gaining(now)):
                     # Over the limit (a growth stall: the solution stops being drawn while the
                     # reactor still cools): a cooling-only loop can only stop, heating takes it back.
                     # Judged where the setpoint heads (the reading is a delay old: on it the loop
-                    # heated 2 K too far), the loop holds once that is under its setpoint.
+                    # heated 2 K too far), the loop holds once that is under its setpoint. Only on a
+                    # concentration known not to rise: a closed cooling batch's solution only loses
+                    # solute, so a rise is the analyser (a drifting ATR read 0.027 and the loop
+                    # heated the batch 8 K, dissolving product), and stopping is enough.
                     rate = -min(max(self.inner.ssc_gain_k_per_min * (ahead - sigma_sp), 0.0),
                                 self.cascade_heating_k_per_min)
                 approach_min = self.settings.cascade_final_approach_min
@@ -587,6 +591,13 @@ class ModelPredictive:
             inputs.update({f"expected_{k}": float(v) for k, v in self.proposal.expected.items()
                            if isinstance(v, (int, float))})
         return advice
+
+    def _solution_not_gaining(self, now_s: float) -> bool:
+        """The measured concentration did not rise over the last ``CARRY_WINDOW_MIN`` (least
+        squares). In a closed cooling batch (no antisolvent: the cascade runs none) the solution
+        cannot gain solute; a rise is the analyser. Too short a trend: not known, False."""
+        recent = [(t, c) for t, c in self._concentration_trend if t >= now_s - CARRY_WINDOW_MIN * 60.0]
+        return size_trend_per_min(recent) <= 0.0
 
     def _concentration_now(self, state: PlantState, laws=None) -> float:
         """The analyser's reading carried over its delay: the higher of the reading carried by its

@@ -584,20 +584,54 @@ def test_over_the_limit_the_cascade_heats_only_where_the_guard_lets_it_and_holds
         limit = a.strategy.settings.metastable_sigma_limit
         most = a.strategy.settings.cascade_max_heating_k_per_min
 
-        def at(minutes: float, sigma: float):  # the reactor where the loop's setpoint is
-            reactor_c = a.strategy._advised.get(TEMPERATURE_SP, 45.0)
+        def at(minutes: float, sigma: float, lag_k: float = 3.0):  # the reactor lagging its setpoint
+            reactor_c = a.strategy._advised.get(TEMPERATURE_SP, 45.0) + lag_k
             return a.advise(view(start_min + minutes, **_at_sigma(reactor_c, sigma)))
 
         for k in range(6):
-            before = at(0.5 * k, 0.5 * limit)  # cooling towards the setpoint
-        over = at(3.0, 1.4 * limit)  # a growth stall: the solution crosses the limit
-        rise = over.setpoints[TEMPERATURE_SP] - before.setpoints[TEMPERATURE_SP]
+            before = at(0.5 * k, 0.5 * limit)  # cooling, the solution under the setpoint
+        # a growth stall: the solution stops falling while the reactor, lagging its setpoint,
+        # cools on past the limit
+        c_stalled = float(a.state.concentration_g_per_kg)
+        reactor_c = float(a.state.temperature_c)
+        previous, rises, minutes = before, [], 3.0
+        while math.log(c_stalled / float(KCL_CONSTANTS.solubility_g_per_kg(reactor_c))) < 1.6 * limit:
+            reactor_c -= 0.1
+            minutes += 0.5
+            over = a.advise(view(start_min + minutes, reactor_temperature_c=reactor_c,
+                                 reactor_temperature_setpoint_active_c=reactor_c, concentration_g_per_kg=c_stalled))
+            rises.append(over.setpoints[TEMPERATURE_SP] - previous.setpoints[TEMPERATURE_SP])
+            previous = over
+        rise = max(rises)
         if heating:
-            assert 0.0 < rise <= 0.5 * most + 1e-9
-            assert over.inputs["ssc_cooling_rate_k_per_min"] < 0.0
+            assert 0.0 < rise <= 0.5 * most + 1e-9  # one cycle's heating at most
         else:
             assert rise <= 1e-9  # cooling only: it stops
-        back = at(3.5, 0.5 * limit)  # under the setpoint again: it cools, never heats
+        back = at(minutes + 0.5, 0.5 * limit, lag_k=0.0)  # under the setpoint again: it cools, never heats
         assert back.setpoints[TEMPERATURE_SP] <= over.setpoints[TEMPERATURE_SP] + 1e-9
+    finally:
+        a.close()
+
+
+def test_the_cascade_never_heats_on_a_concentration_that_rises(tiny_checkpoint):
+    """A closed cooling batch's solution only loses solute: a reading that climbs over the limit
+    is the analyser drifting (a drifting ATR once had the loop heat the batch 8 K and dissolve
+    product). The loop stops cooling and holds; it does not heat."""
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint, cascade_heating=True)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        setpoints, crossed = [], False
+        for k in range(24):  # the reactor lags its setpoint by 3 K; the reading climbs 1 g/kg a cycle
+            reactor_c = a.strategy._advised.get(TEMPERATURE_SP, 45.0) + 3.0
+            c = float(KCL_CONSTANTS.solubility_g_per_kg(reactor_c)) * math.exp(0.5 * limit) + 1.0 * k
+            adv = a.advise(view(start_min + 0.5 * k, reactor_temperature_c=reactor_c,
+                                reactor_temperature_setpoint_active_c=reactor_c, concentration_g_per_kg=c))
+            setpoints.append(adv.setpoints[TEMPERATURE_SP])
+            crossed = crossed or math.log(c / float(KCL_CONSTANTS.solubility_g_per_kg(reactor_c))) > 1.2 * limit
+        assert crossed
+        assert all(b <= a_ + 1e-9 for a_, b in zip(setpoints, setpoints[1:]))  # never up
     finally:
         a.close()
