@@ -489,8 +489,8 @@ def _correct_nucleation(est: PopulationEstimate, m: Measurement, dt: float, sett
     # numbers: a reading's noise and the calibration's own error, both a share of all counts,
     # are in it. Each side of the ratio carries that uncertainty, so a difference within it says
     # little (the ratio stays near 1) and a clear one is read in full: unshrunk, one noisy
-    # stretch early in a KCl batch (nuclei 0.5 % of mu_1, counts 3 % noise) drove the
-    # correction to its bound e^4 where the plant's B was 1.3x the model's.
+    # stretch early in a KCl batch (nuclei under 1 % of mu_1, counts 3 % noise) drove the
+    # correction to its bound e^4 where the plant's B was within 1.5x of the model's.
     uncertainty = _count_uncertainty_rel(est, dt, settings) * total_mu1
     ln_ratio = math.log(max(nuclei_mu1_measured + uncertainty, 1e-6 * total_mu1)
                         / max(nuclei_mu1 + uncertainty, 1e-6 * total_mu1))
@@ -731,7 +731,7 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
     # The estimate's moments follow the mass balance of the analyser's sample, a delay old; the
     # FBRM counts now. Compared unaligned, the seeds' growth over the delay (5 % of their first
     # moment early in a KCl batch) read as nuclei: the nucleation correction rose to e^3.4 at
-    # 30 min where the plant's B was a tenth of what it then predicted.
+    # 32 min where the plant's B was a thirtieth of what it then predicted.
     counts_now = view.value("fbrm_counts_total_per_s")
     fbrm_history, seen_counts = aligned(prev.fbrm_history, now, counts_now, delay)
     if not math.isfinite(counts_now):
