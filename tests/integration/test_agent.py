@@ -489,8 +489,11 @@ def test_a_short_batch_at_real_time_follows_its_plan_without_steps(tmp_path, tin
     # the blend
     assert min(steps) >= -2.0 - 1e-6
     assert min(steps[2:]) >= -1.0 * 1.5
-    # the batch reached its final temperature by ramping, and ended there
-    assert written[-1] == pytest.approx(49.0, abs=0.05)
+    # the batch reached its final temperature by ramping, and ended there: at 1x real time the
+    # plant's clock and the agent's cycles race, and the batch can complete a cycle or two before
+    # the last ramp writes land (2026-12-07: 49.065 on this commit and on one whose agent path
+    # code was that of a passing commit; two control cycles of the plan's 1 K/min are 0.067 K)
+    assert written[-1] == pytest.approx(49.0, abs=0.05 + 2.0 * interval_s / 60.0 * 1.0)
     proposals = [p.get(sp) for p in log["proposal"] if p]
     assert any(i.get("expected_d43_um") is not None for i in log["inputs"]) and proposals
 
