@@ -107,17 +107,20 @@ def _clean(obj: Any) -> Any:
 class DecisionLog:
     """Append-only decision log in SQLite (WAL)."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 1.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 1.0, durable: bool = True) -> None:
         """Open (or create) the log. ``busy_timeout_s``: how long a commit waits for another
         writer's lock before it fails; a local commit takes milliseconds, and the agent must know
-        within a cycle that its log is not being written (it then refuses automatic)."""
+        within a cycle that its log is not being written (it then refuses automatic).
+        ``durable``: fsync every commit (a plant's log survives a power cut); False only for
+        scratch runs (the benchmark's simulated batches), whose commits still survive a killed
+        process (WAL, ``synchronous=NORMAL``) but not the machine going down."""
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                          timeout=busy_timeout_s)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(decisions)")}
             if columns and "intent" not in columns:  # a log written by an older agent
                 self._conn.execute("ALTER TABLE decisions ADD COLUMN intent TEXT NOT NULL DEFAULT '{}'")

@@ -147,6 +147,11 @@ class MaterialConstants:
         (same shape, dtype and device; differentiable in T)."""
         if not isinstance(temperature_c, Tensor):
             return np.clip(self._table(temperature_c), 1e-9, None)
+        return self.water_solubility_and_slope(temperature_c)[0]
+
+    def water_solubility_and_slope(self, temperature_c: Tensor) -> tuple[Tensor, Tensor]:
+        """(C*_water(T) g per kg water, dC*/dT g per kg water per K) from one table lookup: the
+        cubic Hermite segment's value and derivative (tensors of T's shape, dtype and device)."""
         inner, coefficients = self._torch_table(temperature_c.dtype, temperature_c.device)
         x, y, slopes = self._table.x, self._table.y, self._table.slopes
         lo, hi = float(x[0]), float(x[-1])
@@ -154,11 +159,15 @@ class MaterialConstants:
         k = torch.searchsorted(inner, t_in.detach().contiguous(), right=True)
         x0, inv_h, a0, a1, a2, a3 = coefficients[k].unbind(-1)
         s = (torch.clamp(t_in, lo, hi) - x0) * inv_h
-        inside = ((a3 * s + a2) * s + a1) * s + a0
-        # Outside the table the plant continues with the end slope; so does the model.
-        c = torch.where(t_in < lo, float(y[0]) + float(slopes[0]) * (t_in - lo),
-                        torch.where(t_in > hi, float(y[-1]) + float(slopes[-1]) * (t_in - hi), inside))
-        return torch.clamp(c, 1e-9, None)
+        c = ((a3 * s + a2) * s + a1) * s + a0
+        slope = ((3.0 * a3 * s + 2.0 * a2) * s + a1) * inv_h
+        below, above = t_in < lo, t_in > hi
+        if bool((below | above).any()):
+            # Outside the table the plant continues with the end slope; so does the model.
+            c = torch.where(below, float(y[0]) + float(slopes[0]) * (t_in - lo),
+                            torch.where(above, float(y[-1]) + float(slopes[-1]) * (t_in - hi), c))
+            slope = torch.where(below, float(slopes[0]), torch.where(above, float(slopes[-1]), slope))
+        return torch.clamp(c, 1e-9, None), slope
 
     def _torch_table(self, dtype, device) -> tuple[Tensor, Tensor]:
         """(inner knots (n - 2,), per segment (n - 1, 6): x_k, 1/h_k and the power coefficients
@@ -328,13 +337,11 @@ _BINOMIAL = torch.tensor([[math.comb(k, j) if j <= k else 0 for j in range(N_MOM
                          dtype=torch.float64)
 
 
-def _translate(moments: Tensor, powers: Tensor) -> Tensor:
-    """Moments (..., 6) of a population all grown by L: mu_k' = sum_j C(k, j) L^(k-j) mu_j.
-
-    ``powers`` (..., 6) holds L^0..L^5; the sum is one batched (6, 6) matrix product (a Python
+def _translation(powers: Tensor) -> Tensor:
+    """The (..., 6, 6) matrix that grows moments by L: mu_k' = sum_j C(k, j) L^(k-j) mu_j, from
+    ``powers`` (..., 6) = L^0..L^5 (one batched matrix product then moves a population; a Python
     sum over the 21 terms was a quarter of a proposal's time)."""
-    matrix = powers[..., _POWER_INDEX] * _BINOMIAL.to(powers.dtype)  # (..., 6, 6)
-    return (matrix @ moments.unsqueeze(-1)).squeeze(-1)
+    return powers[..., _POWER_INDEX] * _BINOMIAL.to(powers.dtype)
 
 
 def step_moments(temperature_c: Tensor, solute: Tensor, seeds: Tensor, nuclei: Tensor, growth: Tensor,
@@ -358,8 +365,9 @@ def step_moments(temperature_c: Tensor, solute: Tensor, seeds: Tensor, nuclei: T
     length = g * (dt_s if isinstance(dt_s, Tensor) else torch.as_tensor(dt_s, dtype=g.dtype))  # (..., S) um
     powers = torch.stack([length**m for m in range(N_MOMENTS)], dim=-1)  # (..., S, 6)
     births = (b * solvent * dt_s)[..., None] * powers / _K_PLUS_ONE.to(powers.dtype)
-    seeds_new = _translate(seeds, powers)
-    nuclei_new = _translate(nuclei, powers) + births
+    # seeds and nuclei grow by the same L: one matrix, one product for both
+    both = _translation(powers) @ torch.stack([seeds, nuclei], dim=-1)  # (..., S, 6, 2)
+    seeds_new, nuclei_new = both[..., 0], both[..., 1] + births
     d_mass = material.mass_per_um3_kg * ((seeds_new - seeds)[..., 3] + (nuclei_new - nuclei)[..., 3])
     seeds, nuclei = seeds_new, nuclei_new
     # The solute cannot go below zero: a step that would take more is cut at what is there.
@@ -470,17 +478,15 @@ def rollout(moves_k: Tensor, state: PopulationState, growth: Tensor, nucleation:
 
 
 def _temperature_for_solubility(material: MaterialConstants, solubility: Tensor, guess_c: Tensor, low_c: float,
-                                high_c: float, iterations: int = 3) -> Tensor:
-    """The temperature (C) where C*_water(T) = ``solubility`` (g per kg water), by chord-Newton
-    steps from ``guess_c`` with the central-difference slope there (C* is smooth and increasing
-    in T, and a rollout step moves T by well under a kelvin, so the slope at the guess serves
-    every step; the table lookups are the rollout's main cost), clamped to [low_c, high_c]."""
-    h = 0.05
-    slope = ((material.water_solubility_g_per_kg(guess_c + h) - material.water_solubility_g_per_kg(guess_c - h))
-             / (2 * h)).clamp_min(1e-6)
+                                high_c: float, iterations: int = 2) -> Tensor:
+    """The temperature (C) where C*_water(T) = ``solubility`` (g per kg water), by Newton steps
+    from ``guess_c`` with the table's own derivative (C* is smooth and increasing in T, and a
+    rollout step moves T by well under a kelvin: two steps leave an error far below the table's;
+    the table lookups are the rollout's main cost), clamped to [low_c, high_c]."""
     t = guess_c
     for _ in range(iterations):
-        t = (t - (material.water_solubility_g_per_kg(t) - solubility) / slope).clamp(low_c, high_c)
+        c, slope = material.water_solubility_and_slope(t)
+        t = (t - (c - solubility) / slope.clamp_min(1e-6)).clamp(low_c, high_c)
     return t
 
 

@@ -80,7 +80,7 @@ def test_an_unwritable_location_is_one_clear_error(tmp_path):
 WRITER = """
 import sys, time
 from controller.decision_log import Decision, DecisionLog
-log = DecisionLog(sys.argv[1])
+log = DecisionLog(sys.argv[1], durable=sys.argv[2] == "durable")
 k = 0
 while True:
     log.append(Decision(float(k), "automatic", ("ok",), inputs={"k": k}))
@@ -89,9 +89,12 @@ while True:
 """
 
 
-def test_nothing_committed_is_lost_when_the_writer_is_killed(tmp_path):
+@pytest.mark.parametrize("durability", ["durable", "scratch"])
+def test_nothing_committed_is_lost_when_the_writer_is_killed(tmp_path, durability):
+    """A scratch log (a simulated batch's: no fsync) still keeps every commit when its process is
+    killed; only a machine going down may lose its last ones."""
     path = tmp_path / "decisions.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), durability], stdout=subprocess.PIPE, text=True,
                             cwd=os.getcwd())
     acknowledged = -1
     deadline = time.monotonic() + 30

@@ -79,6 +79,21 @@ def test_solubility_in_torch_is_the_numpy_curve_batched_and_differentiable():
     assert torch.autograd.gradcheck(lambda x: KCL.solubility_g_per_kg(x, 0.1), (probe,))
 
 
+def test_the_table_s_own_slope_is_the_curve_s_derivative_and_inverts_it_in_two_newton_steps():
+    """The cascade's inner loop inverts C*(T) every rollout step from one lookup per Newton step:
+    the slope must be the curve's derivative, inside the table and on its extrapolated ends."""
+    from controller.rollout import _temperature_for_solubility
+
+    t = torch.linspace(-5.0, 105.0, 221, dtype=torch.float64).requires_grad_(True)
+    c, slope = KCL.water_solubility_and_slope(t)
+    (grad,) = torch.autograd.grad(c.sum(), t)
+    np.testing.assert_allclose(slope.detach().numpy(), grad.numpy(), rtol=1e-9)
+    want = torch.tensor([20.3, 35.0, 48.9], dtype=torch.float64)
+    guess = want + torch.tensor([0.8, -0.6, 0.4], dtype=torch.float64)  # a rollout step is under a kelvin
+    found = _temperature_for_solubility(KCL, KCL.water_solubility_g_per_kg(want), guess, 0.0, 100.0)
+    np.testing.assert_allclose(found.numpy(), want.numpy(), atol=1e-6)
+
+
 def test_a_table_given_as_data_is_interpolated_like_the_plant_s():
     """A process defined as data brings its own measured points (here the plant's KNO3 fit
     sampled every 5 K): the model passes through them and follows the plant's PCHIP between."""
