@@ -20,7 +20,7 @@ from controller.oracle import (
 from controller.scoring import score_batch
 
 NOMINAL = ["process.target_mean_size_um=340"]
-FAST = OracleSettings(max_evaluations=25)
+FAST = OracleSettings(max_evaluations=25, max_restarts=0)
 
 
 def _cost(cfg, record):
@@ -51,12 +51,25 @@ def test_the_oracle_beats_the_recipe_s_profile_and_improves_a_poor_start():
     assert 0.0 <= best.final_hold_min <= 30.0  # its own hold, no longer than the recipe's
 
 
+def test_restarts_from_the_best_point_go_on_where_the_simplex_stopped():
+    """Nelder-Mead's simplex collapses short of the optimum: a restart from the best point with a
+    fresh simplex may only gain, and the restarts stay within their budget."""
+    cfg = load_config(NOMINAL, simulator=True)
+    poor = OracleResult(145.0, profile_path(49.0, 20.0, 145.0, [20.0, 1.0, 1.0, 1.0, 1.0, 1.0]), np.inf, np.inf, {},
+                        0, 0.0)
+    once = solve_oracle(cfg, FAST, start=poor)
+    restarted = solve_oracle(cfg, dataclasses.replace(FAST, max_restarts=2), start=poor)
+    assert restarted.penalized_cost <= once.penalized_cost
+    assert once.evaluations < restarted.evaluations <= 3 * (FAST.max_evaluations + 2)
+
+
 def test_the_oracle_is_cached_per_scenario_content_and_seed(tmp_path, monkeypatch):
     cfg = load_config(NOMINAL, simulator=True)
     other_seed = load_config([*NOMINAL, "scenario.seed=5"], simulator=True)
     assert cache_key(cfg, FAST) == cache_key(load_config(NOMINAL, simulator=True), FAST)
     assert cache_key(cfg, FAST) != cache_key(other_seed, FAST)
     assert cache_key(cfg, FAST) != cache_key(cfg, dataclasses.replace(FAST, knots=8))
+    assert cache_key(cfg, FAST) != cache_key(cfg, dataclasses.replace(FAST, max_restarts=2))
     calls = []
 
     def fake_solve(c, settings, start=None):
