@@ -444,8 +444,8 @@ class Recorder:
         return fn(*args) if self.inline else await asyncio.to_thread(fn, *args)
 
     async def decision(self, decision: Decision) -> int | None:
-        """Commit a decision (off the loop, in order): its id, 0 without a log, None when it could
-        not be stored."""
+        """Commit a decision (off the loop unless ``inline``, in order): its id, 0 without a log,
+        None when it could not be stored."""
         if self.log is None:
             return 0
         try:

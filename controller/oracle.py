@@ -215,6 +215,7 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
         starts.append(np.concatenate([[math.log(2.0 * recipe_cooling_min)], np.zeros(k), [1.0]]))
         cubic = np.diff((np.linspace(0.0, 1.0, k + 1)) ** 3)  # slow first, as Mullin-Nyvlt
         starts.append(np.concatenate([[math.log(recipe_cooling_min)], np.log(np.maximum(cubic, 1e-3) * k), [1.0]]))
+
     def search(x0):
         # the hold's step goes down from the recipe's (the share is clipped at 1)
         steps = np.concatenate([np.full(k + 1, 0.4), [-0.4]])
