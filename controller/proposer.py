@@ -274,7 +274,8 @@ def propose_cascade(problem: Problem) -> Proposal:
     final hold (fractions ``settings.cascade_hold_fractions`` of the recipe's), rolled out with
     every member's laws and charged the benchmark's objective; the lowest mean cost over the
     members wins, among those whose setpoints plus the loop's tracking margin stay under the
-    limit (where any do). Pure; deterministic for a problem."""
+    limit (levels above the highest such setpoint are brought down to it; where none is, the
+    lowest level). Pure; deterministic for a problem."""
     import itertools
 
     import torch
@@ -284,7 +285,13 @@ def propose_cascade(problem: Problem) -> Proposal:
 
     wall0 = time.perf_counter()
     c, s = problem.cascade, problem.settings
-    fractions, holds = s.cascade_sigma_rel_limit, s.cascade_hold_fractions
+    # Setpoints above the highest that keeps the loop's tracking margin clear of the limit come
+    # down to it (the grid's next level under it can leave a tenth of the limit unused); with
+    # none clear, the lowest level is the most cautious there is.
+    clear_top = max((c.metastable_sigma_limit - c.peak_margin) / c.metastable_sigma_limit,
+                    min(s.cascade_sigma_rel_limit))
+    fractions = sorted({min(f, clear_top) for f in s.cascade_sigma_rel_limit})
+    holds = s.cascade_hold_fractions
     grid = np.array(list(itertools.product(fractions, fractions, holds)), dtype=float)  # (n, 3)
     dtype = torch.float64
     setpoints = torch.tensor(grid[:, :2] * c.metastable_sigma_limit, dtype=dtype)
@@ -303,7 +310,7 @@ def propose_cascade(problem: Problem) -> Proposal:
     # crossed it): setpoints within the loop's tracking margin of it are out while some
     # candidate keeps clear. (Judged on the setpoints, not the rolled-out peak: that starts from
     # the solution as it is now, which no candidate can take back.)
-    clear = grid[:, :2].max(axis=1) * c.metastable_sigma_limit + c.peak_margin <= c.metastable_sigma_limit
+    clear = grid[:, :2].max(axis=1) * c.metastable_sigma_limit + c.peak_margin <= c.metastable_sigma_limit * (1 + 1e-9)
     if clear.any():
         mean_cost = np.where(clear, mean_cost, np.inf)
     pick = int(np.argmin(mean_cost))

@@ -172,11 +172,14 @@ class ProposerSettings:
         cascade_final_approach_min: the cascade's setpoint approaches the final temperature no
             faster than (distance left) / this: the plant's temperature loop overshoots a ramp
             that stops at once (measured on the simulated jacket: 0.7 K below the final
-            temperature after 0.4 K/min, the batch's peak supersaturation). 0: no taper.
+            temperature after 0.4 K/min, the batch's peak supersaturation). Only where the plan
+            holds at the final temperature (a batch that ends on arrival ends first). 0: no
+            taper.
         cascade_tracking_min: the window (plant minutes) of the running mean square of the
             cascade loop's tracking error.
-        cascade_tracking_z: the plan keeps its setpoints this many root-mean-square tracking
-            errors under the limit (its rollout's loop is ideal).
+        cascade_tracking_z: the plan keeps its setpoints this many root-mean-square overshoots
+            of the loop (its error above the setpoint, doubled semivariance) under the limit (its
+            rollout's loop is ideal).
         cascade_tracking_smooth_min: the tracking error is averaged over this long before it is
             squared (the analyser's noise is in each reading; the true supersaturation wanders
             slower).

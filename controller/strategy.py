@@ -63,6 +63,9 @@ ANTISOLVENT_SP = signals.ANTISOLVENT_RATE_SETPOINT
 FINAL_TEMPERATURE_TOLERANCE_K = 0.05
 #: minutes of concentration readings whose trend carries the analyser's reading over its delay
 CARRY_WINDOW_MIN = 5.0
+#: The reactor's cooling rate (for how long it takes to get where its setpoint heads) is fitted
+#: over this window: a few cycles, the ramp it is on now.
+REACTOR_RATE_WINDOW_MIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -367,10 +370,11 @@ class ModelPredictive:
         self._advised_at_s: float | None = None
         self.follower.reset()
         self._integral_min = 0.0  # the cascade's inner loop
-        self._tracking_var = 0.0  # its tracking error's mean square (ln S)^2, once it has reached its setpoint
+        self._tracking_var = 0.0  # its overshoots' doubled mean square (ln S)^2, once it has reached its setpoint
         self._tracking = False
         self._recent_errors: collections.deque = collections.deque()
         self._concentration_trend: collections.deque = collections.deque()  # (plant time s, g/kg), recent
+        self._temperature_trend: collections.deque = collections.deque()  # (plant time s, reactor C), recent
         self._setpoint_final_at_s: float | None = None  # the cascade's setpoint reached the final temperature
 
     @property
@@ -493,6 +497,11 @@ class ModelPredictive:
             trend.append((now, state.concentration_g_per_kg))
         while trend and trend[0][0] < now - max(self.settings.cascade_creep_window_min, CARRY_WINDOW_MIN) * 60.0:
             trend.popleft()
+        reactor = self._temperature_trend
+        if state.data_ok and math.isfinite(state.temperature_c):
+            reactor.append((now, state.temperature_c))
+        while reactor and reactor[0][0] < now - REACTOR_RATE_WINDOW_MIN * 60.0:
+            reactor.popleft()
         kwargs: dict = {"reference": {TEMPERATURE_SP: self.recipe.setpoint_c(batch_min)}}
         corrected = None
         if model.laws is not None and state.data_ok:
@@ -524,7 +533,7 @@ class ModelPredictive:
                 # what they have since): the stale one held the loop a fifth of the metastable
                 # width below its setpoint.
                 heading_c = max(previous, state.temperature_c - self.settings.cascade_lookahead_k)
-                ahead = math.log(max(self._concentration_now(state, model.laws), 1e-9)
+                ahead = math.log(max(self._concentration_when_there(state, model.laws, heading_c), 1e-9)
                                  / float(self.material.solubility_g_per_kg(heading_c, state.antisolvent_per_water)))
                 sigma_fed = max(state.sigma, ahead) if math.isfinite(ahead) else state.sigma
                 inputs["sigma_at_setpoint"] = ahead
@@ -545,7 +554,10 @@ class ModelPredictive:
                     rate = -min(max(self.inner.ssc_gain_k_per_min * (ahead - sigma_sp), 0.0),
                                 self.cascade_heating_k_per_min)
                 approach_min = self.settings.cascade_final_approach_min
-                if approach_min > 0:  # taper into the final temperature (settings: the loop overshoots a stop)
+                if approach_min > 0 and self._planned_hold_s() > 0:
+                    # Taper into the final temperature (settings: the loop overshoots a stop).
+                    # Only for a hold there: a batch that ends on arrival ends before the
+                    # overshoot, and the taper would only add its minutes.
                     rate = min(rate, (previous - final + FINAL_TEMPERATURE_TOLERANCE_K) / approach_min)
                 inputs["ssc_cooling_rate_k_per_min"] = rate
                 temperature = previous - rate * dt_min
@@ -566,10 +578,7 @@ class ModelPredictive:
             waited = now - self._setpoint_final_at_s >= self.recipe.final_hold_min * 60.0
             if (there or waited) and self._final_at_s is None:
                 self._final_at_s = now
-        hold_s = self.recipe.final_hold_min * 60.0
-        if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
-            hold_s = self.proposal.final_hold_s
-        done = self._final_at_s is not None and now - self._final_at_s >= hold_s
+        done = self._final_at_s is not None and now - self._final_at_s >= self._planned_hold_s()
         if self._setpoint_final_at_s is not None and self._final_at_s is None and not done:
             # The setpoint is there, the reactor is not (a saturated jacket): it creeps down and
             # the solution crystallises as it does. Worth going on only while that gains yield
@@ -592,12 +601,38 @@ class ModelPredictive:
                            if isinstance(v, (int, float))})
         return advice
 
+    def _planned_hold_s(self) -> float:
+        """The cascade's final hold: the plan's, or the recipe's without one."""
+        if self.proposal is not None and math.isfinite(self.proposal.final_hold_s):
+            return self.proposal.final_hold_s
+        return self.recipe.final_hold_min * 60.0
+
     def _solution_not_gaining(self, now_s: float) -> bool:
         """The measured concentration did not rise over the last ``CARRY_WINDOW_MIN`` (least
         squares). In a closed cooling batch (no antisolvent: the cascade runs none) the solution
         cannot gain solute; a rise is the analyser. Too short a trend: not known, False."""
         recent = [(t, c) for t, c in self._concentration_trend if t >= now_s - CARRY_WINDOW_MIN * 60.0]
         return size_trend_per_min(recent) <= 0.0
+
+    def _concentration_when_there(self, state: PlantState, laws, heading_c: float) -> float:
+        """The solution's concentration when the reactor gets to ``heading_c``: the analyser's
+        reading carried to now (:meth:`_concentration_now`), then on by the measured uptake (its
+        trend; only a fall: a closed cooling batch's solution cannot gain) for as long as the
+        reactor takes at its measured cooling rate, at most ``CARRY_WINDOW_MIN`` (the trend's own
+        window). Without the uptake, the supersaturation where the reactor heads counts the
+        cooling to come but not the growth meanwhile: on KNO3, whose crystals draw the solution
+        down within a minute, it read three times the true supersaturation and held the loop at
+        a third of its setpoint."""
+        now_s = state.plant_time_s
+        concentration = self._concentration_now(state, laws)
+        recent = [(t, c) for t, c in self._concentration_trend if t >= now_s - CARRY_WINDOW_MIN * 60.0]
+        uptake_per_min = size_trend_per_min(recent)
+        cooling_k_per_min = -size_trend_per_min(self._temperature_trend, min_span_s=60.0)
+        to_go_k = state.temperature_c - heading_c
+        if not (math.isfinite(uptake_per_min) and math.isfinite(cooling_k_per_min)) or to_go_k <= 0:
+            return concentration
+        lag_min = min(to_go_k / cooling_k_per_min, CARRY_WINDOW_MIN) if cooling_k_per_min > 0 else CARRY_WINDOW_MIN
+        return concentration + min(uptake_per_min, 0.0) * lag_min
 
     def _concentration_now(self, state: PlantState, laws=None) -> float:
         """The analyser's reading carried over its delay: the higher of the reading carried by its
@@ -635,14 +670,19 @@ class ModelPredictive:
         return max(falling_g_per_kg_h, 0.0) / grown if grown > 0 else math.inf
 
     def _track(self, error: float, sigma_sp: float, dt_min: float) -> None:
-        """The loop's tracking error, a running mean square over ``cascade_tracking_min``, from
-        the first time the loop comes within its integral band of the setpoint (the approach is
-        not tracking). The plan keeps the setpoints that far from the limit (its rollout takes
-        the loop as ideal; measured, the true supersaturation wanders with the loop's error)."""
+        """The loop's overshoots over its setpoint, a running mean square (twice the semivariance
+        of the error above it) over ``cascade_tracking_min``, while the loop tracks: within its
+        integral band of the setpoint. Outside it the loop is not tracking but saturated, holding
+        or cooling at its fastest: on the approach, or on a fault or a stall (a drifting
+        analyser read the solution 0.02 over its setpoint for half an hour, and the margin it
+        left barred every setpoint but the lowest for the rest of the batch). The plan keeps the
+        setpoints that far from the limit (its rollout takes the loop as ideal; measured, the
+        true supersaturation wanders with the loop's error)."""
         if not math.isfinite(error):
             return
+        band = self.settings.cascade_integral_band_rel * sigma_sp
         if not self._tracking:
-            self._tracking = abs(error) <= self.settings.cascade_integral_band_rel * sigma_sp
+            self._tracking = abs(error) <= band
             if not self._tracking:
                 return
         # The error's average over the last minutes, not each reading's: the analyser's noise is
@@ -652,8 +692,15 @@ class ModelPredictive:
         while len(self._recent_errors) > max(int(round(self.settings.cascade_tracking_smooth_min / max(dt_min, 1e-9))), 1):
             self._recent_errors.popleft()
         smoothed = sum(self._recent_errors) / len(self._recent_errors)
+        if abs(smoothed) > band:
+            return
+        # Only overshoots (the solution above its setpoint) take the limit's margin: a loop that
+        # runs under its setpoint (it feeds back the more cautious of two views of the solution)
+        # is further from the limit, not closer; counted twice, so that a loop that errs both ways
+        # alike has its mean square.
+        over = min(smoothed, 0.0)
         weight = 1.0 - math.exp(-dt_min / self.settings.cascade_tracking_min) if dt_min > 0 else 0.0
-        self._tracking_var += weight * (smoothed * smoothed - self._tracking_var)
+        self._tracking_var += weight * (2.0 * over * over - self._tracking_var)
 
     def _cascade_problem(self, now_state: PopulationState, laws, batch_time_s: float, plant_time_s: float,
                          start_c: float, held_s: float = 0.0) -> Problem:

@@ -186,6 +186,13 @@ def test_a_cascade_plan_keeps_its_setpoints_the_loop_s_tracking_error_from_the_l
     # the loop wanders 0.001 (rms) about its setpoint: two of those are charged on the peak
     wandering = propose(dataclasses.replace(p, cascade=dataclasses.replace(p.cascade, peak_margin=0.002)))
     assert max(wandering.sigma_setpoints) + 0.002 <= 0.015 < max(ideal.sigma_setpoints) + 0.002
+    # the levels above the clear top come down to it, not to the grid's next level under it
+    # (0.85 x 0.015 would leave 0.0005 unused)
+    assert max(wandering.sigma_setpoints) == pytest.approx(0.015 - 0.002)
+    # a loop so loose that no level keeps clear runs at the lowest, not at whatever is cheapest
+    loose = propose(dataclasses.replace(p, cascade=dataclasses.replace(p.cascade, peak_margin=0.009)))
+    lowest = min(p.settings.cascade_sigma_rel_limit) * 0.015
+    assert loose.sigma_setpoints == pytest.approx((lowest, lowest))
 
 
 def test_a_proposal_without_setpoints_is_a_moves_plan():

@@ -573,6 +573,99 @@ def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_
         a.close()
 
 
+def test_a_plan_that_ends_on_arrival_is_not_tapered_into_the_final_temperature(tiny_checkpoint):
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+        a.wait_for_model()
+        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=0.0))
+        a.strategy._advised[TEMPERATURE_SP] = 20.5
+        t = start_min + 120.0
+        near = a.advise(view(t, **_at_sigma(20.5, 0.001)))
+        # half a kelvin left: the taper would allow (0.5 + 0.05) / 4 K/min; a batch that ends on
+        # arrival ends before the overshoot the taper is for, and the loop cools at its own pace
+        taper = (0.5 + 0.05) / a.strategy.settings.cascade_final_approach_min
+        assert near.inputs["ssc_cooling_rate_k_per_min"] > 1.5 * taper
+    finally:
+        a.close()
+
+
+def test_only_the_loop_s_overshoots_while_it_tracks_take_the_limit_s_margin(tiny_checkpoint):
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+        a.wait_for_model()
+        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=600.0))
+        t = start_min
+
+        def at(k: int, relative: float):
+            reactor_c = a.strategy._advised.get(TEMPERATURE_SP, 45.0)
+            return a.advise(view(t + 0.5 * k, **_at_sigma(reactor_c, 0.9 * limit * (1.0 + relative))))
+
+        # a loop that wanders under its setpoint (5-20 % under, for minutes at a time) keeps
+        # further from the limit, not closer: no margin
+        for k in range(1, 120):
+            under = at(k, -0.05 if (k // 16) % 2 else -0.2)
+        assert under.inputs["sigma_tracking_std"] == pytest.approx(0.0, abs=1e-12)
+        # a drifting analyser reads the solution far over its setpoint (more than the loop's
+        # integral band) for half an hour: the loop holds; it is not tracking, and the margin
+        # is not charged for it (only the minutes its average passes through the band: charged,
+        # the overshoot of 0.9 x limit would be a margin of 2 x 1.3 x that)
+        for k in range(120, 180):
+            fault = at(k, 1.0)
+        assert fault.inputs["sigma_tracking_std"] < 0.1 * limit
+        # overshoots within the band while it tracks are the loop's
+        for k in range(180, 300):
+            wander = at(k, 0.1 if (k // 16) % 2 else -0.1)
+        assert wander.inputs["sigma_tracking_std"] == pytest.approx(0.1 * 0.9 * limit, rel=0.3)
+    finally:
+        a.close()
+
+
+def test_the_loop_judges_where_the_reactor_heads_net_of_the_uptake_on_the_way(tiny_checkpoint):
+    """The reactor lags its setpoint: the loop feeds back the supersaturation the solution
+    reaches once the reactor gets there, which counts the crystals' uptake meanwhile (measured
+    as the concentration's fall) as well as the cooling."""
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    try:
+        start_min, _ = program_start(RECIPE)
+        limit = a.strategy.settings.metastable_sigma_limit
+        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+        a.wait_for_model()
+        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=600.0))
+        # a reactor cooling at 0.3 K/min, its solution at 0.01, the concentration falling
+        # 1.5 g/kg a minute (its solubility's pace at this rate, near the same supersaturation)
+        rate, sigma, uptake = 0.3, 0.01, 1.5
+        for k in range(16):
+            reactor_c = 45.0 - rate * 0.5 * k
+            c = float(KCL_CONSTANTS.solubility_g_per_kg(45.0)) * math.exp(sigma) - uptake * 0.5 * k
+            a.strategy._advised[TEMPERATURE_SP] = reactor_c - 0.5  # the setpoint 0.5 K ahead of the reactor
+            adv = a.advise(view(start_min + 0.5 * k, reactor_temperature_c=reactor_c,
+                                reactor_temperature_setpoint_active_c=reactor_c - 0.5, concentration_g_per_kg=c))
+        heading_c = reactor_c - a.strategy.settings.cascade_lookahead_k  # the setpoint is further
+        now_c = a.strategy._concentration_now(a.state, None)
+        by_cooling_only = math.log(now_c / float(KCL_CONSTANTS.solubility_g_per_kg(heading_c)))
+        by_uptake_too = math.log((now_c - uptake * a.strategy.settings.cascade_lookahead_k / rate)
+                                 / float(KCL_CONSTANTS.solubility_g_per_kg(heading_c)))
+        assert adv.inputs["sigma_at_setpoint"] == pytest.approx(by_uptake_too, abs=2e-4)
+        assert by_uptake_too < by_cooling_only - 0.0015  # 0.75 g/kg taken up on the way: a tenth of the limit
+    finally:
+        a.close()
+
+
 @pytest.mark.parametrize("heating", [False, True])
 def test_over_the_limit_the_cascade_heats_only_where_the_guard_lets_it_and_holds_once_back_under(tiny_checkpoint,
                                                                                                 heating):
