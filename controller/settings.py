@@ -356,6 +356,16 @@ class AgentSettings:
         validate.within(self, "metrics_port", 0, 65535)
         if (self.client_certificate is None) != (self.client_key is None):
             raise ValueError("client_certificate and client_key go together (make them with `xtalpilot certs`)")
+        if self.material is not None:
+            from conf.contract.materials import MATERIALS
+
+            # checked when the config is composed: a replay that ran to its end before the name
+            # failed gave a KeyError traceback and no summary
+            solutions = sorted(name for name, m in MATERIALS.items() if m.solubility is not None)
+            if self.material not in solutions:
+                raise ValueError(f"material {self.material!r} is not a built-in material with a solubility; allowed: "
+                                 f"{', '.join(solutions)} (or leave it unset: the process's material, which may be "
+                                 "defined as data)")
         if self.max_plant_time_s is not None and not (math.isfinite(self.max_plant_time_s) and self.max_plant_time_s > 0):
             raise ValueError(f"max_plant_time_s must be > 0, got {self.max_plant_time_s}")
 

@@ -64,6 +64,8 @@ def test_overrides_reach_typed_fields():
         (["scenario.kinetics.model=magic"], ["model", "physics", "power_law"]),
         (["process.seeding.mass_g=lots"], ["mass_g"]),
         (["process=no_such_process"], ["no_such_process"]),
+        (["agent.material=Unobtainium"], ["agent.material", "Unobtainium", "KCl", "NaCl", "unset"]),
+        (["agent.material=Cu"], ["agent.material", "solubility", "KCl"]),  # built in, but no solution
         (["process=kno3_seeded_cooling", "process.material_data.solubility_unit=ppm"], ["solubility_unit", "g_per_100g"]),
     ],
 )
