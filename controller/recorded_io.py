@@ -90,7 +90,9 @@ class RecordedIO:
         self.ignored: list[str] = []
         if {"tag", "value"} <= set(frame.columns):
             seconds = _seconds(frame["timestamp"], self.path)
-            tags = frame["tag"].map(signal_of)
+            # a list, not Series.map: pandas turns the None of an unknown tag into NaN, and the
+            # unknown tags went unlisted (and their rows in) wherever a known one was present
+            tags = [signal_of(t) for t in frame["tag"]]
             self.ignored = sorted({str(t) for t, s in zip(frame["tag"], tags) if s is None})
             values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
             if "quality" in frame.columns:

@@ -35,16 +35,17 @@ def test_long_form_with_node_ids_quality_and_a_silent_tag(tmp_path, tagmap):
     node = tagmap["reactor_temperature_c"].opcua_node
     frame = pd.DataFrame({
         "timestamp": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:10Z",
-                      "2026-01-01T00:00:20Z", "2026-01-01T00:01:20Z"],
-        "tag": [node, "concentration_g_per_kg", node, "concentration_g_per_kg", node],
-        "value": [50.0, 330.0, 49.5, "n/a", 48.0],
-        "quality": ["good", "good", "good", "bad", "good"],
+                      "2026-01-01T00:00:20Z", "2026-01-01T00:01:20Z", "2026-01-01T00:00:30Z"],
+        "tag": [node, "concentration_g_per_kg", node, "concentration_g_per_kg", node, "TIC-999.PV"],
+        "value": [50.0, 330.0, 49.5, "n/a", 48.0, 1.0],
+        "quality": ["good", "good", "good", "bad", "good", "good"],
         })
     path = tmp_path / "export.csv"
     frame.assign(extra_tag=1).to_csv(path, index=False)
     io = RecordedIO(tagmap, path)
+    assert io.ignored == ["TIC-999.PV"]  # a tag the tag map does not know, beside known ones
     snaps = read_all(io)
-    assert [s.plant_time_s for s in snaps] == [0.0, 10.0, 20.0, 80.0]
+    assert [s.plant_time_s for s in snaps] == [0.0, 10.0, 20.0, 80.0]  # its instant is not one
     assert snaps[1].readings["reactor_temperature_c"].value == 49.5
     assert not snaps[2].readings["concentration_g_per_kg"].good  # flagged bad by the historian
     assert snaps[0].readings["jacket_temperature_c"].value is None  # never recorded
