@@ -36,7 +36,23 @@ class RecordingError(ValueError):
     """A recording that cannot be read; the message names the file, row and column."""
 
 
+def _first_row_longer_than_header(path: Path) -> tuple[int, int, int] | None:
+    """(file line, fields, header fields) of the first CSV row with more fields than its
+    header, or None."""
+    import csv
+
+    with path.open(newline="", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                return reader.line_num, len(row), len(header)
+    return None
+
+
 def _read_frame(path: Path):
+    import warnings
+
     import pandas as pd
 
     if not path.is_file():
@@ -45,7 +61,24 @@ def _read_frame(path: Path):
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if path.suffix.lower() in (".csv", ".txt"):
-            return pd.read_csv(path)
+            # Rows with more fields than the header: pandas would take the extra leading fields
+            # as the index and shift every column (a replay of such a file ran on misaligned
+            # columns and exited 0); with index_col=False it drops the extra ones, warning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                try:
+                    return pd.read_csv(path, index_col=False)
+                except (pd.errors.ParserWarning, pd.errors.ParserError):
+                    long_row = _first_row_longer_than_header(path)
+                    if long_row is None:
+                        raise
+                    line, fields, header = long_row
+                    raise RecordingError(
+                        f"recording {path}: line {line} has {fields} fields, the header names {header}: the "
+                        "columns cannot be aligned (a missing header name, or a separator inside a value); "
+                        "fix the header or the rows") from None
+    except RecordingError:
+        raise
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
         raise RecordingError(f"recording {path} is not a readable {path.suffix} file ({exc})") from None
     raise RecordingError(f"recording {path}: unknown format {path.suffix!r}; use .csv or .parquet")

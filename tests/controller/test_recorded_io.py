@@ -77,6 +77,9 @@ def test_wide_form_parquet_with_gaps_and_numeric_seconds(tmp_path, tagmap):
     ("time,value\n1,2\n", "no 'timestamp' column"),
     ("timestamp,reactor_temperature_c\n2026-01-01,50\nyesterday,51\n", "row 3, column timestamp"),
     ("timestamp,foo\n0,1\n", "no values of any tag-map signal"),
+    # more fields than the header (here an unnamed leading column): pandas shifted every column
+    ("timestamp,reactor_temperature_c\n1,0,50\n2,10,49\n", "line 2 has 3 fields, the header names 2"),
+    ("timestamp,reactor_temperature_c\n0,50\n10,49,7\n", "line 3 has 3 fields"),
 ])
 def test_bad_recordings_are_named(tmp_path, tagmap, content, match):
     path = tmp_path / "bad.csv"
