@@ -6,9 +6,14 @@ Accepted files (CSV or Parquet, by suffix):
   ``bad``, or 1 / 0; anything else counts as bad);
 - wide form: a ``timestamp`` column and one column per tag.
 
+The time column may be named otherwise (``time_column``, matched ignoring case). Its
+date-times are read in one format for the whole column (ISO 8601, or the first date's format
+month first or day first; ``day_first`` where both would read); rows out of time order are
+replayed in order and counted in :attr:`RecordedIO.quirks`.
+
 Tags may be the tag map's signal names or its OPC UA node ids; columns or tags the tag map
 does not know are ignored (and listed in :attr:`RecordedIO.ignored`). Timestamps may be
-ISO 8601 date-times or numbers of seconds; plant time starts at 0 at the first timestamp.
+date-times or numbers of seconds; plant time starts at 0 at the first timestamp.
 
 Each :meth:`RecordedIO.read` returns the next recorded instant: every signal carries its last
 recorded value with the time it was recorded as its source time, so a tag the historian
@@ -84,35 +89,83 @@ def _read_frame(path: Path):
     raise RecordingError(f"recording {path}: unknown format {path.suffix!r}; use .csv or .parquet")
 
 
-def _seconds(column, path: Path):
-    """Timestamps -> seconds since the first, (N,). Raises RecordingError naming the first bad row."""
+def _dates(column, path: Path, name: str, day_first: bool | None):
+    """Date-times of a whole column in one format (UTC), or RecordingError.
+
+    One format for every row: ISO 8601, else the format guessed from the first value, month
+    first or day first. Parsed row by row (pandas' ``format="mixed"``), 12/07 23:59:59 then
+    13/07 00:00:00 read the first as 7 December and the second as 13 July: a jump of -148
+    days, which the replay then sorted away without a word. Where both orders read every row
+    (no day past the 12th) the order is ``day_first``'s, and without it the recording is
+    refused as ambiguous.
+    """
+    import pandas as pd
+    from pandas.tseries.api import guess_datetime_format
+
+    text = column.astype(str).str.strip()
+    iso = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    if iso.notna().all():
+        return iso
+    readings = {}
+    orders = (False, True) if day_first is None else (bool(day_first),)
+    for order in orders:
+        fmt = guess_datetime_format(text.iloc[0], dayfirst=order)
+        if fmt is None:
+            continue
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format=fmt)
+        readings[order] = (fmt, parsed)
+    complete = {order: r for order, r in readings.items() if r[1].notna().all()}
+    if len(complete) == 2 and not complete[False][1].equals(complete[True][1]):
+        raise RecordingError(f"recording {path}: column {name}: the dates read both month first and day first "
+                             f"(e.g. {text.iloc[0]!r}); set replay.day_first=true or false")
+    if complete:
+        return next(iter(complete.values()))[1]
+    # the format that reads the most rows names the first one it cannot
+    best = max(readings.values(), key=lambda r: int(r[1].notna().sum()), default=None)
+    bad = best[1].isna().to_numpy() if best is not None else np.ones(len(text), dtype=bool)
+    row = int(np.flatnonzero(bad)[0])
+    detail = f" in the format {best[0]!r} of the column's first date" if best is not None else ""
+    raise RecordingError(f"recording {path}: row {row + 2}, column {name}: {column.iloc[row]!r} is not a date-time"
+                         f"{detail} or a number of seconds")
+
+
+def _seconds(column, path: Path, name: str = "timestamp", day_first: bool | None = None):
+    """Timestamps -> seconds since the first, (N,). Raises RecordingError naming the first bad
+    row (see :func:`_dates` for date-times)."""
     import pandas as pd
 
     numeric = pd.to_numeric(column, errors="coerce")
     if numeric.notna().all():
         t = numeric.to_numpy(dtype=float)
     else:
-        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
-        bad = parsed.isna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise RecordingError(f"recording {path}: row {row + 2}, column timestamp: "
-                                 f"{column.iloc[row]!r} is not a date-time or a number of seconds")
+        parsed = _dates(column, path, name, day_first)
         t = (parsed - parsed.iloc[0]).dt.total_seconds().to_numpy(dtype=float)
     return t - t[0] if t.size else t
+
+
+def _time_column(frame, wanted: str, path: Path) -> str:
+    """The recording's time column: ``wanted``, else the one column that matches it ignoring
+    case."""
+    if wanted in frame.columns:
+        return wanted
+    matches = [c for c in frame.columns if str(c).strip().lower() == wanted.strip().lower()]
+    if len(matches) == 1:
+        return matches[0]
+    raise RecordingError(f"recording {path}: no time column {wanted!r} (columns: {list(frame.columns)}); "
+                         "name it with replay.time_column")
 
 
 class RecordedIO:
     """Replays a recording as successive snapshots (see the module docstring)."""
 
-    def __init__(self, tagmap: TagMap, path: str | Path) -> None:
+    def __init__(self, tagmap: TagMap, path: str | Path, time_column: str = "timestamp",
+                 day_first: bool | None = None) -> None:
         import pandas as pd
 
         self.tagmap = tagmap
         self.path = Path(path)
         frame = _read_frame(self.path)
-        if "timestamp" not in frame.columns:
-            raise RecordingError(f"recording {self.path}: no 'timestamp' column (columns: {list(frame.columns)})")
+        time_name = _time_column(frame, time_column, self.path)
         by_node = {s.opcua_node: s.name for s in tagmap}
         names = {s.name for s in tagmap}
 
@@ -121,8 +174,11 @@ class RecordedIO:
             return tag if tag in names else by_node.get(tag)
 
         self.ignored: list[str] = []
+        seconds = _seconds(frame[time_name], self.path, str(time_name), day_first)
+        # What the file has and the replay does not repair silently: it replays in time order,
+        # and says how many rows were not.
+        self.quirks = {"out_of_order_rows": int((np.diff(seconds) < 0).sum()) if seconds.size else 0}
         if {"tag", "value"} <= set(frame.columns):
-            seconds = _seconds(frame["timestamp"], self.path)
             # a list, not Series.map: pandas turns the None of an unknown tag into NaN, and the
             # unknown tags went unlisted (and their rows in) wherever a known one was present
             tags = [signal_of(t) for t in frame["tag"]]
@@ -135,10 +191,9 @@ class RecordedIO:
                 good = np.ones(len(frame), dtype=bool)
             rows = [(t, s, v, g) for t, s, v, g in zip(seconds, tags, values, good) if s is not None]
         else:
-            seconds = _seconds(frame["timestamp"], self.path)
             rows = []
             for column in frame.columns:
-                if column == "timestamp":
+                if column == time_name:
                     continue
                 s = signal_of(column)
                 if s is None:

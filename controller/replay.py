@@ -67,7 +67,7 @@ def _recorded_io(cfg, path: Path):
     from conf.contract.tagmap import TagMap
 
     try:
-        return RecordedIO(TagMap.from_dict(cfg.plant), path)
+        return RecordedIO(TagMap.from_dict(cfg.plant), path, cfg.replay.time_column, cfg.replay.day_first)
     except RecordingError as exc:
         raise SetupError(f"{exc}; replay.recording must name a CSV or Parquet historian export") from None
 
@@ -131,6 +131,7 @@ def replay_summary(cfg, frame, signal_statuses, agent_summary: dict, source: str
     return {
         "recording": source,
         "ignored_tags": list(io.ignored),
+        "recording_quirks": dict(io.quirks),
         "instants": io.instants,
         "recorded_h": float(frame["plant_time_s"].max() - frame["plant_time_s"].min()) / 3600.0 if len(frame) else 0.0,
         "strategy": cfg.agent.strategy.value,

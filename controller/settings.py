@@ -403,10 +403,15 @@ class ReplaySettings:
     Attributes:
         recording: the historian export to replay (CSV or Parquet; controller/recorded_io.py).
         output_dir: where the decision log, the summary and the report go.
+        time_column: the recording's time column (matched ignoring case).
+        day_first: its dates put the day first (13/07/2026); None: inferred from the dates,
+            and a recording whose dates read both ways is refused until this is set.
     """
 
     recording: Optional[str] = None
     output_dir: str = "runs/replay"
+    time_column: str = "timestamp"
+    day_first: Optional[bool] = None
 
 
 @dataclass(frozen=True)

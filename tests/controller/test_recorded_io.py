@@ -74,7 +74,7 @@ def test_wide_form_parquet_with_gaps_and_numeric_seconds(tmp_path, tagmap):
 
 
 @pytest.mark.parametrize("content, match", [
-    ("time,value\n1,2\n", "no 'timestamp' column"),
+    ("time,value\n1,2\n", "no time column 'timestamp'.*replay.time_column"),
     ("timestamp,reactor_temperature_c\n2026-01-01,50\nyesterday,51\n", "row 3, column timestamp"),
     ("timestamp,foo\n0,1\n", "no values of any tag-map signal"),
     # more fields than the header (here an unnamed leading column): pandas shifted every column
@@ -98,3 +98,34 @@ def test_missing_and_corrupt_files(tmp_path, tagmap):
     with pytest.raises(RecordingError, match="unknown format"):
         (tmp_path / "x.xlsx").write_text("")
         RecordedIO(tagmap, tmp_path / "x.xlsx")
+
+
+def test_a_time_column_named_otherwise_and_day_first_dates_read_in_one_format(tmp_path, tagmap):
+    # a logger's export: "Time", day-first dates across midnight into the 13th (read row by row,
+    # 12/07 was 7 December and 13/07 13 July: a jump of -148 days, sorted away without a word)
+    path = tmp_path / "logger.csv"
+    path.write_text("TimeStamp,reactor_temperature_c\n12/07/2026 23:59:50,50.0\n12/07/2026 23:59:59,49.9\n"
+                    "13/07/2026 00:00:10,49.8\n")
+    io = RecordedIO(tagmap, path)  # "TimeStamp" is "timestamp", ignoring case
+    assert [s.plant_time_s for s in read_all(io)] == [0.0, 9.0, 20.0]
+    assert io.quirks["out_of_order_rows"] == 0
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(path.read_text().replace("TimeStamp,", "Zeit,"))
+    with pytest.raises(RecordingError, match="replay.time_column"):
+        RecordedIO(tagmap, renamed)
+    assert RecordedIO(tagmap, renamed, time_column="Zeit").instants == 3
+
+
+def test_ambiguous_dates_ask_for_the_order_and_rows_out_of_order_are_counted(tmp_path, tagmap):
+    path = tmp_path / "early.csv"
+    # no day past the 12th: 01/02 reads as 2 January or 1 February
+    path.write_text("timestamp,reactor_temperature_c\n01/02/2026 10:00:00,50.0\n01/02/2026 10:00:30,49.9\n"
+                    "02/02/2026 10:00:00,49.8\n01/02/2026 10:00:20,49.7\n")
+    with pytest.raises(RecordingError, match="replay.day_first"):
+        RecordedIO(tagmap, path)
+    io = RecordedIO(tagmap, path, day_first=True)  # 1 and 2 February: a day apart
+    assert io.quirks["out_of_order_rows"] == 1  # the last row is out of order: replayed in order, counted
+    times = [s.plant_time_s for s in read_all(io)]
+    assert times == [0.0, 20.0, 30.0, 86400.0]
+    month_first = RecordedIO(tagmap, path, day_first=False)  # 2 January and 2 February: a month apart
+    assert max(s.plant_time_s for s in read_all(month_first)) == 31 * 86400.0

@@ -59,7 +59,7 @@ def test_the_model_predictive_agent_proposes_over_a_recording(tmp_path, tiny_che
     assert any("expected_d43_um" in i for i in log["inputs"])  # proposals arrived and were used
 
 
-@pytest.mark.parametrize("content, match", [("not,a,recording\n1,2,3\n", "no 'timestamp' column"),
+@pytest.mark.parametrize("content, match", [("not,a,recording\n1,2,3\n", "no time column 'timestamp'"),
                                             (None, "not found")])
 def test_a_bad_recording_is_one_clear_line(tmp_path, caplog, content, match):
     from controller.cli import main
