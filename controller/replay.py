@@ -136,6 +136,8 @@ def replay_summary(cfg, frame, signal_statuses, agent_summary: dict, source: str
         "recorded_h": float(frame["plant_time_s"].max() - frame["plant_time_s"].min()) / 3600.0 if len(frame) else 0.0,
         "strategy": cfg.agent.strategy.value,
         "process": cfg.process.name,
+        # whose solubility and metastable limit the supersaturation figures are judged against
+        "material": cfg.agent.material or cfg.process.material,
         "cycles": agent_summary["cycles"],
         "proposals": agent_summary["proposal_s"]["n"],
         "guard_verdicts_in_automatic": dict(verdicts),
@@ -192,8 +194,9 @@ def write_replay_report(path: Path, frame, cfg) -> Path:
     ax.legend()
     ax = axes[0, 1]
     ax.plot(t_h, conc, label="concentration (recorded)")
-    ax.plot(t_h, csat, label="solubility C*")
-    ax.plot(t_h, csat * math.exp(limit), "--", label="metastable limit")
+    name = cfg.agent.material or cfg.process.material
+    ax.plot(t_h, csat, label=f"solubility C* ({name})")
+    ax.plot(t_h, csat * math.exp(limit), "--", label=f"metastable limit (ln S {limit:g})")
     ax.set(xlabel="plant time (h)", ylabel="g per kg solvent", title="Concentration")
     ax.legend()
     ax = axes[1, 0]
@@ -210,7 +213,8 @@ def write_replay_report(path: Path, frame, cfg) -> Path:
         ax.plot(t_h[hit], np.full(hit.sum(), k), "|", ms=12)
     ax.set(yticks=range(len(kinds)), yticklabels=kinds, xlabel="plant time (h)",
            title="Guard verdicts, had it been in automatic")
-    fig.suptitle(f"xtalpilot replay (shadow mode): {cfg.agent.strategy.value}")
+    fig.suptitle(f"xtalpilot replay (shadow mode): {cfg.agent.strategy.value}, process {cfg.process.name}, "
+                 f"material {name}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

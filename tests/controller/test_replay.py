@@ -28,6 +28,7 @@ def test_replaying_a_recorded_batch_writes_nothing_and_reports_what_the_guard_wo
     sp = summary["setpoint_vs_recorded_k"]
     assert sp["cycles_compared"] > 300 and sp["mean_abs"] < 0.05
     assert summary["guard_verdicts_in_automatic"]["ok"] > 300 and summary["held_fraction"] == 0.0
+    assert summary["material"] == "KCl"  # whose solubility the figures are judged against, named
     assert (out / "report.png").stat().st_size > 10_000 and (out / "decisions.csv").is_file()
     assert json.loads((out / "summary.json").read_text())["cycles"] == 481
     log = read_decisions(out / "decisions.sqlite")
