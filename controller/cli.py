@@ -26,9 +26,13 @@ Examples::
     xtalpilot plant security=sign_encrypt users_file=certs/users.yaml
     xtalpilot train train.epochs=40 split.name=heldout_families split.family=bcc
     xtalpilot tune tune.model=msgnn tune.trials=16 tune.q=2
+    xtalpilot agent --config-dir /etc/xtalpilot process=line3_kcl
 
 The entry point only parses, composes the config and calls a plain function; errors a user can
 fix (bad config, busy port, missing certificate) print one line and exit with code 2.
+
+``--config-dir DIR`` (any command) adds a folder of site configs beside the project's
+``conf/``: ``DIR/process/<name>.yaml`` is then ``process=<name>``.
 
 Every command composes the same ``process`` (``conf/process/*.yaml``, ``process=<name>``; a
 scenario may select one, the command line wins): the plant, the agent, replay, the demo and the
@@ -204,6 +208,47 @@ def _simulator_errors() -> dict[type, str]:
     return {PlantConfigError: "cannot build the plant: "}
 
 
+def config_dir_overrides(args: Sequence[str]) -> list[str]:
+    """``--config-dir DIR`` (or ``--config-dir=DIR``) in a command's arguments, as the Hydra
+    override it stands for: a folder of site configs (``process/``, ``scenario/``, ...) searched
+    beside the project's ``conf/``, so ``process=<name>`` picks a site's file. The rest pass
+    through.
+
+    Raises:
+        controller.settings.SetupError: the folder is not there, or ``hydra.searchpath`` is
+            given too (one way to say it).
+    """
+    from pathlib import Path
+
+    from controller.settings import SetupError
+
+    out, folders, k = [], [], 0
+    args = list(args)
+    while k < len(args):
+        a = args[k]
+        if a == "--config-dir":
+            if k + 1 >= len(args):
+                raise SetupError("--config-dir needs a folder: --config-dir /etc/xtalpilot")
+            folders.append(args[k + 1])
+            k += 2
+            continue
+        if a.startswith("--config-dir="):
+            folders.append(a.split("=", 1)[1])
+        else:
+            out.append(a)
+        k += 1
+    if not folders:
+        return out
+    if any(a.lstrip("+~").startswith("hydra.searchpath") for a in out):
+        raise SetupError("give config folders by --config-dir or by hydra.searchpath, not both")
+    paths = [Path(f).expanduser().resolve() for f in folders]
+    for path in paths:
+        if not path.is_dir():
+            raise SetupError(f"--config-dir {path}: no such folder (it holds process/, scenario/, ... folders of "
+                             "YAML files)")
+    return [*out, "hydra.searchpath=[" + ",".join(f"file://{p}" for p in paths) + "]"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -234,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is not cmd_agent:
         prefixes.update(_simulator_errors())
     try:
-        return handler(rest)
+        return handler(config_dir_overrides(rest))
     except tuple(prefixes) as exc:
         prefix = next(p for kind, p in prefixes.items() if isinstance(exc, kind))
         _log.error("%s%s", prefix, exc)

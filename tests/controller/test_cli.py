@@ -116,3 +116,30 @@ def test_bench_loop_prints_the_keys_per_protocol(tmp_path, tiny_checkpoint):
         assert set(r["cycle_ms"]) == {"p50", "p99", "max"} and r["cycle_ms"]["p50"] > 0
         assert "max" in r["loop_lag_ms"] and {"p50", "p95"} <= set(r["proposal_s"])
         assert r["missed_cycles"] >= 0 and r["cycles"] >= 20
+
+
+def test_a_site_config_folder_is_taken_by_config_dir(tmp_path):
+    from conf.schema import load_config
+    from controller.cli import config_dir_overrides
+    from controller.settings import SetupError
+
+    site = tmp_path / "site"
+    (site / "process").mkdir(parents=True)
+    text = (REPO / "conf" / "process" / "kcl_seeded_cooling.yaml").read_text()
+    (site / "process" / "line3_kcl.yaml").write_text(text.replace("name: kcl_seeded_cooling", "name: line3_kcl")
+                                                     .replace("mass_g: 40.0", "mass_g: 55.0"))
+    overrides = config_dir_overrides(["--config-dir", str(site), "process=line3_kcl", "speed=10"])
+    assert overrides[:2] == ["process=line3_kcl", "speed=10"] and overrides[2].startswith("hydra.searchpath=")
+    cfg = load_config(overrides)
+    assert cfg.process.name == "line3_kcl" and cfg.process.seeding.mass_g == 55.0
+    assert config_dir_overrides([f"--config-dir={site}"]) == overrides[2:]
+    with pytest.raises(SetupError, match="no such folder"):
+        config_dir_overrides(["--config-dir", str(tmp_path / "nowhere")])
+    with pytest.raises(SetupError, match="not both"):
+        config_dir_overrides(["--config-dir", str(site), "hydra.searchpath=[file:///etc]"])
+    # as a user runs it: without the folder the process is unknown, with it the plant simulates
+    out = xtalpilot("plant", "simulate", "process=line3_kcl", f"simulate.output_dir={tmp_path}")
+    assert out.returncode == 2 and "line3_kcl" in out.stderr
+    out = xtalpilot("plant", "simulate", "--config-dir", str(site), "process=line3_kcl", "scenario.duration_min=20",
+                    f"simulate.output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
