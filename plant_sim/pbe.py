@@ -382,16 +382,37 @@ def size_statistics(csd_per_m_per_kg: np.ndarray, centers_m: np.ndarray, widths_
 
     Returns:
         volume-weighted mean size d43 (um), number-mean size d10 of crystals above 1 um (um),
-        coefficient of variation of the volume distribution, mass fraction below 100 um.
+        coefficient of variation of the volume distribution, mass fraction below 100 um, and the
+        mass fraction in the grid's top class (``top_class_mass_fraction``: the top edge has
+        zero flux, so crystals that reach it pile up there; more than ``TOP_CLASS_WARNING``
+        means the grid is too short for the run and its figures are not to be trusted).
     """
     n, size, width = csd_per_m_per_kg, centers_m, widths_m
     mu = [float(np.sum(n * size**k * width)) for k in range(6)]
     if mu[3] <= 0.0:
-        return {"d43_um": math.nan, "d10_um": math.nan, "cv": math.nan, "fines_mass_fraction": math.nan}
+        return {"d43_um": math.nan, "d10_um": math.nan, "cv": math.nan, "fines_mass_fraction": math.nan,
+                "top_class_mass_fraction": math.nan}
     d43 = mu[4] / mu[3]
     spread = max(mu[5] / mu[3] - d43**2, 0.0)
     big = size > 1e-6
     n_big = float(np.sum(n[big] * width[big]))
     d10 = float(np.sum(n[big] * size[big] * width[big])) / n_big if n_big > 0 else math.nan
     fines = float(np.sum((n * size**3 * width)[size < 100e-6])) / mu[3]
-    return {"d43_um": d43 * 1e6, "d10_um": d10 * 1e6, "cv": math.sqrt(spread) / d43, "fines_mass_fraction": fines}
+    top = float(n[-1] * size[-1] ** 3 * width[-1]) / mu[3]
+    return {"d43_um": d43 * 1e6, "d10_um": d10 * 1e6, "cv": math.sqrt(spread) / d43, "fines_mass_fraction": fines,
+            "top_class_mass_fraction": top}
+
+
+#: Mass fraction in the size grid's top class above which a run says its grid is too short.
+TOP_CLASS_WARNING = 1e-3
+
+
+def top_class_warning(stats: dict, max_size_um: float) -> str | None:
+    """The line to say when :func:`size_statistics` found crystals piled up at the grid's top
+    (None: not so)."""
+    top = stats.get("top_class_mass_fraction", math.nan)
+    if not (math.isfinite(top) and top > TOP_CLASS_WARNING):
+        return None
+    return (f"{100 * top:.2g} % of the crystal mass sits in the size grid's top class (max_size_um={max_size_um:g}): "
+            "crystals reach the top edge, which lets nothing out, and pile up there; the size figures are "
+            "not to be trusted; raise scenario.reactor.max_size_um")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plant_sim.pbe import size_statistics  # noqa: F401  (re-exported: product figures)
+from plant_sim.pbe import size_statistics, top_class_warning  # noqa: F401  (re-exported: product figures)
 from plant_sim.plant import Plant
 from plant_sim.scenarios import Operation
 
@@ -111,6 +111,10 @@ def simulate(cfg, progress: bool | None = None) -> SimulationResult:
         **stats,
         "target_mean_size_um": sc.target_mean_size_um or None,
     }
+    warning = top_class_warning(stats, grid.edges_m[-1] * 1e6)
+    if warning:
+        _log.warning("%s: %s", sc.name, warning)
+        summary["warnings"] = [warning]
     if sc.operation is Operation.batch:
         # Closed batch: dissolved + crystallised solute stays what was charged (solution + seeds).
         charged = total0 + plant.seed_mass_charged_g / 1000.0

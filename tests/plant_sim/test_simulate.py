@@ -126,3 +126,14 @@ def test_size_statistics_of_a_narrow_peak():
     assert stats["d43_um"] == pytest.approx(300.0, rel=0.01)
     assert stats["cv"] == pytest.approx(10 / 300, rel=0.1)
     assert stats["fines_mass_fraction"] < 1e-6
+
+
+def test_crystals_piling_up_at_the_top_of_the_size_grid_are_reported(caplog):
+    # seeds of 100 um grow to about 340 um: a grid that ends at 250 um holds them at its top
+    # edge (zero flux), where they pile up in the last class; the run says so
+    _, short = run("seeded_cooling", "scenario.duration_min=200", "scenario.reactor.max_size_um=250")
+    assert short.summary["top_class_mass_fraction"] > 0.1
+    assert any("max_size_um" in w for w in short.summary["warnings"])
+    assert "top class" in caplog.text
+    _, tall = run("seeded_cooling", "scenario.duration_min=200")
+    assert tall.summary["top_class_mass_fraction"] < 1e-6 and "warnings" not in tall.summary
