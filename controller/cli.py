@@ -204,8 +204,9 @@ def _simulator_errors() -> dict[type, str]:
     if importlib.util.find_spec("plant_sim") is None:
         return {}
     from plant_sim.plant import PlantConfigError
+    from plant_sim.reactor import IntegrationError
 
-    return {PlantConfigError: "cannot build the plant: "}
+    return {PlantConfigError: "cannot build the plant: ", IntegrationError: "simulation failed: "}
 
 
 def config_dir_overrides(args: Sequence[str]) -> list[str]:

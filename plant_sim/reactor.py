@@ -68,6 +68,15 @@ from conf.contract.morphology import Habit, kinetic_wulff
 # Offsets of the scalar states after the n size classes.
 I_SOLUTE, I_TR, I_TJ, I_PID, I_ANTI, I_WATER = range(6)
 N_SCALARS = 6
+#: The integration step stays under this over the heat balances' fastest rate (SSP-RK3's real
+#: stability limit is about 2.5).
+THERMAL_STEP_SAFETY = 1.0
+#: Temperatures beyond this (C) are an integration that went unstable, not a process.
+RUNAWAY_TEMPERATURE_C = 500.0
+
+
+class IntegrationError(RuntimeError):
+    """The integration went unstable or lost mass: its results are not a process's."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,17 @@ class Reactor:
         self._mass_weights = crystal_density_kg_per_m3 * volume_shape_factor * pbe.third_moment_weights(self.grid)
         self._min_dl = float(np.min(self.grid.widths_m))
         self._end_of_last_advance: tuple | None = None
+        # The heat balances' fastest rate (1/s): the jacket's (coolant through it and the wall,
+        # over its heat capacity) and the slurry's (the wall, over the water's heat capacity,
+        # the least the slurry holds). SSP-RK3 is stable to |lambda dt| ~ 2.5: a 20 s step on a
+        # 0.5 kg jacket with a 3 kW/K wall went unstable, its temperature ran away, and the run
+        # created crystal mass or stopped on a zero solubility.
+        coolant_w_per_k = settings.jacket_flow_kg_per_s * settings.coolant_heat_capacity_j_per_kg_k
+        jacket_rate = ((coolant_w_per_k + settings.heat_transfer_w_per_k)
+                       / (settings.jacket_mass_kg * settings.coolant_heat_capacity_j_per_kg_k))
+        slurry_rate = ((settings.heat_transfer_w_per_k + settings.ambient_loss_w_per_k)
+                       / (settings.water_mass_kg * settings.slurry_heat_capacity_j_per_kg_k))
+        self._thermal_step_s = THERMAL_STEP_SAFETY / max(jacket_rate, slurry_rate)
 
     # ----------------------------------------------------------------------------- state
     def initial_state(self, temperature_c: float, saturation_temperature_c: float) -> np.ndarray:
@@ -392,7 +412,7 @@ class Reactor:
     # ----------------------------------------------------------------------------- integrator
     def _stable_step_s(self, x: np.ndarray, dx: np.ndarray, rates: Rates, c: float, c_star: float) -> float:
         s = self.settings
-        dt = s.max_substep_s
+        dt = min(s.max_substep_s, self._thermal_step_s)
         g = abs(rates.growth_rate_m_per_s)
         if g > 0.0:
             dt = min(dt, s.cfl * self._min_dl / g)
@@ -435,6 +455,12 @@ class Reactor:
             # The limiter keeps N >= 0 under the CFL bound; clip round-off only.
             np.maximum(x[: self.n], 0.0, out=x[: self.n])
             x[self.n + I_SOLUTE] = max(float(x[self.n + I_SOLUTE]), 0.0)
+            t_r, t_j = float(x[self.n + I_TR]), float(x[self.n + I_TJ])
+            if not (abs(t_r) < RUNAWAY_TEMPERATURE_C and abs(t_j) < RUNAWAY_TEMPERATURE_C):
+                raise IntegrationError(
+                    f"the heat balance went unstable (reactor {t_r:.3g} C, jacket {t_j:.3g} C after a {dt:.3g} s "
+                    "step): the jacket's or the reactor's settings make it too stiff for the step; lower "
+                    "scenario.reactor.max_substep_s")
             remaining -= dt
         known = self.rates_at(x, u.impurity_ppm)
         rates, c, c_star, crystal_kg = known

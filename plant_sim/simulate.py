@@ -19,6 +19,11 @@ import pandas as pd
 
 from plant_sim.pbe import size_statistics, top_class_warning  # noqa: F401  (re-exported: product figures)
 from plant_sim.plant import Plant
+from plant_sim.reactor import IntegrationError
+
+#: Relative error of the closed batch's solute balance above which a run fails (a stable
+#: integration closes to round-off, ~1e-12).
+MASS_CLOSURE_TOLERANCE = 1e-6
 from plant_sim.scenarios import Operation
 
 _log = logging.getLogger(__name__)
@@ -119,6 +124,12 @@ def simulate(cfg, progress: bool | None = None) -> SimulationResult:
         # Closed batch: dissolved + crystallised solute stays what was charged (solution + seeds).
         charged = total0 + plant.seed_mass_charged_g / 1000.0
         summary["mass_closure_rel_error"] = abs(reactor.total_solute_kg(x) - charged) / charged
+        if not summary["mass_closure_rel_error"] <= MASS_CLOSURE_TOLERANCE:
+            raise IntegrationError(
+                f"{sc.name}: the batch's solute does not close: {reactor.total_solute_kg(x):.4g} kg dissolved and "
+                f"crystallised against {charged:.4g} kg charged (relative error "
+                f"{summary['mass_closure_rel_error']:.2g}); the integration is not to be trusted: lower "
+                "scenario.reactor.max_substep_s or scenario.reactor.cfl")
     return SimulationResult(timeseries, csd, summary)
 
 

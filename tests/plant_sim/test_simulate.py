@@ -137,3 +137,19 @@ def test_crystals_piling_up_at_the_top_of_the_size_grid_are_reported(caplog):
     assert "top class" in caplog.text
     _, tall = run("seeded_cooling", "scenario.duration_min=200")
     assert tall.summary["top_class_mass_fraction"] < 1e-6 and "warnings" not in tall.summary
+
+
+def test_a_stiff_jacket_is_integrated_stably_and_an_unstable_integration_fails_loudly(monkeypatch):
+    import plant_sim.reactor as reactor_module
+
+    stiff = ("scenario.reactor.heat_transfer_w_per_k=3000", "scenario.reactor.jacket_mass_kg=0.5",
+             "scenario.duration_min=40")
+    # a 0.5 kg jacket behind a 3 kW/K wall: its heat balance relaxes in a second; the step
+    # follows it (with 20 s steps the run created crystal mass or divided by a zero solubility)
+    _, result = run("seeded_cooling", *stiff)
+    assert result.summary["mass_closure_rel_error"] < 1e-9
+    assert result.timeseries["reactor_temperature_c"].between(40.0, 60.0).all()
+    # with the bound taken away the integration runs away: one clear error, not a number
+    monkeypatch.setattr(reactor_module, "THERMAL_STEP_SAFETY", 100.0)
+    with pytest.raises(reactor_module.IntegrationError, match="max_substep_s"):
+        run("seeded_cooling", *stiff)
