@@ -17,7 +17,8 @@ Each measured signal gets a status every cycle, checked in this order:
   moves no faster than the process). After ``spike_persistence`` such readings in a row the
   new level is real (a step, not a spike): the window restarts from it;
 - ``stuck``: a signal that should be noisy has repeated one value exactly for ``stuck_after_s``
-  and over at least ``stuck_min_readings`` readings of distinct source times;
+  and over at least ``stuck_min_readings`` readings of distinct source times (more where the
+  value looks quantised: a round number repeats by resolution, not by fault);
 - ``ok``.
 
 Only ``ok`` readings enter the filter (first-order, time constant ``filter_time_s``) and the
@@ -102,6 +103,13 @@ class ValidationSettings:
             trend test alone decides.
         stuck_min_readings: readings (of distinct source times, the first included) that must
             repeat the value exactly before it is stuck; a quantised value repeats by chance.
+        noise_std: the instrument's noise (0: not known). Where it is known, a signal whose
+            values have all had at most three decimals is read as quantised to the finest of
+            them (a logger's 0.1 C, a scaled Modbus register: a float instrument's noise never
+            lands on round numbers) and must repeat :func:`stuck_min_readings` times for that
+            step, or is never stuck where the step hides the noise.
+        spike_test: judge spikes (False for setpoint read-backs, states and counters: they
+            step when the controller or the sequence moves them, not by a fault).
     """
 
     low: float = -math.inf
@@ -116,6 +124,8 @@ class ValidationSettings:
     noise_relative: float = 0.0
     max_rate_per_s: float | None = None
     stuck_min_readings: int = 2
+    noise_std: float = 0.0
+    spike_test: bool = True
 
     def __post_init__(self) -> None:
         if not self.low <= self.high:
@@ -174,6 +184,7 @@ class SignalTracker:
         self._repeats = 0
         self._repeat_source_s = -math.inf
         self._outliers = 0
+        self._finest_step: float | None = None  # the finest last decimal its values had (0: a float's)
 
     def update(self, reading: Reading | None, now_s: float) -> Validated:
         """Judge ``reading`` at plant time ``now_s`` and update the filter."""
@@ -210,7 +221,7 @@ class SignalTracker:
             return SignalStatus.stale
         if not s.low <= x <= s.high:
             return SignalStatus.out_of_range
-        if len(self._window) >= 5:
+        if s.spike_test and len(self._window) >= 5:
             if self._is_outlier(x, t):
                 self._outliers += 1
                 if self._outliers < s.spike_persistence:
@@ -218,6 +229,9 @@ class SignalTracker:
                 self._window.clear()  # a persistent new level: start over from it
             self._outliers = 0
         if s.stuck_after_s > 0:
+            if s.noise_std > 0:
+                step = decimal_step(x) or 0.0
+                self._finest_step = step if self._finest_step is None else min(self._finest_step, step)
             if self._last_value is None or x != self._last_value:
                 self._last_value, self._unchanged_since_s = x, t
                 self._repeats, self._repeat_source_s = 1, t
@@ -225,9 +239,21 @@ class SignalTracker:
                 if t > self._repeat_source_s:  # the same sample read twice is not a repeat
                     self._repeats, self._repeat_source_s = self._repeats + 1, t
                 since = self._unchanged_since_s if self._unchanged_since_s is not None else t
-                if t - since >= s.stuck_after_s and self._repeats >= s.stuck_min_readings:
+                if t - since >= s.stuck_after_s and self._repeats >= self._stuck_readings(x):
                     return SignalStatus.stuck
         return SignalStatus.ok
+
+    def _stuck_readings(self, x: float) -> float:
+        """Repeats that make the signal stuck (``ValidationSettings.noise_std``): the settings'
+        count, or more where its values look quantised, judged by the finest last decimal any
+        of them had (one value cannot say: 35.0 is as likely on a 0.01 register as on a 1 C
+        one); inf where that step hides the noise."""
+        s = self.settings
+        step = self._finest_step
+        if s.noise_std <= 0 or not step:
+            return s.stuck_min_readings
+        n = stuck_min_readings(s.noise_std, step)
+        return math.inf if n is None else max(n, s.stuck_min_readings)
 
     def _is_outlier(self, x: float, source_time_s: float) -> bool:
         s = self.settings
@@ -265,6 +291,17 @@ class SignalTracker:
 _FALSE_STUCK_PROBABILITY = 1e-7
 # Beyond this many readings the resolution hides the noise; the stuck test is switched off.
 _MAX_STUCK_READINGS = 40
+
+
+def decimal_step(x: float, most_decimals: int = 3) -> float | None:
+    """The last decimal of a value written with at most ``most_decimals`` decimals (49.9 -> 0.1,
+    50.0 -> 1), the quantisation step it may carry; None for a value that needs more (a
+    float instrument's noisy reading)."""
+    for k in range(most_decimals + 1):
+        scaled = x * 10.0**k
+        if abs(scaled - round(scaled)) <= 1e-9 * max(1.0, abs(scaled)):
+            return 10.0**-k
+    return None
 
 
 def stuck_min_readings(noise_std: float, resolution: float = 0.0,
@@ -305,8 +342,9 @@ def validation_settings_for(
     The noise floor is the instrument's noise (with the quantisation's q / sqrt(12)), so the
     spike threshold is in noise units; a noisy instrument is stuck once it repeats one value for
     ``stuck_after_s`` and over :func:`stuck_min_readings` readings (at least that many of its
-    update periods). Signals without an instrument (setpoint read-backs, states, counters)
-    keep range-based settings: noise floor 1e-3 of the span, no stuck test.
+    update periods), or more where its value looks quantised (:attr:`ValidationSettings.noise_std`).
+    Signals without an instrument (setpoint read-backs, states, counters) keep range-based
+    settings: no stuck test and no spike test (a setpoint steps when it is moved).
 
     Args:
         signals: engineering range (low, high) per measured signal name (the tag map's).
@@ -325,7 +363,7 @@ def validation_settings_for(
         if spec is None:
             span = high - low if math.isfinite(high - low) else 1.0
             out[name] = ValidationSettings(low=low, high=high, stale_after_s=stale_after_s,
-                                           noise_floor=max(1e-3 * span, 1e-9))
+                                           noise_floor=max(1e-3 * span, 1e-9), spike_test=False)
             continue
         n = stuck_min_readings(spec.noise_std, spec.resolution) if spec.stuck_test and stuck_after_s > 0 else None
         out[name] = ValidationSettings(
@@ -337,6 +375,7 @@ def validation_settings_for(
             noise_relative=spec.relative_noise,
             max_rate_per_s=spec.max_rate_per_s,
             stuck_min_readings=n if n is not None else 2,
+            noise_std=spec.noise_std,
         )
     return out
 

@@ -269,6 +269,25 @@ def test_a_quantised_signal_repeats_by_chance_and_needs_more_readings_to_be_stuc
     assert frozen[: n - 1] == [SignalStatus.ok] * (n - 1) and set(frozen[n - 1 :]) == {SignalStatus.stuck}
 
 
+def test_a_logger_s_resolution_and_a_programmed_hold_are_not_faults():
+    """A laboratory logger writes the RTD to 0.1 C (nobody declared it): a ramp that stops in a
+    programmed hold repeats one value for an hour; and the setpoint read-back steps when the
+    recipe moves it. Neither is a fault. A float instrument that freezes still is."""
+    settings = validation_settings_for({"reactor_temperature_c": (-20.0, 120.0),
+                                        "reactor_temperature_setpoint_active_c": (-20.0, 120.0)})
+    logger = SignalTracker(settings["reactor_temperature_c"])
+    ramp = np.round(np.asarray(noisy(20, 52.0, 0.02, slope_per_reading=-0.1)) / 0.1) * 0.1
+    hold = [float(ramp[-1])] * 120
+    assert all(v.ok for v in feed(logger, [round(float(v), 1) for v in ramp] + hold, step_s=30.0))
+    setpoint = SignalTracker(settings["reactor_temperature_setpoint_active_c"])
+    steps = [50.0] * 20 + [45.0] * 20 + [20.0] * 20
+    assert all(v.ok for v in feed(setpoint, steps, step_s=30.0))
+    rtd = SignalTracker(settings["reactor_temperature_c"])
+    healthy = noisy(20, 45.0, 0.02)
+    frozen = [v.status for v in feed(rtd, healthy + [healthy[-1]] * 10, step_s=30.0)]
+    assert SignalStatus.stuck in frozen
+
+
 def test_stuck_needs_both_the_time_and_the_readings_of_distinct_source_times():
     settings = ValidationSettings(0.0, 100.0, stale_after_s=300.0, stuck_after_s=60.0, noise_floor=0.05,
                                   stuck_min_readings=5)
