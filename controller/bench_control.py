@@ -445,7 +445,11 @@ def run_control_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
     batches = []
     oracle_build = None
     context = multiprocessing.get_context("spawn")  # torch and asyncio in workers: no forked state
-    with concurrent.futures.ProcessPoolExecutor(max_workers=b.workers, mp_context=context) as pool:
+    from controller.proposer import watch_parent
+
+    # workers die with the benchmark (a killed run left them solving on as orphans)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=b.workers, mp_context=context,
+                                                initializer=watch_parent) as pool:
         if "oracle" in b.controllers:
             from controller.oracle import OracleSettings
 

@@ -275,10 +275,12 @@ def run_campaign_benchmark(cfg, overrides: Sequence[str] = ()) -> dict:
                 "overrides": [*b.mismatch, *user, f"process.seeding.mass_g={rel * recipe_g:.6g}"],
                 "checkpoint": checkpoint, "decision_log": str(log)}
 
+    from controller.proposer import watch_parent
+
     context = multiprocessing.get_context("spawn")  # torch and asyncio in workers: no forked state
-    fixed_pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
-    learn_pool = fixed_pool if b.workers < 2 else concurrent.futures.ProcessPoolExecutor(max_workers=1,
-                                                                                         mp_context=context)
+    fixed_pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=watch_parent)
+    learn_pool = fixed_pool if b.workers < 2 else concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=watch_parent)
     try:
         # The arm without learning needs no forecast: it starts while the model forecasts.
         fixed = [fixed_pool.submit(run_task, task("recipe", k, 1.0)) for k in range(b.batches)]

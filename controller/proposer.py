@@ -59,7 +59,8 @@ import numpy as np
 from controller.rollout import BatchPlan, MaterialConstants, PopulationState
 from controller.settings import ProposerSettings
 
-__all__ = ["Cascade", "Problem", "Proposal", "ProposerTimeout", "ProposerWorker", "propose", "propose_cascade"]
+__all__ = ["Cascade", "Problem", "Proposal", "ProposerTimeout", "ProposerWorker", "propose", "propose_cascade",
+           "watch_parent"]
 
 INFEASIBLE_COST = 10.0
 
@@ -422,9 +423,30 @@ def s_rate(value: float) -> float:
     return max(float(value), 0.0)
 
 
+def watch_parent(poll_s: float = 1.0) -> None:
+    """In a spawned worker (a pool's initializer): exit once the process that started it is
+    gone. A SIGKILLed agent cannot shut its pool down, and its proposer worker (and with it
+    multiprocessing's resource tracker, which lives while any holder of its pipe does) went on
+    as an orphan of pid 1, using CPU. Checked every ``poll_s`` by a daemon thread: the parent's
+    pid changes when the worker is re-parented."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker_init() -> None:
     import torch
 
+    watch_parent()
     torch.set_num_threads(1)  # one core for the proposer, the other for the agent's loop
 
 

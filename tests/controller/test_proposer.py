@@ -198,3 +198,50 @@ def test_a_cascade_plan_keeps_its_setpoints_the_loop_s_tracking_error_from_the_l
 def test_a_proposal_without_setpoints_is_a_moves_plan():
     plan = Proposal(0.0, 40.0, (-1.0,), 600.0)
     assert plan.sigma_setpoint_at(40.0) is None
+
+
+def test_the_proposer_worker_dies_with_its_agent(tmp_path):
+    """SIGKILL the process that owns a ProposerWorker: its spawned worker (and the resource
+    tracker that lives while the worker holds its pipe) does not run on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from controller.proposer import ProposerWorker\n"
+        "if __name__ == '__main__':\n"
+        "    worker = ProposerWorker()\n"
+        "    asyncio.run(worker.warm_up())\n"
+        "    print(*[p.pid for p in worker._pool._processes.values()], flush=True)\n"
+        "    time.sleep(600)\n")
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    owner = subprocess.Popen([sys.executable, str(script)], cwd=repo, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert pids
+        children = subprocess.run(["pgrep", "-P", str(owner.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+
+        def alive(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            # a zombie is dead: only its exit status is left for its (new) parent
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[-1].split()[0] != "Z"
+
+        deadline = time.monotonic() + 15.0
+        survivors = [int(p) for p in children] + pids
+        while time.monotonic() < deadline and any(alive(p) for p in survivors):
+            time.sleep(0.2)
+        assert not [p for p in survivors if alive(p)]
+    finally:
+        if owner.poll() is None:
+            owner.kill()
