@@ -238,7 +238,12 @@ def solve_oracle(cfg, settings: OracleSettings = OracleSettings(), start: Oracle
 def cache_key(cfg, settings: OracleSettings) -> str:
     """The scenario's content (the composed process and scenario, seeds included), the search's
     settings and the method's version, hashed."""
-    payload = {"process": dataclasses.asdict(cfg.process), "scenario": dataclasses.asdict(cfg.scenario),
+    process = dataclasses.asdict(cfg.process)
+    # A specification field added after this cache version enters the key only when it is set:
+    # at its default it changes nothing the oracle computes, and the cache stays valid.
+    if process.get("specification", {}).get("max_yield_loss") == 1.0:
+        del process["specification"]["max_yield_loss"]
+    payload = {"process": process, "scenario": dataclasses.asdict(cfg.scenario),
                "plant": cfg.plant, "control_interval_s": cfg.agent.control_interval_s,
                "proposer_limit": cfg.proposer.metastable_sigma_limit, "settings": dataclasses.asdict(settings),
                "version": ORACLE_VERSION}

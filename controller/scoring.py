@@ -7,8 +7,9 @@ process's :class:`conf.contract.process.ProductSpecification`), and whether the 
 stayed inside its metastable limit (the true peak supersaturation). In hours, lower is better::
 
     cost = batch_time_h / yield
-         + SPEC_PENALTY_H x (size, CV and fines excess over their window, each relative to it
-                             and counted up to MAX_EXCESS)
+         + SPEC_PENALTY_H x (size, CV and fines excess over their window, and the solute left in
+                             the liquor over its most where the specification sets one, each
+                             relative to it and counted up to MAX_EXCESS)
          + LIMIT_PENALTY_H x (peak sigma over the metastable limit, relative to it, from the
                               seed charge on: before it the recipe runs for every controller)
          + FAILED_BATCH_H  (the batch hit its time limit or did not complete)
@@ -122,6 +123,9 @@ def batch_cost_h(hours, yield_, d43_um, cv, fines, peak_sigma, target_um: float,
         return np.where(np.isfinite(value), np.clip(value / most - 1.0, 0.0, MAX_EXCESS), MAX_EXCESS)
 
     excess = excess_over(cv, specification.max_cv) + excess_over(fines, specification.max_fines_mass_fraction)
+    max_loss = getattr(specification, "max_yield_loss", 1.0)
+    if max_loss < 1.0:  # a yield floor: the solute left in the liquor is judged like the window
+        excess = excess + excess_over(1.0 - np.asarray(yield_, dtype=float), max_loss)
     if target_um > 0:
         tolerance = specification.d43_tolerance_rel * target_um
         excess = excess + excess_over(np.abs(np.asarray(d43_um, dtype=float) - target_um), tolerance)

@@ -96,14 +96,19 @@ class ProductSpecification:
         d43_tolerance_rel: |d43 - target| <= tolerance x target.
         max_cv: largest coefficient of variation of the volume distribution.
         max_fines_mass_fraction: largest mass fraction below 100 um.
+        max_yield_loss: largest share of the recoverable solute left in the mother liquor (1 -
+            yield; 1: no floor). Where the liquor is not recycled, or a batch is to make the
+            product a recipe makes: a batch stopped early makes smaller crystals as well as
+            fewer.
     """
 
     d43_tolerance_rel: float = 0.05
     max_cv: float = 0.10
     max_fines_mass_fraction: float = 0.01
+    max_yield_loss: float = 1.0
 
     def __post_init__(self) -> None:
-        validate.positive(self, "d43_tolerance_rel", "max_cv", "max_fines_mass_fraction")
+        validate.positive(self, "d43_tolerance_rel", "max_cv", "max_fines_mass_fraction", "max_yield_loss")
 
 
 @dataclass(frozen=True)

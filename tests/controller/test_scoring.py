@@ -36,6 +36,19 @@ def test_leaving_the_release_window_costs_in_proportion_and_is_capped():
     assert math.isnan(score_batch(GOOD, 0.0, SPEC, 0.015).size_error_um)  # no target: size not judged
 
 
+def test_a_yield_floor_where_the_specification_sets_one_is_judged_like_the_window():
+    import dataclasses
+
+    floor = dataclasses.replace(SPEC, max_yield_loss=0.02)  # at most 2 % left in the liquor
+    assert score_batch({**GOOD, "yield": 0.985}, 340.0, floor, 0.015).on_spec
+    short = score_batch({**GOOD, "yield": 0.95}, 340.0, floor, 0.015)  # 5 % left: 1.5 allowances over
+    assert not short.on_spec and short.cost == pytest.approx(3.0 / 0.95 + SPEC_PENALTY_H * 1.5)
+    # without a floor (the default) the same batch is on specification, dearer only per yield
+    assert score(**{"yield": 0.95}).on_spec and ProductSpecification().max_yield_loss == 1.0
+    with pytest.raises(ValueError, match="max_yield_loss"):
+        ProductSpecification(max_yield_loss=0.0)
+
+
 def test_the_limit_is_judged_from_the_seed_charge_and_a_failed_batch_pays():
     over = score(peak_sigma_controlled=0.018)
     assert over.hard_violation and over.cost == pytest.approx(3.0 + LIMIT_PENALTY_H * 0.2)
