@@ -1004,8 +1004,49 @@ def make_io(cfg):
     security = None
     if a.client_certificate is not None:
         security = f"Basic256Sha256,SignAndEncrypt,{a.client_certificate},{a.client_key}"
-    return OpcUaIO(tagmap, url, security=security, username=a.username, password=a.password,
+    return OpcUaIO(tagmap, url, security=security, username=a.username, password=opcua_password(a),
                    subscribe=a.opcua_subscribe)
+
+
+#: The environment variable the OPC UA password may come from (off the command line).
+PASSWORD_ENV = "XTALPILOT_OPCUA_PASSWORD"
+
+
+def opcua_password(agent_settings, environ=None) -> str | None:
+    """The OPC UA password: from ``agent.password_file`` (its first line; the file must be
+    readable by its owner only), else the environment (``XTALPILOT_OPCUA_PASSWORD``), else
+    ``agent.password`` (with a warning: on a command line every user of the machine sees it).
+    The password itself is never logged.
+
+    Raises:
+        SetupError: the file is missing, empty or readable by others.
+    """
+    import os
+    import stat
+
+    from controller.settings import SetupError
+
+    environ = os.environ if environ is None else environ
+    path = agent_settings.password_file
+    if path:
+        try:
+            mode = os.stat(path).st_mode
+            with open(path, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise SetupError(f"agent.password_file {path}: cannot read it ({exc.strerror})") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SetupError(f"agent.password_file {path} is readable by others (mode {stat.S_IMODE(mode):o}): "
+                             f"chmod 600 {path}")
+        if not password:
+            raise SetupError(f"agent.password_file {path} is empty: the password goes on its first line")
+        return password
+    if environ.get(PASSWORD_ENV):
+        return environ[PASSWORD_ENV]
+    if agent_settings.password:
+        _log.warning("the OPC UA password is given as agent.password: on a command line every user of this "
+                     "machine can read it; use agent.password_file (mode 600) or %s", PASSWORD_ENV)
+    return agent_settings.password
 
 
 def material_constants(cfg):

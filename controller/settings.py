@@ -275,7 +275,12 @@ class AgentSettings:
     Attributes:
         protocol: opcua or modbus.
         opcua_url: server URL; None: ``opc.tcp://{host}:{opcua_port}`` of the root config.
-        username / password: OPC UA user (secure sessions).
+        username / password: OPC UA user (secure sessions). The password is better not given
+            here: a command-line override is visible to every user of the machine (``ps``);
+            ``password_file`` or the environment variable ``XTALPILOT_OPCUA_PASSWORD`` keep it
+            off the command line (:func:`controller.agent.opcua_password`).
+        password_file: a file holding the OPC UA password (its first line), readable by its
+            owner only (mode 0600 or stricter).
         client_certificate / client_key: OPC UA client certificate (DER) and key (PEM) for
             Basic256Sha256 SignAndEncrypt; both None: no security.
         opcua_subscribe: keep OPC UA values current by a subscription instead of one batched
@@ -320,6 +325,7 @@ class AgentSettings:
     opcua_url: Optional[str] = None
     username: Optional[str] = None
     password: Optional[str] = None
+    password_file: Optional[str] = None
     client_certificate: Optional[str] = None
     client_key: Optional[str] = None
     opcua_subscribe: bool = False

@@ -168,3 +168,30 @@ def test_a_request_that_is_no_mode_changes_nothing(value):
     modes.follow(1.0)
     modes.follow(value)
     assert modes.mode is Mode.manual
+
+
+def test_the_opcua_password_comes_off_the_command_line_and_is_never_logged(tmp_path, caplog):
+    import dataclasses
+
+    from controller.agent import PASSWORD_ENV, opcua_password
+    from controller.settings import AgentSettings, SetupError
+
+    plain = AgentSettings(username="operator", password="on-the-command-line")
+    secret = tmp_path / "opcua.password"
+    secret.write_text("from-the-file\n")
+    secret.chmod(0o600)
+    from_file = dataclasses.replace(plain, password_file=str(secret))
+    assert opcua_password(from_file, environ={PASSWORD_ENV: "from-the-env"}) == "from-the-file"
+    assert opcua_password(plain, environ={PASSWORD_ENV: "from-the-env"}) == "from-the-env"
+    with caplog.at_level(logging.WARNING, logger="xtalpilot.agent"):
+        assert opcua_password(plain, environ={}) == "on-the-command-line"
+    assert "password_file" in caplog.text and "on-the-command-line" not in caplog.text
+    secret.chmod(0o644)  # readable by others: refused, with what to do
+    with pytest.raises(SetupError, match="chmod 600"):
+        opcua_password(from_file, environ={})
+    secret.chmod(0o600)
+    secret.write_text("")
+    with pytest.raises(SetupError, match="empty"):
+        opcua_password(from_file, environ={})
+    with pytest.raises(SetupError, match="cannot read"):
+        opcua_password(dataclasses.replace(plain, password_file=str(tmp_path / "none")), environ={})
