@@ -528,6 +528,22 @@ def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_react
         a.close()
 
 
+def _cascade_at_its_programme(tiny_checkpoint, final_hold_s: float = 600.0) -> tuple[Loop, float, float]:
+    """A cascade agent a minute before its programme starts, its model answered, with a plan at
+    0.9 of the limit and ``final_hold_s``: (the agent, the programme's start in batch minutes,
+    the limit)."""
+    from controller.baselines import program_start
+
+    a = _cascade_agent(tiny_checkpoint)
+    start_min, _ = program_start(RECIPE)
+    limit = a.strategy.settings.metastable_sigma_limit
+    a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
+    a.wait_for_model()
+    a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
+                      sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=final_hold_s))
+    return a, start_min, limit
+
+
 def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_loop_s_tracking_error(tiny_checkpoint):
     from controller.baselines import program_start
 
@@ -574,16 +590,8 @@ def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_
 
 
 def test_a_plan_that_ends_on_arrival_is_not_tapered_into_the_final_temperature(tiny_checkpoint):
-    from controller.baselines import program_start
-
-    a = _cascade_agent(tiny_checkpoint)
+    a, start_min, limit = _cascade_at_its_programme(tiny_checkpoint, final_hold_s=0.0)
     try:
-        start_min, _ = program_start(RECIPE)
-        limit = a.strategy.settings.metastable_sigma_limit
-        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
-        a.wait_for_model()
-        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=0.0))
         a.strategy._advised[TEMPERATURE_SP] = 20.5
         t = start_min + 120.0
         near = a.advise(view(t, **_at_sigma(20.5, 0.001)))
@@ -596,16 +604,8 @@ def test_a_plan_that_ends_on_arrival_is_not_tapered_into_the_final_temperature(t
 
 
 def test_only_the_loop_s_overshoots_while_it_tracks_take_the_limit_s_margin(tiny_checkpoint):
-    from controller.baselines import program_start
-
-    a = _cascade_agent(tiny_checkpoint)
+    a, start_min, limit = _cascade_at_its_programme(tiny_checkpoint)
     try:
-        start_min, _ = program_start(RECIPE)
-        limit = a.strategy.settings.metastable_sigma_limit
-        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
-        a.wait_for_model()
-        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=600.0))
         t = start_min
 
         def at(k: int, relative: float):
@@ -636,16 +636,8 @@ def test_the_loop_judges_where_the_reactor_heads_net_of_the_uptake_on_the_way(ti
     """The reactor lags its setpoint: the loop feeds back the supersaturation the solution
     reaches once the reactor gets there, which counts the crystals' uptake meanwhile (measured
     as the concentration's fall) as well as the cooling."""
-    from controller.baselines import program_start
-
-    a = _cascade_agent(tiny_checkpoint)
+    a, start_min, limit = _cascade_at_its_programme(tiny_checkpoint)
     try:
-        start_min, _ = program_start(RECIPE)
-        limit = a.strategy.settings.metastable_sigma_limit
-        a.advise(view(start_min - 1.0, **_at_sigma(49.0, 0.002)))
-        a.wait_for_model()
-        a.accept(Proposal(1000.0 + start_min * 60.0, 49.0, (), 600.0, {"cost": 1.0},
-                          sigma_setpoints=(0.9 * limit, 0.9 * limit), switch_c=34.5, final_hold_s=600.0))
         # a reactor cooling at 0.3 K/min, its solution at 0.01, the concentration falling
         # 1.5 g/kg a minute (its solubility's pace at this rate, near the same supersaturation)
         rate, sigma, uptake = 0.3, 0.01, 1.5
