@@ -389,10 +389,12 @@ def size_statistics(csd_per_m_per_kg: np.ndarray, centers_m: np.ndarray, widths_
     """
     n, size, width = csd_per_m_per_kg, centers_m, widths_m
     mu = [float(np.sum(n * size**k * width)) for k in range(6)]
-    if mu[3] <= 0.0:
+    d43 = mu[4] / mu[3] if mu[3] > 0.0 else 0.0
+    if not (math.isfinite(d43) and d43 > 0.0):
+        # no crystals, or so few that their moments underflow (a trajectory that dissolved the
+        # seeds: an oracle's trial batch divided by a zero d43 and stopped the benchmark)
         return {"d43_um": math.nan, "d10_um": math.nan, "cv": math.nan, "fines_mass_fraction": math.nan,
                 "top_class_mass_fraction": math.nan}
-    d43 = mu[4] / mu[3]
     spread = max(mu[5] / mu[3] - d43**2, 0.0)
     big = size > 1e-6
     n_big = float(np.sum(n[big] * width[big]))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,3 +155,13 @@ def test_a_stiff_jacket_is_integrated_stably_and_an_unstable_integration_fails_l
     monkeypatch.setattr(reactor_module, "THERMAL_STEP_SAFETY", 100.0)
     with pytest.raises(reactor_module.IntegrationError, match="max_substep_s"):
         run("seeded_cooling", *stiff)
+
+
+def test_size_statistics_of_a_vanishing_population_are_not_numbers_not_an_error():
+    centers = np.linspace(1e-6, 1e-3, 500)
+    widths = np.full_like(centers, centers[1] - centers[0])
+    trace = np.zeros_like(centers)
+    trace[0] = 5e-297  # mu_3 a denormal (1e-320), mu_4 underflows to 0: d43 = 0 divided the CV by zero
+    for n in (trace, np.zeros_like(centers)):
+        stats = size_statistics(n, centers, widths)
+        assert all(math.isnan(v) for v in stats.values())
