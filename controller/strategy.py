@@ -611,8 +611,13 @@ class ModelPredictive:
         """The measured concentration did not rise over the last ``CARRY_WINDOW_MIN`` (least
         squares). In a closed cooling batch (no antisolvent: the cascade runs none) the solution
         cannot gain solute; a rise is the analyser. Too short a trend: not known, False."""
+        return self._concentration_slope_per_min(now_s) <= 0.0
+
+    def _concentration_slope_per_min(self, now_s: float) -> float:
+        """The measured concentration's least-squares slope over the last ``CARRY_WINDOW_MIN``
+        (g/kg per min; NaN: too short a trend)."""
         recent = [(t, c) for t, c in self._concentration_trend if t >= now_s - CARRY_WINDOW_MIN * 60.0]
-        return size_trend_per_min(recent) <= 0.0
+        return size_trend_per_min(recent)
 
     def _concentration_when_there(self, state: PlantState, laws, heading_c: float) -> float:
         """The solution's concentration when the reactor gets to ``heading_c``: the analyser's
@@ -625,8 +630,7 @@ class ModelPredictive:
         a third of its setpoint."""
         now_s = state.plant_time_s
         concentration = self._concentration_now(state, laws)
-        recent = [(t, c) for t, c in self._concentration_trend if t >= now_s - CARRY_WINDOW_MIN * 60.0]
-        uptake_per_min = size_trend_per_min(recent)
+        uptake_per_min = self._concentration_slope_per_min(now_s)
         cooling_k_per_min = -size_trend_per_min(self._temperature_trend, min_span_s=60.0)
         to_go_k = state.temperature_c - heading_c
         if not (math.isfinite(uptake_per_min) and math.isfinite(cooling_k_per_min)) or to_go_k <= 0:
