@@ -481,12 +481,12 @@ def test_the_cascade_follows_its_plan_s_setpoints_poses_cascade_problems_and_end
         a.close()
 
 
-def _cascade_with_plan(tiny_checkpoint, setpoint_rel_limit: float) -> tuple[Loop, float, float]:
+def _cascade_with_plan(tiny_checkpoint, setpoint_rel_limit: float, **kwargs) -> tuple[Loop, float, float]:
     """A cascade agent at its programme's start with a plan at a fraction of the limit and a
     10-minute hold: (the agent, the programme's start in batch minutes, the limit)."""
     from controller.baselines import program_start
 
-    a = _cascade_agent(tiny_checkpoint)
+    a = _cascade_agent(tiny_checkpoint, **kwargs)
     start_min, _ = program_start(RECIPE)
     limit = a.strategy.settings.metastable_sigma_limit
     a.advise(view(start_min, **_at_sigma(49.0, 0.002)))
@@ -516,6 +516,22 @@ def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_react
     finally:
         a.close()
 
+    # a jacket that never gets there while the solution keeps crystallising: the recipe's final
+    # hold from the setpoint's arrival is the wait, and the batch ends with it (not the plan's
+    # 10-minute hold once more after it)
+    a, start_min, _ = _cascade_with_plan(tiny_checkpoint, 0.8)
+    try:
+        a.strategy._advised[TEMPERATURE_SP] = 20.0
+        t = start_min + 100.0
+        hold_min = RECIPE.final_hold_min
+        c0 = float(KCL_CONSTANTS.solubility_g_per_kg(23.0)) + 1.0 * hold_min + 5.0
+        creeping = [a.advise(view(t + 0.5 * k, reactor_temperature_c=23.0, concentration_g_per_kg=c0 - 0.5 * k))
+                    for k in range(0, int(2 * hold_min) + 2)]
+        ended = [k for k, adv in enumerate(creeping) if adv.complete_batch]
+        assert ended and 0.5 * ended[0] == pytest.approx(hold_min, abs=0.51)
+    finally:
+        a.close()
+
     # a reactor that gets there starts the plan's hold, and the batch completes after it
     a, start_min, _ = _cascade_with_plan(tiny_checkpoint, 0.8)
     try:
@@ -524,6 +540,36 @@ def test_the_cascade_s_hold_starts_when_the_reactor_is_there_and_a_stalled_react
         there = [a.advise(view(t + k, **_at_sigma(20.2, 0.002))) for k in range(0, 10)]
         assert not any(adv.complete_batch for adv in there)
         assert a.advise(view(t + 10.5, **_at_sigma(20.2, 0.002))).complete_batch
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("time_limited", [False, True])
+def test_a_yield_floor_holds_the_batch_until_the_analyser_reads_it(tiny_checkpoint, time_limited):
+    """With a yield floor in the specification the plan's hold is not the end: the batch ends
+    once the measured liquor is within the floor of what the colder of the final temperature
+    and the reactor's allows (the plant's batch record counts an undershoot's colder liquor), or
+    on the plant's time limit."""
+    from conf.contract.process import ProductSpecification
+
+    a, start_min, _ = _cascade_with_plan(tiny_checkpoint, 0.8, specification=ProductSpecification(max_yield_loss=0.01))
+    try:
+        a.strategy._advised[TEMPERATURE_SP] = 20.0
+        t = start_min + 100.0
+        if time_limited:  # the plant's limit half a minute after the last of these cycles
+            a.strategy.batch_time_limit_s = (t + 14.5) * 60.0 + 30.0
+        # the jacket's loop undershot to 19.6 C; the liquor still 0.006 over its solubility there:
+        # 2 g/kg of some 90 recoverable, a loss twice the floor
+        still = [a.advise(view(t + 0.5 * k, **_at_sigma(19.6, 0.006))) for k in range(0, 30)]
+        if time_limited:  # the plan's hold is over and the plant's limit less than a minute away
+            assert still[-1].complete_batch
+            return
+        assert not any(adv.complete_batch for adv in still)  # the plan's 10-minute hold is long over
+        assert 0.97 < still[-1].inputs["measured_yield"] < 0.99
+        # the liquor desupersaturates at 19.6 C: the floor is read, the batch ends
+        done = [a.advise(view(t + 15.0 + 0.5 * k, **_at_sigma(19.6, 0.0005))) for k in range(0, 16)]
+        assert done[-1].complete_batch
+        assert done[-1].inputs["measured_yield"] > 0.99
     finally:
         a.close()
 
@@ -574,7 +620,8 @@ def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_
             adv = at(k, 0.1 if (k // 16) % 2 else -0.1)
         assert adv.inputs["sigma_tracking_std"] == pytest.approx(0.1 * 0.9 * limit, rel=0.3)
         assert adv.inputs["sigma_tracking_std"] > 1.2 * noise_only
-        assert adv.problem.cascade.peak_margin == pytest.approx(2.0 * adv.inputs["sigma_tracking_std"])
+        assert adv.problem.cascade.peak_margin == pytest.approx(
+            2.0 * math.hypot(adv.inputs["sigma_tracking_std"], adv.inputs["sigma_jitter_std"]))
         # a kelvin above the final temperature with the solution far under its setpoint, the loop
         # would cool at its fastest; it tapers in (rate <= distance left / cascade_final_approach_min)
         a.strategy._advised[TEMPERATURE_SP] = 21.0
@@ -585,6 +632,28 @@ def test_the_cascade_tapers_into_the_final_temperature_and_charges_its_plan_the_
             assert near.inputs["ssc_cooling_rate_k_per_min"] <= allowed + 1e-9
         assert 0.0 < near.inputs["ssc_cooling_rate_k_per_min"] < BaselineSettings().ssc_max_cooling_k_per_min
         assert 20.0 < near.setpoints[TEMPERATURE_SP] < 20.5
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("jitter_k", [0.0, 0.2])
+def test_the_plan_keeps_the_supersaturation_the_loop_s_temperature_jitter_makes_from_the_limit(tiny_checkpoint,
+                                                                                                jitter_k):
+    """What the loop feeds back sits at its setpoint (no tracking error), but the reactor jitters
+    about its ramp: the true supersaturation moves by the solubility's log-slope times that, which
+    the plan's margin keeps clear of the limit; a reactor on a steady ramp adds nothing."""
+    a, start_min, limit = _cascade_at_its_programme(tiny_checkpoint)
+    try:
+        for k in range(1, 120):
+            reactor_c = 45.0 - 0.3 * 0.5 * k + (jitter_k if (k // 2) % 2 else -jitter_k)
+            adv = a.advise(view(start_min + 0.5 * k, **_at_sigma(reactor_c, 0.9 * limit)))
+        log_slope = math.log(float(KCL_CONSTANTS.solubility_g_per_kg(reactor_c + 0.5))
+                             / float(KCL_CONSTANTS.solubility_g_per_kg(reactor_c - 0.5)))
+        jitter = adv.inputs["sigma_jitter_std"]
+        assert jitter == pytest.approx(log_slope * jitter_k, rel=0.15, abs=1e-6)
+        assert adv.problem.cascade.peak_margin >= 2.0 * jitter
+        if jitter_k:
+            assert jitter > 0.1 * limit  # 0.2 K on KCl near 30 C: a tenth of the metastable width
     finally:
         a.close()
 
