@@ -110,6 +110,10 @@ class EstimatorSettings:
             the imaging probe's smallest size bin rose this much above its lowest since seeding
             (seeds only leave that bin as they grow: what comes into it was born there).
         max_ln_seed_correction: bound of the seed-charge correction, ln units.
+        charge_window_s: the solute the mass balance is anchored on when the seeds go in is the
+            mean of the analyser's readings over this long before (a closed batch's solution
+            does not change before there are crystals; one reading's noise, half a percent of
+            the yield on the simulated ATR, stayed in every yield and size the balance gave).
     """
 
     mass_balance_time_s: float = 120.0
@@ -128,6 +132,7 @@ class EstimatorSettings:
     image_settle_s: float = 120.0
     max_image_fines_rise: float = 0.05
     max_ln_seed_correction: float = 0.7
+    charge_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -639,6 +644,8 @@ class PlantState:
             not valid.
         growth_trend_um_per_min: growth seen in the trend of those sizes (NaN: none).
         chords: the FBRM's chord statistics this cycle (None: no FBRM bins).
+        charge_history: (plant time, solute g per kg water) read in the executing batch before
+            seeding, over ``charge_window_s``: the mass balance's anchor.
     """
 
     plant_time_s: float
@@ -661,6 +668,7 @@ class PlantState:
     size_history: tuple[tuple[float, float, float], ...] = ()
     growth_trend_um_per_min: float = math.nan
     chords: ChordStatistics | None = None
+    charge_history: tuple[tuple[float, float], ...] = ()
 
     @property
     def executing(self) -> bool:
@@ -745,11 +753,12 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
             state = replace(state, antisolvent_clock_s=None)
         elif code in (_IDLE, _COMPLETED, _ABORTED) or not math.isfinite(code):
             state = replace(state, batch_start_s=None, batch_id_s=None, population=None, antisolvent_per_water=0.0,
-                            antisolvent_clock_s=None, last_batch_time_s=None)
+                            antisolvent_clock_s=None, last_batch_time_s=None, charge_history=())
         return _with_sigma(state, facts)
     start = now - view.batch_time_s
     if not _same_batch(prev, start, view.batch_time_s, now, facts):
-        state = replace(state, batch_id_s=start, population=None, antisolvent_per_water=0.0, antisolvent_clock_s=None)
+        state = replace(state, batch_id_s=start, population=None, antisolvent_per_water=0.0, antisolvent_clock_s=None,
+                        charge_history=())
     # The start moves on by the time the batch was held (the phase timer stops while held).
     state = replace(state, batch_start_s=start, last_batch_time_s=view.batch_time_s)
     if facts is None:
@@ -761,9 +770,12 @@ def estimate(previous: PlantState | None, view: PlantView, laws, facts: ProcessF
     if not state.data_ok:
         if population is None or not math.isfinite(state.growth_trend_um_per_min):
             return state  # nothing to advance it by: the estimate waits (its age shows in the log)
-    elif population is None and view.batch_time_s / 60.0 >= facts.seed_at_min:
-        population = seed(now, facts.seed_moments, facts.seed_mass_kg_per_kg,
-                          concentration * (1.0 + state.antisolvent_per_water))
+    elif population is None:
+        solute = concentration * (1.0 + state.antisolvent_per_water)
+        charge = tuple(p for p in state.charge_history if p[0] > now - facts.settings.charge_window_s) + ((now, solute),)
+        state = replace(state, charge_history=charge)
+        if view.batch_time_s / 60.0 >= facts.seed_at_min:
+            population = seed(now, facts.seed_moments, facts.seed_mass_kg_per_kg, float(np.mean([v for _, v in charge])))
     if population is not None:
         m = Measurement(now, temperature, concentration, state.solubility_g_per_kg, state.antisolvent_per_water,
                         seen_counts, state.growth_trend_um_per_min,

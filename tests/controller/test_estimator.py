@@ -297,6 +297,30 @@ def test_the_state_seeds_at_the_recipe_time_and_gives_sigma_on_the_aligned_tempe
     assert state.data_ok and state.summary()["sigma"] == state.sigma
 
 
+def test_the_mass_balance_is_anchored_on_the_charge_s_readings_before_seeding_not_one():
+    """A closed batch's solution does not change before the seeds go in: the solute the mass
+    balance starts from is the mean of the analyser's readings over ``charge_window_s`` before,
+    not the one reading at seeding (its noise would stay in every yield and size after it)."""
+    facts = _facts()
+    state = None
+    # the charge at 420 g/kg, read +-0.5 about it; the reading at seeding is a high one
+    for k, minutes in enumerate([7.5 + 0.5 * j for j in range(10)]):
+        noise = 0.5 if k % 2 == 1 else -0.5
+        state = estimator.estimate(state, _view(1000.0 + minutes * 60.0, minutes, concentration_g_per_kg=420.0 + noise),
+                                   None, facts)
+    assert state.population is not None and state.population.seeded_at_s == 1000.0 + 12.0 * 60.0
+    # the 10 readings of the window's 5 minutes, the last one 420.5
+    assert state.population.seed_solute_g_per_kg_water == pytest.approx(420.0)
+    assert len(state.charge_history) == 10 and state.charge_history[-1][1] == 420.5
+    # readings older than the window (an hour earlier, a solution still dissolving) are not in it
+    early = estimator.estimate(None, _view(1000.0, 0.0, concentration_g_per_kg=380.0), None, facts)
+    later = estimator.estimate(early, _view(1000.0 + 12.0 * 60.0, 12.0), None, facts)
+    assert later.population.seed_solute_g_per_kg_water == pytest.approx(420.0)
+    # a new batch starts its own charge
+    other = estimator.estimate(state, _view(90_000.0, 1.0, concentration_g_per_kg=300.0), None, facts)
+    assert other.population is None and other.charge_history == ((90_000.0, 300.0),)
+
+
 def test_held_freezes_the_population_and_the_totaliser_and_idle_ends_the_batch():
     facts = _facts()
     state = _run(None, 1000.0, [12.0 + k for k in range(6)], facts, antisolvent_flow_kg_per_min=0.5)

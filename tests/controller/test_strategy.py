@@ -566,6 +566,18 @@ def test_a_yield_floor_holds_the_batch_until_the_analyser_reads_it(tiny_checkpoi
             return
         assert not any(adv.complete_batch for adv in still)  # the plan's 10-minute hold is long over
         assert 0.97 < still[-1].inputs["measured_yield"] < 0.99
+        # the liquor at a yield of 0.992, read +-0.6 g/kg: over the floor by less than two of the
+        # reading's standard errors, which the first noisy reading over it is not taken for
+        c0 = a.state.population.seed_solute_g_per_kg_water
+        c_star = float(KCL_CONSTANTS.solubility_g_per_kg(19.6))
+        at_floor = c0 - 0.992 * (c0 - c_star)
+        noisy = [a.advise(view(t + 15.0 + 0.5 * k, reactor_temperature_c=19.6, reactor_temperature_setpoint_active_c=19.6,
+                               concentration_g_per_kg=at_floor + (0.6 if k % 2 else -0.6)))
+                 for k in range(0, 12)]
+        assert not any(adv.complete_batch for adv in noisy)
+        assert noisy[-1].inputs["measured_yield"] > 0.99 - noisy[-1].inputs["measured_yield_std"]
+        assert noisy[-1].inputs["measured_yield_std"] > 0.002
+        t += 6.0
         # the liquor desupersaturates at 19.6 C: the floor is read, the batch ends
         done = [a.advise(view(t + 15.0 + 0.5 * k, **_at_sigma(19.6, 0.0005))) for k in range(0, 16)]
         assert done[-1].complete_batch
