@@ -312,7 +312,7 @@ def test_the_mass_balance_is_anchored_on_the_charge_s_readings_before_seeding_no
     # the 10 readings of the window's 5 minutes, the last one 420.5
     assert state.population.seed_solute_g_per_kg_water == pytest.approx(420.0)
     assert len(state.charge_history) == 10 and state.charge_history[-1][1] == 420.5
-    # readings older than the window (an hour earlier, a solution still dissolving) are not in it
+    # readings older than the window (12 min earlier, a solution still dissolving) are not in it
     early = estimator.estimate(None, _view(1000.0, 0.0, concentration_g_per_kg=380.0), None, facts)
     later = estimator.estimate(early, _view(1000.0 + 12.0 * 60.0, 12.0), None, facts)
     assert later.population.seed_solute_g_per_kg_water == pytest.approx(420.0)
