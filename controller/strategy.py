@@ -685,9 +685,8 @@ class ModelPredictive:
                           dtype=float).reshape(-1, 2)
         if recent.shape[0] < 4 or recent[-1, 0] - recent[0, 0] < 120.0:
             return False
-        t = recent[:, 0] - recent[-1, 0]
-        fit = np.polyfit(t, recent[:, 1], 1)
-        liquor_g_per_kg = float(fit[-1]) * (1.0 + state.antisolvent_per_water)
+        now_g_per_kg, _, at_end = _line_at_end(recent)
+        liquor_g_per_kg = now_g_per_kg * (1.0 + state.antisolvent_per_water)
         reference_c = min(self.recipe.final_temperature_c, state.temperature_c)
         equilibrium = float(self.material.solubility_g_per_kg(reference_c, 0.0))
         recoverable = population.seed_solute_g_per_kg_water - equilibrium
@@ -698,11 +697,6 @@ class ModelPredictive:
         # the anchor (the charge's readings averaged over a like window, estimator.charge_window_s):
         # ending on the first reading over the floor, the noise ended it, and half such batches
         # were under it (0.986-0.989 against 0.99 on the nominal batch).
-        n = recent.shape[0]
-        residual = recent[:, 1] - np.polyval(fit, t)
-        scatter = math.sqrt(float(np.dot(residual, residual)) / (n - 2))
-        spread = float(np.dot(t - t.mean(), t - t.mean()))
-        at_end = scatter * math.sqrt(1.0 / n + (t[-1] - t.mean()) ** 2 / spread) if spread > 0 else math.inf
         yield_std = math.sqrt(2.0) * at_end * (1.0 + state.antisolvent_per_water) / recoverable
         inputs["measured_yield"], inputs["measured_yield_std"] = measured_yield, yield_std
         return measured_yield - YIELD_FLOOR_Z * yield_std < 1.0 - max_loss
@@ -785,12 +779,7 @@ class ModelPredictive:
         window = [(t, c) for t, c in self._temperature_trend if t >= since_s]
         if len(window) < 6 or window[-1][0] - window[0][0] < 0.75 * JITTER_WINDOW_MIN * 60.0:
             return
-        pts = np.asarray(window, dtype=float)
-        t = pts[:, 0] - pts[:, 0].mean()
-        fit = np.polyfit(t, pts[:, 1], 1)
-        residual = pts[:, 1] - np.polyval(fit, t)
-        n = len(residual)
-        jitter_k = math.sqrt(float(np.dot(residual, residual)) / (n - 2))  # the line took two degrees of freedom
+        _, jitter_k, _ = _line_at_end(np.asarray(window, dtype=float))
         here = state.temperature_c
         log_slope_per_k = math.log(float(self.material.solubility_g_per_kg(here + 0.5, state.antisolvent_per_water))
                                    / float(self.material.solubility_g_per_kg(here - 0.5, state.antisolvent_per_water)))
@@ -943,6 +932,19 @@ class ModelPredictive:
             suspension_ref_kg_per_kg=self.settings.nucleation_suspension_kg_per_kg,
             water_mass_kg=self.recipe.solvent_mass_kg,
         )
+
+
+def _line_at_end(points: np.ndarray) -> tuple[float, float, float]:
+    """A least-squares line through ``points`` ((n, 2): time, value; n >= 3, times not all one):
+    (its value at the last time, the points' scatter about it with the line's two degrees of
+    freedom taken, the standard error of that value)."""
+    t = points[:, 0] - points[-1, 0]
+    slope, intercept = np.polyfit(t, points[:, 1], 1)
+    residual = points[:, 1] - (slope * t + intercept)
+    n = points.shape[0]
+    scatter = math.sqrt(float(np.dot(residual, residual)) / (n - 2))
+    centred = t - t.mean()
+    return float(intercept), scatter, scatter * math.sqrt(1.0 / n + t.mean() ** 2 / float(np.dot(centred, centred)))
 
 
 def _corrected(laws, estimate: PopulationEstimate):
